@@ -1,0 +1,42 @@
+"""
+A real-time broadcast hub for Django Channels.
+
+    from broadcast import publish
+    publish("announcement", {"text": "Deploy at 18:00"})
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BroadcastError",
+    "InvalidBroadcast",
+    "InvalidPayload",
+    "InvalidType",
+    "PayloadTooLarge",
+    "PublishFailed",
+    "apublish",
+    "publish",
+]
+
+_LAZY = {
+    "publish": "publish",
+    "apublish": "publish",
+    "PublishFailed": "publish",
+    "BroadcastError": "envelope",
+    "InvalidBroadcast": "envelope",
+    "InvalidPayload": "envelope",
+    "InvalidType": "envelope",
+    "PayloadTooLarge": "envelope",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Imported lazily: ``publish`` needs models, which cannot load before the app
+    # registry, and ``import broadcast`` must work in settings and INSTALLED_APPS.
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

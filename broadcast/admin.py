@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpRequest
+
+from .envelope import BroadcastError, InvalidPayload, InvalidType, PayloadTooLarge, prepare
+from .models import Broadcast, HubProcess
+from .publish import resend
+
+PAYLOAD_PREVIEW_CHARS = 80
+
+
+class BroadcastForm(forms.ModelForm):
+    payload = forms.JSONField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 8, "cols": 80}),
+        help_text='Any JSON value, for example {"text": "Deploy at 18:00"}. Empty means null.',
+    )
+
+    class Meta:
+        model = Broadcast
+        fields = ["type", "payload"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if "type" in cleaned and "payload" in cleaned:
+            try:
+                prepare(cleaned["type"], cleaned["payload"])
+            except InvalidType as exc:
+                self.add_error("type", str(exc))
+            except (InvalidPayload, PayloadTooLarge) as exc:
+                self.add_error("payload", str(exc))
+        return cleaned
+
+
+@admin.register(Broadcast)
+class BroadcastAdmin(admin.ModelAdmin):
+    form = BroadcastForm
+    list_display = ["seq", "type", "short_payload", "created_by", "created_at", "status", "pk"]
+    list_display_links = ["seq", "type"]
+    list_filter = ["status", "type"]
+    search_fields = ["type"]
+    readonly_fields = ["seq", "status", "error", "created_by", "created_at", "sent_at"]
+    actions = ["resend_selected"]
+
+    @admin.display(description="payload")
+    def short_payload(self, obj: Broadcast) -> str:
+        text = repr(obj.payload) if not isinstance(obj.payload, str) else obj.payload
+        if len(text) > PAYLOAD_PREVIEW_CHARS:
+            return text[: PAYLOAD_PREVIEW_CHARS - 1] + "…"
+        return text
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Broadcast | None = None) -> list:
+        # Once saved, a broadcast is history: it can be resent, never edited.
+        if obj is not None:
+            return ["type", "payload", *self.readonly_fields]
+        return self.readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Broadcast | None = None) -> bool:
+        if obj is not None:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: Broadcast, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request: HttpRequest, obj: Broadcast, post_url_continue=None):
+        self.message_user(
+            request,
+            "It is sent to every connected client as soon as it is saved; its status "
+            "column says whether it went out.",
+            messages.INFO,
+        )
+        return super().response_add(request, obj, post_url_continue)
+
+    @admin.action(description="Resend the selected broadcasts", permissions=["add"])
+    def resend_selected(self, request: HttpRequest, queryset: Any) -> None:
+        sent = 0
+        for row in queryset.order_by("pk"):
+            try:
+                resend(row, created_by=request.user)
+            except BroadcastError as exc:
+                self.message_user(request, f"{row}: {exc}", messages.ERROR)
+            else:
+                sent += 1
+        if sent:
+            self.message_user(request, f"Resent {sent} broadcast(s).", messages.SUCCESS)
+
+
+@admin.register(HubProcess)
+class HubProcessAdmin(admin.ModelAdmin):
+    list_display = [
+        "host", "pid", "state", "current", "peak", "total_accepted", "started_at",
+        "last_heartbeat", "stopped_at",
+    ]  # fmt: skip
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        total = HubProcess.objects.live_total()
+        live = HubProcess.objects.live().count()
+        extra_context = {
+            **(extra_context or {}),
+            "title": f"Hub processes: {total} client(s) connected now, over {live} live process(es)",
+        }
+        return super().changelist_view(request, extra_context)

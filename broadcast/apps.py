@@ -1,0 +1,21 @@
+from django.apps import AppConfig
+
+
+class BroadcastConfig(AppConfig):
+    name = "broadcast"
+    verbose_name = "Broadcast hub"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_save
+
+        from . import checks  # noqa: F401 - registers the system checks
+        from .models import Broadcast
+        from .signals import broadcast_requested, on_broadcast_requested, on_broadcast_saved
+
+        broadcast_requested.connect(
+            on_broadcast_requested, dispatch_uid="broadcast.on_broadcast_requested"
+        )
+        post_save.connect(
+            on_broadcast_saved, sender=Broadcast, dispatch_uid="broadcast.on_broadcast_saved"
+        )

@@ -1,0 +1,57 @@
+"""System checks for the app's settings (ids ``broadcast.E001`` onwards)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, register
+
+from .conf import conf
+
+# Channels accepts group names of ASCII letters, digits, hyphens, underscores and
+# periods, shorter than 100 characters.
+GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9_.\-]{1,99}$")
+
+
+def _positive_number(value: Any, *, integer: bool) -> bool:
+    kinds = (int,) if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and value > 0
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    errors: list[Error] = []
+    group = conf.BROADCAST_GROUP
+    if not isinstance(group, str) or not GROUP_NAME_RE.match(group):
+        errors.append(
+            Error(
+                f"BROADCAST_GROUP must be 1-99 characters of letters, digits, '-', '_' "
+                f"or '.', got {group!r}.",
+                id="broadcast.E001",
+            )
+        )
+    layers = getattr(settings, "CHANNEL_LAYERS", {})
+    alias = conf.BROADCAST_CHANNEL_LAYER
+    if alias not in layers:
+        errors.append(
+            Error(
+                f"BROADCAST_CHANNEL_LAYER is {alias!r}, which is not a key of "
+                f"CHANNEL_LAYERS ({sorted(layers)!r}).",
+                hint="Configure a channel layer; see the README's Settings section.",
+                id="broadcast.E002",
+            )
+        )
+    for name, integer, error_id in [
+        ("BROADCAST_MAX_MESSAGE_BYTES", True, "broadcast.E003"),
+        ("BROADCAST_MAX_PENDING_BYTES", True, "broadcast.E004"),
+        ("BROADCAST_HEARTBEAT_SECONDS", False, "broadcast.E005"),
+        ("BROADCAST_STALE_HEARTBEATS", True, "broadcast.E006"),
+        ("BROADCAST_SEND_LOCK_TIMEOUT", False, "broadcast.E007"),
+    ]:
+        value = getattr(conf, name)
+        if not _positive_number(value, integer=integer):
+            kind = "a positive integer" if integer else "a positive number"
+            errors.append(Error(f"{name} must be {kind}, got {value!r}.", id=error_id))
+    return errors

@@ -1,0 +1,68 @@
+"""
+The app's settings: flat ``BROADCAST_*`` names in the Django settings.
+
+Each property reads the setting at call time (never cached) so that
+``override_settings`` works in tests. Bad values are reported by the system checks
+in :mod:`broadcast.checks`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    "BROADCAST_GROUP": "broadcast",
+    "BROADCAST_CHANNEL_LAYER": "default",
+    "BROADCAST_MAX_MESSAGE_BYTES": 64 * 1024,
+    "BROADCAST_MAX_PENDING_BYTES": 1024 * 1024,
+    "BROADCAST_HEARTBEAT_SECONDS": 5.0,
+    "BROADCAST_STALE_HEARTBEATS": 3,
+    "BROADCAST_SEND_LOCK_TIMEOUT": 10.0,
+}
+
+
+class Settings:
+    """Typed access to the app's settings, with their defaults."""
+
+    def _get(self, name: str) -> Any:
+        return getattr(settings, name, DEFAULTS[name])
+
+    @property
+    def BROADCAST_GROUP(self) -> str:
+        """The channel-layer group every server process's relay joins."""
+        return self._get("BROADCAST_GROUP")
+
+    @property
+    def BROADCAST_CHANNEL_LAYER(self) -> str:
+        """The alias in CHANNEL_LAYERS that carries broadcasts between processes."""
+        return self._get("BROADCAST_CHANNEL_LAYER")
+
+    @property
+    def BROADCAST_MAX_MESSAGE_BYTES(self) -> int:
+        """Largest serialised envelope, in UTF-8 bytes, that publish() accepts."""
+        return self._get("BROADCAST_MAX_MESSAGE_BYTES")
+
+    @property
+    def BROADCAST_MAX_PENDING_BYTES(self) -> int:
+        """Bytes queued for one client before it is dropped as a slow client."""
+        return self._get("BROADCAST_MAX_PENDING_BYTES")
+
+    @property
+    def BROADCAST_HEARTBEAT_SECONDS(self) -> float:
+        """How often each server process writes its connection-count row."""
+        return self._get("BROADCAST_HEARTBEAT_SECONDS")
+
+    @property
+    def BROADCAST_STALE_HEARTBEATS(self) -> int:
+        """Missed heartbeats after which a process no longer counts as live."""
+        return self._get("BROADCAST_STALE_HEARTBEATS")
+
+    @property
+    def BROADCAST_SEND_LOCK_TIMEOUT(self) -> float:
+        """Seconds a publisher waits for the send lock that keeps ids in order."""
+        return self._get("BROADCAST_SEND_LOCK_TIMEOUT")
+
+
+conf = Settings()

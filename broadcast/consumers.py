@@ -1,0 +1,91 @@
+"""The WebSocket side of the hub: accept, register, write, unregister."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from channels.consumer import get_handler_name
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.utils import timezone
+
+from .conf import conf
+from .envelope import control_text
+from .hub import Outbox, get_hub
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_SLOW_CLIENT = 4008
+
+
+class BroadcastConsumer(AsyncWebsocketConsumer):
+    """
+    One WebSocket client of the hub. It receives broadcasts; nothing it sends
+    reaches other clients.
+    """
+
+    # No channel-layer channel per client: the process hub's relay is the only
+    # member of the broadcast group in this process. An alias that is not in
+    # CHANNEL_LAYERS makes Channels skip creating one.
+    channel_layer_alias = None
+
+    outbox: Outbox | None = None
+    _writer: asyncio.Task | None = None
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels 4.2+ runs aclose_old_connections on a shared thread before every
+        # handler; no handler here touches the database directly (the hub's own
+        # database calls go through database_sync_to_async), so skip that hop,
+        # which otherwise serialises every connect through one thread.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']!r}")
+        await handler(message)
+
+    async def connect(self) -> None:
+        self.hub = get_hub()
+        self.outbox = Outbox(self.base_send, conf.BROADCAST_MAX_PENDING_BYTES, self._on_overflow)
+        await self.accept()
+        await self.hub.register(self.outbox, _welcome)
+        self._writer = asyncio.ensure_future(self.outbox.run())
+        logger.debug("Client connected (%s in this process)", self.hub.current)
+
+    async def disconnect(self, code: int) -> None:
+        if self.outbox is None:
+            return
+        self.outbox.close()
+        await self.hub.unregister(self.outbox)
+        if self._writer is not None:
+            self._writer.cancel()
+        logger.debug("Client disconnected with %s (%s in this process)", code, self.hub.current)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if bytes_data is not None:
+            await self.close(code=CLOSE_UNSUPPORTED_DATA)
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            self._reply_error("malformed JSON")
+            return
+        frame_type = frame.get("type") if isinstance(frame, dict) else None
+        if frame_type == "hub.ping":
+            self.outbox.push(control_text("hub.pong", None, timezone.now()))
+        else:
+            self._reply_error(f"unknown frame type {frame_type!r}; clients cannot publish")
+
+    def _reply_error(self, reason: str) -> None:
+        self.outbox.push(control_text("hub.error", {"error": reason}, timezone.now()))
+
+    def _on_overflow(self) -> None:
+        logger.warning(
+            "Dropped a slow client: over %s pending bytes", conf.BROADCAST_MAX_PENDING_BYTES
+        )
+        asyncio.ensure_future(self.close(code=CLOSE_SLOW_CLIENT))
+
+
+def _welcome(last_id: int) -> str:
+    return control_text("hub.welcome", {"last_id": last_id}, timezone.now())

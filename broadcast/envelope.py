@@ -1,0 +1,132 @@
+"""
+The envelope every client receives: ``{"id", "type", "payload", "timestamp"}``.
+
+A broadcast is validated and its payload serialised once, here; the envelope text
+is then assembled around that serialised payload at send time, when the delivery
+id and timestamp are known. No client ever re-encodes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+
+from .conf import conf
+
+TYPE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+RESERVED_PREFIX = "hub."
+# The longest id the envelope can carry: sizes are checked against it so that an
+# envelope accepted at publish time never grows past the limit when its id is set.
+_LONGEST_ID = 2**63 - 1
+_TIMESTAMP_SAMPLE = "2026-01-01T00:00:00.000Z"
+
+
+class BroadcastError(Exception):
+    """Base class for every error the broadcast API raises."""
+
+
+class InvalidBroadcast(BroadcastError, ValueError):
+    """The broadcast's type or payload is not acceptable."""
+
+
+class InvalidType(InvalidBroadcast):
+    """The type is not 1-64 characters of [A-Za-z0-9_.:-], or is reserved."""
+
+
+class InvalidPayload(InvalidBroadcast, TypeError):
+    """The payload cannot be serialised as JSON."""
+
+
+class PayloadTooLarge(InvalidBroadcast):
+    """The serialised envelope is over BROADCAST_MAX_MESSAGE_BYTES."""
+
+
+def validate_type(message_type: Any, *, allow_reserved: bool = False) -> str:
+    if not isinstance(message_type, str) or not TYPE_RE.match(message_type):
+        raise InvalidType(
+            f"Broadcast type must be 1-64 characters of letters, digits and '_.:-', "
+            f"got {message_type!r}."
+        )
+    if message_type.startswith(RESERVED_PREFIX) and not allow_reserved:
+        raise InvalidType(
+            f"Broadcast types starting with {RESERVED_PREFIX!r} are reserved for the "
+            f"hub's control frames, got {message_type!r}."
+        )
+    return message_type
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, as sent on the wire; DjangoJSONEncoder types are accepted."""
+    return json.dumps(
+        value, cls=DjangoJSONEncoder, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def format_timestamp(moment: dt.datetime) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-25T18:41:28.123Z``."""
+    moment = moment.astimezone(dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def build_text(msg_id: int | None, type_json: str, payload_json: str, timestamp: str) -> str:
+    """Assemble the envelope text from already-serialised parts."""
+    id_json = "null" if msg_id is None else str(int(msg_id))
+    return (
+        f'{{"id":{id_json},"type":{type_json},"payload":{payload_json},'
+        f'"timestamp":"{timestamp}"}}'
+    )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated broadcast with its payload serialised once."""
+
+    type: str
+    payload: Any
+    payload_json: str
+
+    def text(self, msg_id: int | None, moment: dt.datetime) -> str:
+        return build_text(msg_id, json.dumps(self.type), self.payload_json, format_timestamp(moment))
+
+    def envelope(self, msg_id: int | None, moment: dt.datetime) -> dict[str, Any]:
+        """The envelope as a dict, with the payload as the client will decode it."""
+        return {
+            "id": msg_id,
+            "type": self.type,
+            "payload": json.loads(self.payload_json),
+            "timestamp": format_timestamp(moment),
+        }
+
+
+def prepare(message_type: Any, payload: Any, *, allow_reserved: bool = False) -> Prepared:
+    """Validate a broadcast and serialise its payload, or raise InvalidBroadcast."""
+    validate_type(message_type, allow_reserved=allow_reserved)
+    try:
+        payload_json = dumps(payload)
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(
+            f"Broadcast payload must be JSON-serialisable: {exc} (payload {_short(payload)})."
+        ) from exc
+    longest = build_text(_LONGEST_ID, json.dumps(message_type), payload_json, _TIMESTAMP_SAMPLE)
+    size = len(longest.encode("utf-8"))
+    limit = conf.BROADCAST_MAX_MESSAGE_BYTES
+    if size > limit:
+        raise PayloadTooLarge(
+            f"Broadcast envelope is {size} bytes, over BROADCAST_MAX_MESSAGE_BYTES ({limit})."
+        )
+    return Prepared(type=message_type, payload=payload, payload_json=payload_json)
+
+
+def control_text(message_type: str, payload: Any, moment: dt.datetime) -> str:
+    """A hub control frame (``hub.*``) in the same envelope shape, with a null id."""
+    return build_text(None, json.dumps(message_type), dumps(payload), format_timestamp(moment))
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,281 @@
+"""
+The process hub: one group membership and one fan-out per server process.
+
+A port of the Go hub (register, unregister, broadcast, a bounded send buffer per
+client) onto Channels. The channel layer carries each broadcast between processes;
+inside a process, one relay channel is the only member of the broadcast group, and
+the relay writes the already-serialised envelope into each local client's outbox.
+There is no channel-layer queue per client, no JSON work per client, and no
+database call on the delivery path.
+
+Each event loop has its own hub (daphne and uvicorn run one loop per process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db.models import Max
+from django.utils import timezone
+
+from .conf import conf
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Outbox:
+    """
+    One client's bounded send buffer and its writer (the Go hub's ``send`` channel
+    and ``writePump``).
+
+    ``push`` never blocks the fan-out: it queues the text and wakes the writer. If
+    what is queued passes ``max_pending`` characters, the outbox closes itself and
+    calls ``on_overflow`` instead of growing.
+    """
+
+    __slots__ = ("_send", "_queue", "_pending", "_wakeup", "_max_pending", "_on_overflow", "closed")
+
+    def __init__(self, send: Send, max_pending: int, on_overflow: Callable[[], None]) -> None:
+        self._send = send
+        self._queue: deque[str] = deque()
+        self._pending = 0
+        self._wakeup = asyncio.Event()
+        self._max_pending = max_pending
+        self._on_overflow = on_overflow
+        self.closed = False
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def push(self, text: str) -> None:
+        if self.closed:
+            return
+        self._pending += len(text)
+        if self._pending > self._max_pending:
+            self.close()
+            self._on_overflow()
+            return
+        self._queue.append(text)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._queue.clear()
+        self._pending = 0
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Write queued frames, in order, until closed."""
+        queue, send = self._queue, self._send
+        while not self.closed:
+            while queue:
+                text = queue.popleft()
+                await send({"type": "websocket.send", "text": text})
+                self._pending -= len(text)
+            if self.closed:
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+
+class ProcessHub:
+    """Registry of this process's clients, its relay, and its connection counts."""
+
+    def __init__(self) -> None:
+        self.clients: set[Outbox] = set()
+        self.layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
+        self.group = conf.BROADCAST_GROUP
+        self.relay_channel: str | None = None
+        self.last_id = 0
+        self.peak = 0
+        self.total_accepted = 0
+        self.started_at = timezone.now()
+        self.row_id: int | None = None
+        self._membership = asyncio.Lock()
+        self._relay_task: asyncio.Task | None = None
+        self._heartbeat_task: asyncio.Task | None = None
+
+    @property
+    def current(self) -> int:
+        return len(self.clients)
+
+    # Register and unregister -------------------------------------------------
+
+    async def register(self, outbox: Outbox, welcome: Callable[[int], str]) -> None:
+        """
+        Add a client. The first one in the process joins the group; then the client
+        gets its welcome frame (built by ``welcome(last_id)``) and every broadcast
+        relayed after it, with nothing in between.
+        """
+        async with self._membership:
+            if self._relay_task is None:
+                await self._join()
+        self._ensure_heartbeat()
+        # No await from here on: the welcome's last id and the first relayed
+        # broadcast cannot be interleaved.
+        outbox.push(welcome(self.last_id))
+        self.clients.add(outbox)
+        self.total_accepted += 1
+        if len(self.clients) > self.peak:
+            self.peak = len(self.clients)
+
+    async def unregister(self, outbox: Outbox) -> None:
+        """Remove a client; the last one in the process leaves the group."""
+        self.clients.discard(outbox)
+        async with self._membership:
+            if not self.clients and self._relay_task is not None:
+                await self._leave()
+
+    async def _join(self) -> None:
+        self.relay_channel = await self.layer.new_channel(prefix="broadcast-relay")
+        await self.layer.group_add(self.group, self.relay_channel)
+        self._relay_task = asyncio.ensure_future(self._relay())
+        # Read the last id only after joining, so that no broadcast falls between.
+        self.last_id = max(self.last_id, await _last_sent_id())
+
+    async def _leave(self) -> None:
+        task, self._relay_task = self._relay_task, None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        try:
+            await self.layer.group_discard(self.group, self.relay_channel)
+        except Exception as exc:  # the membership expires on its own in the layer
+            logger.warning("Could not leave group %r: %s", self.group, exc)
+        self.relay_channel = None
+
+    # Relay and fan-out -------------------------------------------------------
+
+    async def _relay(self) -> None:
+        """Receive each broadcast once for this process and fan it out."""
+        delay = 0.5
+        while True:
+            try:
+                message = await self.layer.receive(self.relay_channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The layer is unreachable (Redis down): keep the process up, retry,
+                # and join again, since a restarted Redis has forgotten the group.
+                logger.warning("Relay cannot receive (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                with contextlib.suppress(Exception):
+                    await self.layer.group_add(self.group, self.relay_channel)
+                continue
+            delay = 0.5
+            self.fan_out(message)
+
+    def fan_out(self, message: dict[str, Any]) -> None:
+        text = message.get("text")
+        if message.get("type") != "broadcast.message" or not isinstance(text, str):
+            logger.warning(
+                "Ignored a group message that is not a broadcast.message with a 'text' "
+                "envelope: %r",
+                {key: message.get(key) for key in ("type", "id")},
+            )
+            return
+        msg_id = message.get("id")
+        if isinstance(msg_id, int) and msg_id > self.last_id:
+            self.last_id = msg_id
+        for outbox in tuple(self.clients):
+            outbox.push(text)
+
+    # Connection counts -------------------------------------------------------
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await self.write_counts()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("Could not write the connection-count row: %s", exc)
+            if self.relay_channel is not None:
+                # Refresh the membership, which channels-redis expires after
+                # group_expiry (a day by default).
+                with contextlib.suppress(Exception):
+                    await self.layer.group_add(self.group, self.relay_channel)
+            await asyncio.sleep(conf.BROADCAST_HEARTBEAT_SECONDS)
+
+    async def write_counts(self, *, stopped: bool = False) -> None:
+        await database_sync_to_async(self._write_counts)(
+            self.current, self.peak, self.total_accepted, stopped
+        )
+
+    def _write_counts(self, current: int, peak: int, total: int, stopped: bool) -> None:
+        from .models import HubProcess
+
+        now = timezone.now()
+        fields = {
+            "current": current,
+            "peak": peak,
+            "total_accepted": total,
+            "last_heartbeat": now,
+            "stopped_at": now if stopped else None,
+        }
+        if self.row_id is None or not HubProcess.objects.filter(pk=self.row_id).update(**fields):
+            row = HubProcess.objects.create(
+                host=socket.gethostname(), pid=os.getpid(), started_at=self.started_at, **fields
+            )
+            self.row_id = row.pk
+
+    async def close(self) -> None:
+        """Stop the relay and heartbeat (tests, and shutdown)."""
+        relay, self._relay_task = self._relay_task, None
+        heartbeat, self._heartbeat_task = self._heartbeat_task, None
+        for task in (heartbeat, relay):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if relay is not None:
+            with contextlib.suppress(Exception):
+                await self.layer.group_discard(self.group, self.relay_channel)
+
+
+@database_sync_to_async
+def _last_sent_id() -> int:
+    from .models import Broadcast
+
+    sent = Broadcast.objects.exclude(status=Broadcast.Status.FAILED)
+    return sent.aggregate(last=Max("seq"))["last"] or 0
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProcessHub] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_hub() -> ProcessHub:
+    """The hub of the running event loop, created on first use."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = ProcessHub()
+    return hub
+
+
+def existing_hub() -> ProcessHub | None:
+    """The running loop's hub if one was created, without creating it."""
+    try:
+        return _hubs.get(asyncio.get_running_loop())
+    except RuntimeError:
+        return None

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from .conf import conf
+from .envelope import TYPE_RE
+
+
+class Broadcast(models.Model):
+    """
+    A persisted broadcast: what was published, by whom, and whether it was sent.
+
+    ``seq`` is the id clients see in the envelope. It is assigned when the broadcast
+    is sent, under the send lock, so that delivery order and id order are the same
+    even with concurrent publishers (see DESIGN.md, "Resume and history").
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "pending"
+        SENT = "sent", "sent"
+        FAILED = "failed", "failed"
+
+    seq = models.PositiveBigIntegerField(
+        "delivery id", null=True, blank=True, unique=True, editable=False
+    )
+    type = models.CharField(
+        max_length=64,
+        validators=[RegexValidator(TYPE_RE, "1-64 characters of letters, digits and '_.:-'.")],
+    )
+    payload = models.JSONField(encoder=DjangoJSONEncoder, null=True, blank=True)
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.PENDING, editable=False
+    )
+    error = models.TextField(blank=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        label = f"#{self.seq}" if self.seq is not None else f"row {self.pk}"
+        return f"{self.type} ({label}, {self.status})"
+
+
+class HubProcessQuerySet(models.QuerySet):
+    def live(self) -> HubProcessQuerySet:
+        """Rows of processes that are running: not stopped, heartbeat still fresh."""
+        window = conf.BROADCAST_HEARTBEAT_SECONDS * conf.BROADCAST_STALE_HEARTBEATS
+        cutoff = timezone.now() - dt.timedelta(seconds=window)
+        return self.filter(stopped_at__isnull=True, last_heartbeat__gte=cutoff)
+
+    def live_total(self) -> int:
+        """Clients connected right now, over every live server process."""
+        return self.live().aggregate(total=models.Sum("current"))["total"] or 0
+
+
+class HubProcess(models.Model):
+    """
+    One running (or once running) server process and its connection counts.
+
+    The process keeps its counts in memory and writes this row on a heartbeat, not
+    on every connect; a process killed without warning simply stops refreshing
+    ``last_heartbeat`` and drops out of :meth:`HubProcessQuerySet.live`.
+    """
+
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    last_heartbeat = models.DateTimeField()
+    current = models.PositiveIntegerField(default=0)
+    peak = models.PositiveIntegerField(default=0)
+    total_accepted = models.PositiveBigIntegerField(default=0)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    objects = HubProcessQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name = "hub process"
+        verbose_name_plural = "hub processes"
+        indexes = [models.Index(fields=["last_heartbeat"])]
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+    @property
+    def is_live(self) -> bool:
+        if self.stopped_at is not None:
+            return False
+        window = conf.BROADCAST_HEARTBEAT_SECONDS * conf.BROADCAST_STALE_HEARTBEATS
+        return self.last_heartbeat >= timezone.now() - dt.timedelta(seconds=window)
+
+    @property
+    def state(self) -> str:
+        if self.stopped_at is not None:
+            return "stopped"
+        return "live" if self.is_live else "stale"

@@ -1,0 +1,186 @@
+"""
+Publishing: the one place that calls ``group_send``.
+
+Every way to publish (the API, the admin, the command, the signal) ends here.
+A broadcast is validated and serialised once, persisted (unless ``persist=False``),
+and sent after the transaction commits. A failure to reach the channel layer is
+recorded on the row and raised to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from .conf import conf
+from .envelope import BroadcastError, Prepared, prepare
+from .models import Broadcast
+from .sendlock import send_lock
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_TYPE = "broadcast.message"
+
+
+class PublishFailed(BroadcastError):
+    """The broadcast was valid but could not be handed to the channel layer."""
+
+
+def get_layer() -> Any:
+    layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
+    if layer is None:
+        raise ImproperlyConfigured(
+            f"No channel layer {conf.BROADCAST_CHANNEL_LAYER!r} in CHANNEL_LAYERS; "
+            "the broadcast hub needs one (see the README's Settings section)."
+        )
+    return layer
+
+
+def is_process_local(layer: Any) -> bool:
+    """True when the layer cannot reach any other process (the in-memory layer)."""
+    return isinstance(layer, InMemoryChannelLayer)
+
+
+def relay_message(text: str, msg_id: int | None) -> dict[str, Any]:
+    """The channel-layer message the process relays fan out."""
+    return {"type": MESSAGE_TYPE, "id": msg_id, "text": text}
+
+
+def _group_send(layer: Any, text: str, msg_id: int | None) -> None:
+    async_to_sync(layer.group_send)(conf.BROADCAST_GROUP, relay_message(text, msg_id))
+
+
+def publish(
+    type: str,  # noqa: A002 - the envelope's field name, as users know it
+    payload: Any = None,
+    *,
+    persist: bool = True,
+    created_by: Any = None,
+) -> dict[str, Any]:
+    """
+    Publish a broadcast to every connected client and return its envelope.
+
+    Raises InvalidBroadcast (a ValueError) for a bad type or payload, and
+    PublishFailed when the channel layer cannot be reached; a persisted broadcast
+    is then marked failed, with the error, and can be resent.
+
+    Inside ``transaction.atomic()``, a persisted broadcast is sent when the outermost
+    transaction commits; the returned envelope's ``id`` and ``timestamp`` are filled
+    in at that moment (and nothing is sent if the transaction rolls back).
+    """
+    prepared = prepare(type, payload)
+    layer = get_layer()
+    if not persist:
+        now = timezone.now()
+        try:
+            _group_send(layer, prepared.text(None, now), None)
+        except Exception as exc:
+            logger.warning("Ephemeral broadcast %r failed: %s", prepared.type, exc)
+            raise PublishFailed(f"Could not reach the channel layer: {_describe(exc)}") from exc
+        logger.info("Published ephemeral broadcast type=%s", prepared.type)
+        return prepared.envelope(None, now)
+
+    row = Broadcast(type=prepared.type, payload=payload, created_by=_user_or_none(created_by))
+    # Tells the post_save receiver that this row is sent here, not by the signal.
+    row._sent_by_publish = True
+    row.save()
+    envelope = prepared.envelope(None, row.created_at)
+
+    def send_after_commit() -> None:
+        envelope.update(send_row(row, prepared, layer=layer))
+
+    transaction.on_commit(send_after_commit)
+    return envelope
+
+
+async def apublish(
+    type: str,  # noqa: A002
+    payload: Any = None,
+    *,
+    persist: bool = True,
+    created_by: Any = None,
+) -> dict[str, Any]:
+    """The async twin of :func:`publish`."""
+    return await sync_to_async(publish)(
+        type, payload, persist=persist, created_by=created_by
+    )
+
+
+def send_row(row: Broadcast, prepared: Prepared | None = None, *, layer: Any = None) -> dict:
+    """
+    Send a persisted broadcast: assign its delivery id and hand it to the layer.
+
+    The id is committed before the send, and both happen under the send lock, so a
+    client that sees id N can always find every id below N in the database.
+    """
+    layer = layer or get_layer()
+    if prepared is None:
+        try:
+            prepared = prepare(row.type, row.payload)
+        except BroadcastError as exc:
+            _mark_failed(row, exc)
+            raise
+    try:
+        with send_lock(layer):
+            now = timezone.now()
+            with transaction.atomic():
+                last = Broadcast.objects.aggregate(last=Max("seq"))["last"] or 0
+                seq = last + 1
+                Broadcast.objects.filter(pk=row.pk).update(
+                    seq=seq, status=Broadcast.Status.PENDING, sent_at=now, error=""
+                )
+            _group_send(layer, prepared.text(seq, now), seq)
+    except Exception as exc:
+        _mark_failed(row, exc)
+        logger.warning("Broadcast row %s (%s) failed: %s", row.pk, row.type, exc)
+        raise PublishFailed(
+            f"Broadcast row {row.pk} could not be sent and is marked failed: {_describe(exc)}"
+        ) from exc
+    Broadcast.objects.filter(pk=row.pk).update(status=Broadcast.Status.SENT)
+    row.seq, row.sent_at, row.status, row.error = seq, now, Broadcast.Status.SENT, ""
+    logger.info("Published broadcast id=%s type=%s", seq, prepared.type)
+    return prepared.envelope(seq, now)
+
+
+def send_saved_row(pk: int) -> None:
+    """Send a row that was saved directly (the admin), after its transaction commits."""
+    row = Broadcast.objects.get(pk=pk)
+    if row.status == Broadcast.Status.PENDING and row.seq is None:
+        send_row(row)
+
+
+def resend(row: Broadcast, *, created_by: Any = None) -> dict[str, Any]:
+    """
+    Send a broadcast again. A failed (or never sent) row is retried in place and
+    keeps its row; a row that was already sent is published again as a new row,
+    because its old id has already been delivered.
+    """
+    if row.status == Broadcast.Status.SENT:
+        return publish(row.type, row.payload, created_by=created_by or row.created_by)
+    return send_row(row)
+
+
+def _mark_failed(row: Broadcast, exc: BaseException) -> None:
+    # A failed row keeps any id it was given: ids are never reused, so a client
+    # never sees one id twice. History replay skips failed rows.
+    error = _describe(exc)
+    Broadcast.objects.filter(pk=row.pk).update(status=Broadcast.Status.FAILED, error=error)
+    row.status, row.error = Broadcast.Status.FAILED, error
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _user_or_none(user: Any) -> Any:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return user

@@ -1,0 +1,34 @@
+"""
+Signals: ``broadcast_requested`` lets any app publish without importing the API,
+and the ``post_save`` receiver publishes Broadcast rows saved directly (the admin).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from django.db import transaction
+from django.dispatch import Signal
+
+#: ``broadcast_requested.send(sender=..., type=..., payload=..., persist=True)``
+#: publishes a broadcast; errors are raised to the sender, as publish() raises them.
+broadcast_requested = Signal()
+
+
+def on_broadcast_requested(
+    sender: Any, type: str, payload: Any = None, persist: bool = True, **kwargs: Any  # noqa: A002
+) -> dict[str, Any]:
+    from .publish import publish
+
+    return publish(type, payload, persist=persist, created_by=kwargs.get("created_by"))
+
+
+def on_broadcast_saved(sender: Any, instance: Any, created: bool, raw: bool, **kwargs: Any) -> None:
+    if raw or not created or getattr(instance, "_sent_by_publish", False):
+        return
+    from .publish import send_saved_row
+
+    # robust: a failed send is recorded on the row (and logged) rather than turning
+    # the admin's save into a 500; the admin reports the row's status.
+    transaction.on_commit(partial(send_saved_row, instance.pk), robust=True)
