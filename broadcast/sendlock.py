@@ -28,7 +28,7 @@ LOCK_NAME = "broadcast:send-lock"
 LOCK_EXPIRY_SECONDS = 30
 
 _local_lock = threading.Lock()
-_clients: dict[int, redis.Redis] = {}
+_clients: dict[str, redis.Redis] = {}
 _clients_lock = threading.Lock()
 
 
@@ -41,7 +41,7 @@ def _redis_for(layer: Any) -> redis.Redis | None:
     hosts = getattr(layer, "hosts", None)
     if not hosts or not type(layer).__module__.startswith("channels_redis"):
         return None
-    key = id(layer)
+    key = repr(sorted(hosts[0].items()))
     with _clients_lock:
         client = _clients.get(key)
         if client is None:

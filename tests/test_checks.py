@@ -1,0 +1,41 @@
+import pytest
+
+from broadcast.checks import check_settings
+
+
+def ids(errors):
+    return [error.id for error in errors]
+
+
+def test_default_settings_pass():
+    assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error_id"),
+    [
+        ("BROADCAST_GROUP", "has space", "broadcast.E001"),
+        ("BROADCAST_GROUP", "", "broadcast.E001"),
+        ("BROADCAST_CHANNEL_LAYER", "missing", "broadcast.E002"),
+        ("BROADCAST_MAX_MESSAGE_BYTES", 0, "broadcast.E003"),
+        ("BROADCAST_MAX_MESSAGE_BYTES", "64k", "broadcast.E003"),
+        ("BROADCAST_MAX_PENDING_BYTES", -1, "broadcast.E004"),
+        ("BROADCAST_HEARTBEAT_SECONDS", 0, "broadcast.E005"),
+        ("BROADCAST_STALE_HEARTBEATS", 1.5, "broadcast.E006"),
+        ("BROADCAST_SEND_LOCK_TIMEOUT", True, "broadcast.E007"),
+    ],
+)
+def test_bad_values_are_reported(settings, name, value, error_id):
+    setattr(settings, name, value)
+    errors = check_settings()
+    assert ids(errors) == [error_id]
+    assert repr(value) in errors[0].msg
+
+
+def test_checks_run_with_manage_py_check(settings):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    settings.BROADCAST_HEARTBEAT_SECONDS = -5
+    with pytest.raises(SystemCheckError, match="broadcast.E005"):
+        call_command("check")

@@ -1,0 +1,175 @@
+"""The consumer and the process hub, through channels.testing (in-memory layer)."""
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from broadcast import apublish
+from broadcast.consumers import BroadcastConsumer
+from broadcast.models import Broadcast
+from broadcast.publish import relay_message
+from hubsite.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PATH = "/ws/broadcast/"
+
+
+async def connect(app=None, **kwargs):
+    """A connected client whose welcome frame (sent once it is registered) was read."""
+    communicator = WebsocketCommunicator(app or BroadcastConsumer.as_asgi(), PATH, **kwargs)
+    connected, _ = await communicator.connect()
+    assert connected
+    communicator.welcome = await frame(communicator)
+    return communicator
+
+
+async def frame(communicator):
+    return json.loads(await communicator.receive_from(timeout=2))
+
+
+async def test_a_client_is_welcomed_with_the_last_broadcast_id(hub):
+    first = await connect()
+    welcome = first.welcome
+    assert welcome["type"] == "hub.welcome"
+    assert welcome["id"] is None
+    assert welcome["payload"] == {"last_id": 0}
+    sent = await apublish("news", {"n": 1})
+    assert (await frame(first))["id"] == sent["id"]
+
+    second = await connect()
+    assert second.welcome["payload"] == {"last_id": sent["id"]}
+    await first.disconnect()
+    await second.disconnect()
+
+
+async def test_every_client_gets_every_broadcast_once_and_in_order(hub):
+    clients = [await connect() for _ in range(3)]
+    sent = [await apublish("tick", {"n": n}) for n in range(5)]
+    for client in clients:
+        received = [await frame(client) for _ in sent]
+        assert received == sent
+        assert await client.receive_nothing(timeout=0.1)
+    assert [envelope["id"] for envelope in sent] == sorted({e["id"] for e in sent})
+    for client in clients:
+        await client.disconnect()
+
+
+async def test_the_envelope_is_the_documented_shape(hub):
+    client = await connect()
+    sent = await apublish("announcement", {"text": "Deploy at 18:00"})
+    received = await frame(client)
+    assert set(received) == {"id", "type", "payload", "timestamp"}
+    assert received["type"] == "announcement"
+    assert received["payload"] == {"text": "Deploy at 18:00"}
+    assert received["id"] == sent["id"] == (await Broadcast.objects.aget()).seq
+    await client.disconnect()
+
+
+async def test_ephemeral_broadcasts_have_a_null_id_and_no_row(hub):
+    client = await connect()
+    await apublish("typing", {"who": "ada"}, persist=False)
+    received = await frame(client)
+    assert received["id"] is None
+    assert received["payload"] == {"who": "ada"}
+    assert await Broadcast.objects.acount() == 0
+    await client.disconnect()
+
+
+async def test_a_process_joins_the_group_once_whatever_its_client_count(hub):
+    layer = get_channel_layer()
+    clients = [await connect() for _ in range(4)]
+    assert list(layer.groups["broadcast"]) == [hub.relay_channel]
+    assert hub.current == 4
+    for client in clients:
+        await client.disconnect()
+    assert hub.current == 0
+    assert "broadcast" not in layer.groups or not layer.groups["broadcast"]
+
+
+async def test_consumers_have_no_channel_layer_queue_of_their_own(hub):
+    layer = get_channel_layer()
+    clients = [await connect() for _ in range(3)]
+    assert list(layer.channels) == [hub.relay_channel]  # one for the process, none per client
+    await apublish("x", None, persist=False)
+    for client in clients:
+        assert (await frame(client))["type"] == "x"
+    assert set(layer.channels) <= {hub.relay_channel}
+    for client in clients:
+        await client.disconnect()
+
+
+async def test_a_plain_group_send_reaches_every_client(hub):
+    clients = [await connect() for _ in range(2)]
+    text = '{"id":null,"type":"custom","payload":[1,2],"timestamp":"2026-01-01T00:00:00.000Z"}'
+    await get_channel_layer().group_send("broadcast", {"type": "broadcast.message", "text": text})
+    for client in clients:
+        assert await client.receive_from(timeout=2) == text
+    await get_channel_layer().group_send("broadcast", relay_message(text, None))
+    for client in clients:
+        assert await client.receive_from(timeout=2) == text
+        await client.disconnect()
+
+
+async def test_clients_cannot_publish(hub):
+    talker, listener = await connect(), await connect()
+    await talker.send_to(text_data=json.dumps({"type": "news", "payload": {"spoof": True}}))
+    error = await frame(talker)
+    assert error["type"] == "hub.error"
+    assert "clients cannot publish" in error["payload"]["error"]
+    await talker.send_to(text_data="not json")
+    assert (await frame(talker))["payload"] == {"error": "malformed JSON"}
+    assert await listener.receive_nothing(timeout=0.2)
+    await talker.disconnect()
+    await listener.disconnect()
+
+
+async def test_a_binary_frame_closes_with_1003(hub):
+    client = await connect()
+    await client.send_to(bytes_data=b"\x00\x01")
+    assert await client.receive_output(timeout=2) == {"type": "websocket.close", "code": 1003}
+
+
+async def test_a_client_over_its_pending_limit_is_dropped_as_slow(hub, settings):
+    settings.BROADCAST_MAX_PENDING_BYTES = 300
+    client = await connect()
+    # Nothing is written while the test does not yield, so this client's outbox fills.
+    outbox = next(iter(hub.clients))
+    hub.fan_out(relay_message("x" * 200, None))
+    hub.fan_out(relay_message("y" * 200, None))
+    assert outbox.closed
+    assert hub.current == 1  # until the consumer's close completes
+    assert await client.receive_output(timeout=2) == {"type": "websocket.close", "code": 4008}
+
+
+async def test_a_foreign_origin_is_refused():
+    communicator = WebsocketCommunicator(application, PATH, headers=[(b"origin", b"http://evil.example")])
+    connected, _ = await communicator.connect()
+    assert not connected
+
+
+async def test_an_allowed_origin_is_accepted(hub):
+    client = await connect(application, headers=[(b"origin", b"http://localhost:8000")])
+    assert client.welcome["type"] == "hub.welcome"
+    await client.disconnect()
+
+
+async def test_counts_are_written_on_the_heartbeat_not_per_connect(hub):
+    from broadcast.models import HubProcess
+
+    clients = [await connect() for _ in range(3)]
+    await hub.write_counts()
+    row = await HubProcess.objects.aget()
+    assert (row.current, row.peak, row.total_accepted) == (3, 3, 3)
+    await clients[0].disconnect()
+    row = await HubProcess.objects.aget()
+    assert row.current == 3  # not written on disconnect
+    await hub.write_counts()
+    row = await HubProcess.objects.aget()
+    assert (row.current, row.peak, row.total_accepted) == (2, 3, 3)
+    assert await sync_to_async(HubProcess.objects.live_total)() == 2
+    for client in clients[1:]:
+        await client.disconnect()
