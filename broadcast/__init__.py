@@ -21,9 +21,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "publish": "publish",
-    "apublish": "publish",
-    "PublishFailed": "publish",
+    "publish": "publishing",
+    "apublish": "publishing",
+    "PublishFailed": "publishing",
     "BroadcastError": "envelope",
     "InvalidBroadcast": "envelope",
     "InvalidPayload": "envelope",

@@ -8,7 +8,7 @@ from django.http import HttpRequest
 
 from .envelope import BroadcastError, InvalidPayload, InvalidType, PayloadTooLarge, prepare
 from .models import Broadcast, HubProcess
-from .publish import resend
+from .publishing import resend
 
 PAYLOAD_PREVIEW_CHARS = 80
 

@@ -19,7 +19,7 @@ broadcast_requested = Signal()
 def on_broadcast_requested(
     sender: Any, type: str, payload: Any = None, persist: bool = True, **kwargs: Any  # noqa: A002
 ) -> dict[str, Any]:
-    from .publish import publish
+    from .publishing import publish
 
     return publish(type, payload, persist=persist, created_by=kwargs.get("created_by"))
 
@@ -27,7 +27,7 @@ def on_broadcast_requested(
 def on_broadcast_saved(sender: Any, instance: Any, created: bool, raw: bool, **kwargs: Any) -> None:
     if raw or not created or getattr(instance, "_sent_by_publish", False):
         return
-    from .publish import send_saved_row
+    from .publishing import send_saved_row
 
     # robust: a failed send is recorded on the row (and logged) rather than turning
     # the admin's save into a 500; the admin reports the row's status.

@@ -110,6 +110,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Tests use a file too: the in-memory shared-cache database Django would use
+    # takes table locks that ignore the busy timeout, unlike a real deployment.
+    DATABASES["default"].setdefault("TEST", {"NAME": str(BASE_DIR / "test-db.sqlite3")})
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:

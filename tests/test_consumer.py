@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 from broadcast import apublish
 from broadcast.consumers import BroadcastConsumer
 from broadcast.models import Broadcast
-from broadcast.publish import relay_message
+from broadcast.publishing import relay_message
 from hubsite.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcast.envelope import BroadcastError
 from broadcast.models import Broadcast
-from broadcast.publish import get_layer, is_process_local, publish, resend
+from broadcast.publishing import get_layer, is_process_local, publish, resend
 
 
 class Command(BaseCommand):

@@ -1,0 +1,193 @@
+"""The publish path: validation, persistence, commit timing, failures, order."""
+
+import asyncio
+import json
+import threading
+
+import pytest
+from channels.layers import channel_layers, get_channel_layer
+from django.db import transaction
+
+from broadcast import InvalidType, PayloadTooLarge, PublishFailed, publish
+from broadcast.models import Broadcast
+from broadcast.publishing import resend
+from broadcast.signals import broadcast_requested
+from tests.conftest import redis_layers
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Observer:
+    """
+    A real member of the broadcast group on the Redis layer, like a server's relay,
+    running on a loop of its own so that sync tests can publish while it listens.
+    """
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.layer = get_channel_layer()
+        self.channel = self._run(self._join())
+
+    def _run(self, coroutine, timeout=10):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def _join(self):
+        channel = await self.layer.new_channel()
+        await self.layer.group_add("broadcast", channel)
+        return channel
+
+    def take(self, count, timeout=5.0):
+        async def receive():
+            return [
+                await asyncio.wait_for(self.layer.receive(self.channel), timeout)
+                for _ in range(count)
+            ]
+
+        return self._run(receive(), timeout * count + 5)
+
+    def nothing(self, wait=0.3):
+        async def receive():
+            try:
+                await asyncio.wait_for(self.layer.receive(self.channel), wait)
+            except asyncio.TimeoutError:
+                return True
+            return False
+
+        return self._run(receive())
+
+    def close(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def observer(redis_layer):
+    instance = Observer()
+    yield instance
+    instance.close()
+
+
+def test_publish_persists_sends_and_returns_the_envelope(observer):
+    envelope = publish("announcement", {"text": "hi"})
+    row = Broadcast.objects.get()
+    assert row.status == Broadcast.Status.SENT
+    assert envelope["id"] == row.seq
+    assert envelope["payload"] == {"text": "hi"}
+    (message,) = observer.take(1)
+    assert message["type"] == "broadcast.message"
+    assert json.loads(message["text"]) == envelope
+
+
+def test_ids_increase_with_each_publish(observer):
+    ids = [publish("tick", n)["id"] for n in range(5)]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert [m["id"] for m in observer.take(5)] == ids
+
+
+def test_inside_a_transaction_the_send_waits_for_the_commit(observer):
+    with transaction.atomic():
+        envelope = publish("later", {})
+        assert envelope["id"] is None
+        assert observer.nothing()
+    (message,) = observer.take(1)
+    assert envelope["id"] == message["id"] == Broadcast.objects.get().seq
+
+
+def test_a_rolled_back_publish_sends_nothing_and_leaves_no_row(observer):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        publish("never", {})
+        raise RuntimeError("roll back")
+    assert observer.nothing()
+    assert not Broadcast.objects.exists()
+
+
+def test_invalid_input_leaves_no_row_and_sends_nothing(observer):
+    with pytest.raises(InvalidType):
+        publish("hub.fake", {})
+    with pytest.raises(PayloadTooLarge):
+        publish("big", "x" * 70_000)
+    assert not Broadcast.objects.exists()
+    assert observer.nothing()
+
+
+def test_an_unreachable_layer_raises_and_marks_the_row_failed(settings):
+    settings.CHANNEL_LAYERS = redis_layers("redis://127.0.0.1:1/0")
+    channel_layers.backends.clear()
+    with pytest.raises(PublishFailed, match="marked failed.*ConnectionError"):
+        publish("lost", {"n": 1})
+    row = Broadcast.objects.get()
+    assert row.status == Broadcast.Status.FAILED
+    assert "Connection" in row.error
+
+
+def test_an_unreachable_layer_raises_for_ephemeral_broadcasts_too(settings):
+    settings.CHANNEL_LAYERS = redis_layers("redis://127.0.0.1:1/0")
+    channel_layers.backends.clear()
+    with pytest.raises(PublishFailed, match="Could not reach the channel layer"):
+        publish("lost", {}, persist=False)
+    assert not Broadcast.objects.exists()
+
+
+def test_a_failed_row_is_resent_in_place(settings, redis_url):
+    settings.CHANNEL_LAYERS = redis_layers("redis://127.0.0.1:1/0")
+    channel_layers.backends.clear()
+    with pytest.raises(PublishFailed):
+        publish("retry", {"n": 1})
+    settings.CHANNEL_LAYERS = redis_layers(redis_url)
+    channel_layers.backends.clear()
+    observer = Observer()
+    row = Broadcast.objects.get()
+    envelope = resend(row)
+    row.refresh_from_db()
+    assert row.status == Broadcast.Status.SENT and row.error == ""
+    assert envelope["id"] == row.seq == observer.take(1)[0]["id"]
+    observer.close()
+    assert Broadcast.objects.count() == 1
+
+
+def test_a_sent_row_is_resent_as_a_new_broadcast(observer):
+    first = publish("again", {"n": 1})
+    row = Broadcast.objects.get()
+    second = resend(row)
+    assert second["id"] > first["id"]
+    assert Broadcast.objects.count() == 2
+    assert [m["id"] for m in observer.take(2)] == [first["id"], second["id"]]
+
+
+def test_the_broadcast_requested_signal_publishes(observer):
+    broadcast_requested.send(sender=None, type="from.signal", payload={"ok": True})
+    row = Broadcast.objects.get()
+    assert (row.type, row.payload, row.status) == ("from.signal", {"ok": True}, "sent")
+    assert observer.take(1)[0]["id"] == row.seq
+
+
+def test_the_signal_raises_errors_to_the_sender(observer):
+    with pytest.raises(InvalidType):
+        broadcast_requested.send(sender=None, type="bad type", payload=None)
+
+
+def test_concurrent_publishers_deliver_in_id_order(observer):
+    """Ids are assigned at send time under the send lock, so no id overtakes another."""
+    errors = []
+
+    def publisher(number):
+        try:
+            for n in range(10):
+                publish("race", {"publisher": number, "n": n})
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publisher, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    delivered = [message["id"] for message in observer.take(40)]
+    assert delivered == sorted(delivered)
+    assert delivered == list(
+        Broadcast.objects.order_by("seq").values_list("seq", flat=True)
+    )
