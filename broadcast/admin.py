@@ -110,6 +110,8 @@ class HubProcessAdmin(admin.ModelAdmin):
         live = HubProcess.objects.live().count()
         extra_context = {
             **(extra_context or {}),
-            "title": f"Hub processes: {total} client(s) connected now, over {live} live process(es)",
+            "title": (
+                f"Hub processes: {total} client(s) connected now, over {live} live process(es)"
+            ),
         }
         return super().changelist_view(request, extra_context)

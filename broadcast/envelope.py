@@ -69,7 +69,7 @@ def dumps(value: Any) -> str:
 
 def format_timestamp(moment: dt.datetime) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2026-11-25T18:41:28.123Z``."""
-    moment = moment.astimezone(dt.timezone.utc)
+    moment = moment.astimezone(dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -77,8 +77,7 @@ def build_text(msg_id: int | None, type_json: str, payload_json: str, timestamp:
     """Assemble the envelope text from already-serialised parts."""
     id_json = "null" if msg_id is None else str(int(msg_id))
     return (
-        f'{{"id":{id_json},"type":{type_json},"payload":{payload_json},'
-        f'"timestamp":"{timestamp}"}}'
+        f'{{"id":{id_json},"type":{type_json},"payload":{payload_json},"timestamp":"{timestamp}"}}'
     )
 
 
@@ -91,7 +90,9 @@ class Prepared:
     payload_json: str
 
     def text(self, msg_id: int | None, moment: dt.datetime) -> str:
-        return build_text(msg_id, json.dumps(self.type), self.payload_json, format_timestamp(moment))
+        return build_text(
+            msg_id, json.dumps(self.type), self.payload_json, format_timestamp(moment)
+        )
 
     def envelope(self, msg_id: int | None, moment: dt.datetime) -> dict[str, Any]:
         """The envelope as a dict, with the payload as the client will decode it."""

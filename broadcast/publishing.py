@@ -108,9 +108,7 @@ async def apublish(
     created_by: Any = None,
 ) -> dict[str, Any]:
     """The async twin of :func:`publish`."""
-    return await sync_to_async(publish)(
-        type, payload, persist=persist, created_by=created_by
-    )
+    return await sync_to_async(publish)(type, payload, persist=persist, created_by=created_by)
 
 
 def send_row(row: Broadcast, prepared: Prepared | None = None, *, layer: Any = None) -> dict:

@@ -59,11 +59,15 @@ def _make_client(host: dict[str, Any]) -> redis.Redis:
         from redis.sentinel import Sentinel
 
         master = host.pop("master_name")
-        sentinel = Sentinel(host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None))
+        sentinel = Sentinel(
+            host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None)
+        )
         return sentinel.master_for(master, **host)
     if "host" in host:
         return redis.Redis(**host)
-    raise ImproperlyConfigured(f"Cannot derive a Redis connection from channel layer host {host!r}.")
+    raise ImproperlyConfigured(
+        f"Cannot derive a Redis connection from channel layer host {host!r}."
+    )
 
 
 @contextlib.contextmanager

@@ -17,7 +17,11 @@ broadcast_requested = Signal()
 
 
 def on_broadcast_requested(
-    sender: Any, type: str, payload: Any = None, persist: bool = True, **kwargs: Any  # noqa: A002
+    sender: Any,
+    type: str,
+    payload: Any = None,
+    persist: bool = True,
+    **kwargs: Any,  # noqa: A002
 ) -> dict[str, Any]:
     from .publishing import publish
 

@@ -146,7 +146,9 @@ async def test_a_client_over_its_pending_limit_is_dropped_as_slow(hub, settings)
 
 
 async def test_a_foreign_origin_is_refused():
-    communicator = WebsocketCommunicator(application, PATH, headers=[(b"origin", b"http://evil.example")])
+    communicator = WebsocketCommunicator(
+        application, PATH, headers=[(b"origin", b"http://evil.example")]
+    )
     connected, _ = await communicator.connect()
     assert not connected
 

@@ -39,8 +39,10 @@ def test_unserialisable_payloads_are_refused(payload):
 
 
 def test_django_json_encoder_types_are_accepted():
-    moment = dt.datetime(2026, 11, 25, 18, 41, 28, tzinfo=dt.timezone.utc)
-    prepared = prepare("ok", {"at": moment, "price": decimal.Decimal("1.50"), "id": uuid.UUID(int=1)})
+    moment = dt.datetime(2026, 11, 25, 18, 41, 28, tzinfo=dt.UTC)
+    prepared = prepare(
+        "ok", {"at": moment, "price": decimal.Decimal("1.50"), "id": uuid.UUID(int=1)}
+    )
     assert json.loads(prepared.payload_json) == {
         "at": "2026-11-25T18:41:28Z",
         "price": "1.50",
@@ -63,7 +65,7 @@ def test_size_is_counted_in_utf8_bytes(settings):
 
 def test_envelope_text_is_the_documented_shape():
     prepared = prepare("announcement", {"text": "Deploy at 18:00"})
-    moment = dt.datetime(2026, 11, 25, 18, 41, 28, 123456, tzinfo=dt.timezone.utc)
+    moment = dt.datetime(2026, 11, 25, 18, 41, 28, 123456, tzinfo=dt.UTC)
     assert json.loads(prepared.text(42, moment)) == {
         "id": 42,
         "type": "announcement",

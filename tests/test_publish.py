@@ -51,7 +51,7 @@ class Observer:
         async def receive():
             try:
                 await asyncio.wait_for(self.layer.receive(self.channel), wait)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return True
             return False
 
@@ -188,6 +188,4 @@ def test_concurrent_publishers_deliver_in_id_order(observer):
     assert errors == []
     delivered = [message["id"] for message in observer.take(40)]
     assert delivered == sorted(delivered)
-    assert delivered == list(
-        Broadcast.objects.order_by("seq").values_list("seq", flat=True)
-    )
+    assert delivered == list(Broadcast.objects.order_by("seq").values_list("seq", flat=True))

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -37,6 +40,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        with _app_logging(verbose=options["verbosity"] >= 2):
+            self._handle(options)
+
+    def _handle(self, options: dict[str, Any]) -> None:
         try:
             layer = get_layer()
         except ImproperlyConfigured as exc:
@@ -73,7 +80,9 @@ class Command(BaseCommand):
                 with open(options["file"], encoding="utf-8") as handle:
                     text, origin = handle.read(), options["file"]
             except OSError as exc:
-                raise CommandError(f"Cannot read --file {options['file']!r}: {exc.strerror}.")
+                raise CommandError(
+                    f"Cannot read --file {options['file']!r}: {exc.strerror}."
+                ) from exc
         elif source == "-":
             text, origin = sys.stdin.read(), "standard input"
         elif source is None:
@@ -112,3 +121,19 @@ class Command(BaseCommand):
         if failures:
             raise CommandError(f"{failures} of {len(rows)} broadcast(s) could not be resent.")
         self.stdout.write(self.style.SUCCESS(f"Resent {len(rows)} broadcast(s)."))
+
+
+@contextlib.contextmanager
+def _app_logging(*, verbose: bool) -> Iterator[None]:
+    """
+    The command reports outcomes itself, in one line; the app's own log lines (a
+    warning for the same failure) would repeat it, so they show only at -v 2.
+    """
+    logger = logging.getLogger("broadcast")
+    level = logger.level
+    if not verbose:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -21,8 +21,10 @@ class Command(BaseCommand):
         rows = HubProcess.objects.all()
         if not options["all"]:
             rows = rows.filter(last_heartbeat__gte=timezone.now() - dt.timedelta(days=1))
-        header = f"{'process':<32} {'state':<8} {'current':>8} {'peak':>8} {'accepted':>10}  last heartbeat"
-        self.stdout.write(header)
+        self.stdout.write(
+            f"{'process':<32} {'state':<8} {'current':>8} {'peak':>8} {'accepted':>10}"
+            "  last heartbeat"
+        )
         for row in rows:
             self.stdout.write(
                 f"{str(row):<32} {row.state:<8} {row.current:>8} {row.peak:>8} "

@@ -1,0 +1,252 @@
+"""
+Real servers for end-to-end tests: daphne processes on free loopback ports, a fresh
+migrated database (SQLite file, or PostgreSQL when DATABASE_URL points there), and
+manage.py run as separate processes against the same database and Redis.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from websockets.asyncio.client import connect
+
+ROOT = Path(__file__).resolve().parents[2]
+E2E_REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/10")
+ADMIN_USER, ADMIN_PASSWORD = "admin", "e2e-admin-password"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Site:
+    """An environment (database, optional Redis) shared by servers and commands."""
+
+    env: dict[str, str]
+    logs: Path
+
+    def with_redis(self, url: str) -> Site:
+        return Site({**self.env, "REDIS_URL": url}, self.logs)
+
+    def manage(self, *args: str, input: str | None = None, check: bool = True, timeout=60):
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def shell(self, code: str) -> str:
+        return self.manage("shell", "--no-imports", "-c", code).stdout
+
+    def live_total(self) -> int:
+        last = self.manage("hubstatus").stdout.strip().splitlines()[-1]
+        return int(last.split("Live total: ")[1].split()[0])
+
+    def wait_for_live_total(self, expected: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (total := self.live_total()) != expected:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"live total stayed {total}, expected {expected}")
+            time.sleep(0.2)
+
+
+@dataclass
+class Server:
+    """One daphne process serving hubsite.asgi on a free loopback port."""
+
+    site: Site
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/broadcast/"
+
+    def start(self) -> Server:
+        log = open(self.site.logs / f"daphne-{self.port}.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+             "hubsite.asgi:application"],
+            cwd=ROOT, env=self.site.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daphne exited:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.http}/admin/login/", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"daphne did not answer on {self.port}:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return (self.site.logs / f"daphne-{self.port}.log").read_text()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    async def client(self, query: str = "", origin: str | None = None):
+        """A connected WebSocket client whose welcome frame has been read."""
+        ws = await connect(self.ws_url + query, origin=origin or self.http, max_size=2**22)
+        ws.welcome = json.loads(await ws.recv())
+        assert ws.welcome["type"] == "hub.welcome"
+        return ws
+
+
+async def frames(ws, count: int, timeout: float = 10.0) -> list[dict]:
+    import asyncio
+
+    return [json.loads(await asyncio.wait_for(ws.recv(), timeout)) for _ in range(count)]
+
+
+async def no_frame(ws, wait: float = 0.5) -> bool:
+    import asyncio
+
+    try:
+        await asyncio.wait_for(ws.recv(), wait)
+    except TimeoutError:
+        return True
+    return False
+
+
+class Browser:
+    """A real HTTP client with cookies, for the admin's login and forms."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def _csrf(self) -> str:
+        return next(cookie.value for cookie in self.jar if cookie.name == "csrftoken")
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with self.opener.open(self.base + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def post(self, path: str, data: dict) -> tuple[int, str]:
+        body = urllib.parse.urlencode({**data, "csrfmiddlewaretoken": self._csrf()}, doseq=True)
+        request = urllib.request.Request(
+            self.base + path, data=body.encode(), headers={"Referer": self.base + path}
+        )
+        try:
+            with self.opener.open(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def login(self, username: str, password: str) -> None:
+        self.get("/admin/login/")
+        status, page = self.post(
+            "/admin/login/?next=/admin/", {"username": username, "password": password}
+        )
+        assert status == 200 and "Log out" in page, f"login failed ({status})"
+
+
+def _fresh_database(tmp_path: Path) -> tuple[str, callable]:
+    base = os.environ.get("DATABASE_URL", "")
+    if not base.startswith(("postgres://", "postgresql://")):
+        return f"sqlite:///{tmp_path / 'e2e.sqlite3'}", lambda: None
+    import psycopg
+
+    name = f"hub_e2e_{uuid.uuid4().hex[:12]}"
+    parts = urllib.parse.urlsplit(base)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}")), drop
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Site:
+    """A migrated database with an admin user, and the environment to reach it."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    url, drop = _fresh_database(tmp)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"REDIS_URL", "DJANGO_SETTINGS_MODULE", "DATABASE_URL"}
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="hubsite.settings",
+        DATABASE_URL=url,
+        BROADCAST_HEARTBEAT_SECONDS="0.3",
+        PYTHONUNBUFFERED="1",
+    )
+    instance = Site(env, tmp)
+    instance.manage("migrate", "--no-input")
+    instance.shell(
+        "from django.contrib.auth.models import User;"
+        f"User.objects.create_superuser({ADMIN_USER!r}, 'admin@example.com', {ADMIN_PASSWORD!r})"
+    )
+    yield instance
+    drop()
+
+
+@pytest.fixture
+def redis_site(site) -> Site:
+    """The site with REDIS_URL set; fails (never skips) when Redis does not answer."""
+    client = redis.Redis.from_url(E2E_REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.flushdb()
+    except redis.exceptions.RedisError as exc:
+        pytest.fail(f"Redis is not answering at {E2E_REDIS_URL} ({exc}); the Redis tests need it.")
+    return site.with_redis(E2E_REDIS_URL)
+
+
+@pytest.fixture
+def start_server():
+    servers: list[Server] = []
+
+    def start(site: Site) -> Server:
+        server = Server(site).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

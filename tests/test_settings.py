@@ -1,0 +1,83 @@
+"""hubsite settings from the environment, each read by a fresh interpreter."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import json
+from django.conf import settings
+import django
+django.setup()
+db = settings.DATABASES["default"]
+print(json.dumps({
+    "debug": settings.DEBUG,
+    "secret": settings.SECRET_KEY,
+    "hosts": settings.ALLOWED_HOSTS,
+    "layer": settings.CHANNEL_LAYERS["default"]["BACKEND"],
+    "layer_hosts": settings.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts"),
+    "engine": db["ENGINE"],
+    "name": str(db["NAME"]),
+}))
+"""
+
+UNSET = ("DJANGO_SECRET_KEY", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS", "REDIS_URL", "DATABASE_URL")
+
+
+def load(**env):
+    clean = {k: v for k, v in os.environ.items() if k not in UNSET}
+    clean.update(DJANGO_SETTINGS_MODULE="hubsite.settings", **env)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=clean, capture_output=True, text=True
+    )
+    return result
+
+
+def test_the_embedded_default_is_sqlite_and_the_in_memory_layer():
+    settings = json.loads(load().stdout)
+    assert settings["debug"] is True
+    assert settings["engine"] == "django.db.backends.sqlite3"
+    assert settings["name"].endswith("db.sqlite3")
+    assert settings["layer"] == "channels.layers.InMemoryChannelLayer"
+    assert settings["hosts"] == ["127.0.0.1", "localhost", "[::1]"]
+
+
+def test_redis_url_switches_the_hub_to_channels_redis_with_safe_timeouts():
+    settings = json.loads(load(REDIS_URL="redis://127.0.0.1:6379/3").stdout)
+    assert settings["layer"] == "channels_redis.core.RedisChannelLayer"
+    (host,) = settings["layer_hosts"]
+    assert host["address"] == "redis://127.0.0.1:6379/3"
+    assert host["socket_timeout"] > 5  # above the layer's 5 s blocking pop
+    assert host["max_connections"] > 100
+
+
+def test_database_url_switches_the_database():
+    settings = json.loads(load(DATABASE_URL="postgres://u:p@db.example:5432/hub").stdout)
+    assert settings["engine"] == "django.db.backends.postgresql"
+    assert settings["name"] == "hub"
+
+
+def test_debug_off_requires_a_secret_key():
+    result = load(DJANGO_DEBUG="0")
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off" in result.stderr
+
+
+def test_production_settings_come_from_the_environment():
+    settings = json.loads(
+        load(
+            DJANGO_DEBUG="false", DJANGO_SECRET_KEY="s" * 50, DJANGO_ALLOWED_HOSTS="hub.example"
+        ).stdout
+    )
+    assert settings["debug"] is False
+    assert settings["secret"] == "s" * 50
+    assert settings["hosts"] == ["hub.example"]
+
+
+def test_a_bad_boolean_is_a_clear_error():
+    result = load(DJANGO_DEBUG="maybe")
+    assert "DJANGO_DEBUG must be a boolean" in result.stderr
