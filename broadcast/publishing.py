@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
@@ -78,14 +79,7 @@ def publish(
     prepared = prepare(type, payload)
     layer = get_layer()
     if not persist:
-        now = timezone.now()
-        try:
-            _group_send(layer, prepared.text(None, now), None)
-        except Exception as exc:
-            logger.warning("Ephemeral broadcast %r failed: %s", prepared.type, exc)
-            raise PublishFailed(f"Could not reach the channel layer: {_describe(exc)}") from exc
-        logger.info("Published ephemeral broadcast type=%s", prepared.type)
-        return prepared.envelope(None, now)
+        return async_to_sync(_send_ephemeral)(prepared, layer)
 
     row = Broadcast(type=prepared.type, payload=payload, created_by=_user_or_none(created_by))
     # Tells the post_save receiver that this row is sent here, not by the signal.
@@ -108,7 +102,24 @@ async def apublish(
     created_by: Any = None,
 ) -> dict[str, Any]:
     """The async twin of :func:`publish`."""
-    return await sync_to_async(publish)(type, payload, persist=persist, created_by=created_by)
+    if not persist:
+        # No database work: stay on the event loop instead of hopping to a thread.
+        return await _send_ephemeral(prepare(type, payload), get_layer())
+    # database_sync_to_async closes the thread's connection like a request would.
+    return await database_sync_to_async(publish)(
+        type, payload, persist=persist, created_by=created_by
+    )
+
+
+async def _send_ephemeral(prepared: Prepared, layer: Any) -> dict[str, Any]:
+    now = timezone.now()
+    try:
+        await layer.group_send(conf.BROADCAST_GROUP, relay_message(prepared.text(None, now), None))
+    except Exception as exc:
+        logger.warning("Ephemeral broadcast %r failed: %s", prepared.type, exc)
+        raise PublishFailed(f"Could not reach the channel layer: {_describe(exc)}") from exc
+    logger.debug("Published ephemeral broadcast type=%s", prepared.type)
+    return prepared.envelope(None, now)
 
 
 def send_row(row: Broadcast, prepared: Prepared | None = None, *, layer: Any = None) -> dict:

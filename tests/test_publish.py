@@ -6,7 +6,7 @@ import threading
 
 import pytest
 from channels.layers import channel_layers, get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
 
 from broadcast import InvalidType, PayloadTooLarge, PublishFailed, publish
 from broadcast.models import Broadcast
@@ -179,6 +179,8 @@ def test_concurrent_publishers_deliver_in_id_order(observer):
                 publish("race", {"publisher": number, "n": n})
         except Exception as exc:  # surfaced below
             errors.append(exc)
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=publisher, args=(i,)) for i in range(4)]
     for thread in threads:

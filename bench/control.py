@@ -1,0 +1,49 @@
+"""
+The control route both benchmark apps share: ``GET /bench/publish?count=M&rate=R``
+starts publishing M broadcasts at R per second (0: as fast as possible) inside the
+server process, each payload carrying its publish time, and answers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+
+PublishOne = Callable[[int, float], Awaitable[None]]
+
+_tasks: set[asyncio.Task] = set()
+
+
+async def paced(count: int, rate: float, publish_one: PublishOne) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for number in range(count):
+        if rate > 0:
+            delay = start + number / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await publish_one(number, time.time())
+        if rate <= 0:
+            await asyncio.sleep(0)  # let the fan-out run between publishes
+
+
+async def handle(scope: dict, receive: Callable, send: Callable, publish_one: PublishOne) -> bool:
+    """Serve the control route; False when ``scope`` is not for it."""
+    if scope["type"] != "http" or scope["path"] != "/bench/publish":
+        return False
+    query = urllib.parse.parse_qs(scope["query_string"].decode())
+    count = int(query.get("count", ["1"])[0])
+    rate = float(query.get("rate", ["0"])[0])
+    task = asyncio.ensure_future(paced(count, rate, publish_one))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+    await send({"type": "http.response.start", "status": 202, "headers": []})
+    await send({"type": "http.response.body", "body": b"started\n"})
+    return True
+
+
+def payload_text(number: int, sent_at: float) -> str:
+    """The benchmark payload: the load client reads ``t`` without decoding JSON."""
+    return f'{{"n":{number},"t":{sent_at:.6f}}}'

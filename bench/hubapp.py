@@ -1,0 +1,25 @@
+"""
+The hub under test: hubsite's ASGI application, plus the benchmark's control route
+that publishes through the public API (``apublish``) inside the server process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from bench.control import handle, payload_text
+from broadcast import apublish
+from hubsite.asgi import application as hub_application  # sets up Django
+
+PERSIST = os.environ.get("BENCH_PERSIST", "0") == "1"
+
+
+async def publish_one(number: int, sent_at: float) -> None:
+    await apublish("bench", json.loads(payload_text(number, sent_at)), persist=PERSIST)
+
+
+async def app(scope, receive, send):
+    if await handle(scope, receive, send, publish_one):
+        return
+    await hub_application(scope, receive, send)

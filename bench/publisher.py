@@ -1,0 +1,34 @@
+"""
+The out-of-process publisher: ``apublish`` over REDIS_URL from its own process, at
+the same pace as the in-process one.
+
+    python -m bench.publisher COUNT RATE
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import django
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsite.settings")
+    django.setup()
+    from bench.control import paced, payload_text
+    from broadcast import apublish
+
+    persist = os.environ.get("BENCH_PERSIST", "0") == "1"
+    count, rate = int(sys.argv[1]), float(sys.argv[2])
+
+    async def publish_one(number: int, sent_at: float) -> None:
+        await apublish("bench", json.loads(payload_text(number, sent_at)), persist=persist)
+
+    asyncio.run(paced(count, rate, publish_one))
+
+
+if __name__ == "__main__":
+    main()

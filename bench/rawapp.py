@@ -1,0 +1,39 @@
+"""
+The ceiling: a minimal raw ASGI broadcast app (a set of ``send`` callables, no
+Channels, no Django), served by the same server and measured with the same client.
+"""
+
+from __future__ import annotations
+
+from bench.control import handle, payload_text
+
+clients: set = set()
+
+
+async def publish_one(number: int, sent_at: float) -> None:
+    text = (
+        f'{{"id":null,"type":"bench","payload":{payload_text(number, sent_at)},'
+        f'"timestamp":"2026-01-01T00:00:00.000Z"}}'
+    )
+    message = {"type": "websocket.send", "text": text}
+    for send in tuple(clients):
+        await send(message)
+
+
+async def app(scope, receive, send):
+    if await handle(scope, receive, send, publish_one):
+        return
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": '{"type":"hub.welcome"}'})
+        clients.add(send)
+        try:
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+        finally:
+            clients.discard(send)
+    elif scope["type"] == "http":
+        await receive()
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})

@@ -1,0 +1,353 @@
+"""
+The load benchmark: start a server, connect N clients, publish M broadcasts at R per
+second, and measure every delivery.
+
+    python -m bench.run                          # all scenarios, hub and raw, daphne and uvicorn
+    python -m bench.run --scenarios A --servers uvicorn --apps hub,raw
+    python -m bench.run --scenarios A --layer redis --publisher external
+
+Each run prints a progress line while clients connect, then one JSON line
+(``RESULT {...}``); a table per scenario closes the report. The raw ASGI app
+(bench/rawapp.py) on the same server is the ceiling the hub is compared with;
+ratios taken in one run are what count on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    clients: int
+    messages: int
+    rate: float  # per second; 0 means as fast as possible
+
+
+SCENARIOS = {
+    "A": Scenario("A", 1_000, 100, 20),
+    "B": Scenario("B", 5_000, 50, 10),
+    "C": Scenario("C", 1_000, 500, 0),
+    "D": Scenario("D", 10_000, 20, 5),
+}
+
+APPS = {"hub": "bench.hubapp:app", "raw": "bench.rawapp:app"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_command(server: str, app: str, port: int) -> list[str]:
+    if server == "daphne":
+        return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", APPS[app]]
+    if server == "uvicorn":
+        return [
+            PY, "-m", "uvicorn", APPS[app], "--host", "127.0.0.1", "--port", str(port),
+            "--loop", "uvloop", "--http", "httptools", "--ws", "websockets",
+            "--lifespan", "off", "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+    raise SystemExit(f"unknown server {server!r}")
+
+
+def proc_stat(pid: int) -> tuple[float, int, int]:
+    """(CPU seconds, RSS KiB, peak RSS KiB) of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return cpu, int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
+
+def percentile(sorted_values: array | list, fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+class LoadClient:
+    """One bench/loadclient.py process and the events it reports."""
+
+    def __init__(self, port: int, count: int, expected: int, workdir: Path, index: int) -> None:
+        self.out = workdir / f"latencies-{index}.bin"
+        self.process = subprocess.Popen(
+            [PY, "-m", "bench.loadclient", "127.0.0.1", str(port), str(count), str(expected),
+             str(self.out)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.connected = 0
+        self.ready: dict | None = None
+        self.result: dict | None = None
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            event = json.loads(line)
+            if event["event"] == "progress":
+                self.connected = event["connected"]
+            elif event["event"] == "ready":
+                self.connected = event["connected"]
+                self.ready = event
+            elif event["event"] == "result":
+                self.result = event
+
+    def drain(self, seconds: float) -> None:
+        self.process.stdin.write(f"drain {seconds}\n")
+        self.process.stdin.flush()
+
+    def latencies(self) -> array:
+        values = array("d")
+        with open(self.out, "rb") as handle:
+            values.frombytes(handle.read())
+        return values
+
+
+def wait_until_serving(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/bench/publish?count=0", timeout=2
+            ) as response:
+                if response.status == 202:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("server did not answer")
+
+
+def run_one(
+    scenario: Scenario,
+    server: str,
+    app: str,
+    env: dict[str, str],
+    client_procs: int,
+    publisher: str,
+    workdir: Path,
+) -> dict:
+    port = free_port()
+    server_process = subprocess.Popen(server_command(server, app, port), cwd=ROOT, env=env)
+    try:
+        wait_until_serving(port, server_process)
+        time.sleep(0.5)
+        _, rss_base, _ = proc_stat(server_process.pid)
+        shares = [scenario.clients // client_procs] * client_procs
+        shares[0] += scenario.clients - sum(shares)
+        label = f"{scenario.name} {app}@{server}"
+        started = time.monotonic()
+        clients = [
+            LoadClient(port, share, scenario.messages, workdir, index)
+            for index, share in enumerate(shares)
+            if share
+        ]
+        while not all(client.ready for client in clients):
+            connected = sum(client.connected for client in clients)
+            print(f"  {label}: {connected}/{scenario.clients} connected", file=sys.stderr)
+            time.sleep(1 if scenario.clients > 2000 else 0.5)
+            if any(client.process.poll() is not None and not client.ready for client in clients):
+                raise SystemExit("a load client exited early")
+        connect_seconds = time.monotonic() - started
+        connected = sum(client.ready["connected"] for client in clients)
+        print(f"  {label}: {connected}/{scenario.clients} connected", file=sys.stderr)
+        time.sleep(1.0)
+        cpu_before, rss_idle, _ = proc_stat(server_process.pid)
+        publish_start = time.time()
+        publish_seconds = scenario.messages / scenario.rate if scenario.rate else 0
+        if publisher == "inprocess":
+            urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/bench/publish?count={scenario.messages}"
+                f"&rate={scenario.rate}",
+                timeout=10,
+            ).close()
+        else:
+            subprocess.run(
+                [PY, "-m", "bench.publisher", str(scenario.messages), str(scenario.rate)],
+                cwd=ROOT, env=env, check=True,
+            )  # fmt: skip
+        for client in clients:
+            client.drain(publish_seconds + 30)
+        for client in clients:
+            client.process.wait(timeout=publish_seconds + 120)
+            client.thread.join(5)
+        cpu_after, _, rss_peak = proc_stat(server_process.pid)
+    finally:
+        server_process.terminate()
+        try:
+            server_process.wait(10)
+        except subprocess.TimeoutExpired:
+            server_process.kill()
+    latencies = sorted(value for client in clients for value in client.latencies())
+    delivered = sum(client.result["delivered"] for client in clients)
+    expected = connected * scenario.messages
+    last_receive = max(client.result["last_receive"] for client in clients)
+    close_codes: dict[str, int] = {}
+    for client in clients:
+        for code, number in client.result["close_codes"].items():
+            close_codes[code] = close_codes.get(code, 0) + number
+    span = max(last_receive - publish_start, 1e-9)
+    return {
+        "scenario": scenario.name,
+        "app": app,
+        "server": server,
+        "layer": "redis" if env.get("REDIS_URL") else "memory",
+        "publisher": publisher,
+        "persist": env.get("BENCH_PERSIST") == "1",
+        "clients": scenario.clients,
+        "connected": connected,
+        "connect_s": round(connect_seconds, 2),
+        "messages": scenario.messages,
+        "rate": scenario.rate,
+        "expected": expected,
+        "delivered": delivered,
+        "completeness": round(delivered / expected, 6) if expected else 0.0,
+        "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "p90_ms": round(percentile(latencies, 0.90) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
+        "deliveries_per_s": round(delivered / span),
+        "server_cpu_s": round(cpu_after - cpu_before, 2),
+        "peak_rss_mib": round(rss_peak / 1024, 1),
+        "rss_per_conn_kib": round((rss_idle - rss_base) / max(connected, 1), 1),
+        "close_codes": close_codes,
+    }
+
+
+COLUMNS = [
+    ("app@server", lambda r: f"{r['app']}@{r['server']}"),
+    ("conn", lambda r: f"{r['connected']}"),
+    ("conn s", lambda r: f"{r['connect_s']:.2f}"),
+    ("complete", lambda r: f"{r['completeness'] * 100:.2f}%"),
+    ("p50 ms", lambda r: f"{r['p50_ms']:.1f}"),
+    ("p90 ms", lambda r: f"{r['p90_ms']:.1f}"),
+    ("p99 ms", lambda r: f"{r['p99_ms']:.1f}"),
+    ("max ms", lambda r: f"{r['max_ms']:.1f}"),
+    ("deliv/s", lambda r: f"{r['deliveries_per_s']:,}"),
+    ("cpu s", lambda r: f"{r['server_cpu_s']:.2f}"),
+    ("peak MiB", lambda r: f"{r['peak_rss_mib']:.1f}"),
+    ("KiB/conn", lambda r: f"{r['rss_per_conn_kib']:.1f}"),
+]
+
+
+def table(results: list[dict]) -> str:
+    lines = []
+    for name in sorted({r["scenario"] for r in results}):
+        rows = [r for r in results if r["scenario"] == name]
+        s = SCENARIOS[name]
+        rate = f"{s.rate:g}/s" if s.rate else "max rate"
+        extra = {f"{r['layer']}/{r['publisher']}" for r in rows}
+        lines.append(f"\nScenario {name}: {s.clients} clients x {s.messages} msgs at {rate} "
+                     f"({', '.join(sorted(extra))})")  # fmt: skip
+        cells = [[fmt(r) for _, fmt in COLUMNS] for r in rows]
+        widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _) in enumerate(COLUMNS)]
+        lines.append("  ".join(h.rjust(w) for (h, _), w in zip(COLUMNS, widths, strict=True)))
+        for c in cells:
+            lines.append("  ".join(v.rjust(w) for v, w in zip(c, widths, strict=True)))
+        lines.extend(ratios(rows))
+    return "\n".join(lines)
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    out = []
+    for server in sorted({r["server"] for r in rows}):
+        hub = [r for r in rows if r["server"] == server and r["app"] == "hub"]
+        raw = [r for r in rows if r["server"] == server and r["app"] == "raw"]
+        if hub and raw:
+            h, w = hub[0], raw[0]
+            out.append(
+                f"  {server}: hub/raw p99 {h['p99_ms'] / max(w['p99_ms'], 0.1):.2f}x, "
+                f"deliveries/s {h['deliveries_per_s'] / max(w['deliveries_per_s'], 1):.0%}"
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenarios", default="A,B,C,D")
+    parser.add_argument("--servers", default="daphne,uvicorn")
+    parser.add_argument("--apps", default="hub,raw")
+    parser.add_argument("--layer", choices=["memory", "redis"], default="memory")
+    parser.add_argument("--publisher", choices=["inprocess", "external"], default="inprocess")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--persist", action="store_true", help="publish persisted broadcasts")
+    parser.add_argument("--clients", type=int, help="override the scenario's client count")
+    parser.add_argument("--messages", type=int, help="override the scenario's message count")
+    parser.add_argument("--json", metavar="PATH", help="also write all results to this file")
+    args = parser.parse_args()
+    if args.publisher == "external" and args.layer != "redis":
+        parser.error("--publisher external needs --layer redis")
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    workdir = Path(tempfile.mkdtemp(prefix="hub-bench-"))
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "hubsite.settings",
+        "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "benchmark-only-secret-key-" + "x" * 30,
+        "DJANGO_SECURE_SSL_REDIRECT": "0",
+        "BROADCAST_LOG_LEVEL": "WARNING",
+        "BENCH_PERSIST": "1" if args.persist else "0",
+    }
+    env.pop("REDIS_URL", None)
+    if args.layer == "redis":
+        env["REDIS_URL"] = args.redis_url
+    subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+
+    results = []
+    for name in args.scenarios.split(","):
+        scenario = SCENARIOS[name.strip()]
+        if args.clients or args.messages:
+            scenario = Scenario(
+                scenario.name,
+                args.clients or scenario.clients,
+                args.messages or scenario.messages,
+                scenario.rate,
+            )
+        for server in args.servers.split(","):
+            for app in args.apps.split(","):
+                if args.layer == "redis" and app == "raw" and args.publisher == "external":
+                    continue  # the raw app has no channel layer to publish through
+                if args.layer == "redis":
+                    subprocess.run(["redis-cli", "-u", args.redis_url, "flushdb"],
+                                   check=True, capture_output=True)  # fmt: skip
+                print(f"{scenario.name} {app}@{server}: starting", file=sys.stderr)
+                result = run_one(
+                    scenario, server, app, env, args.client_procs, args.publisher, workdir
+                )
+                results.append(result)
+                print("RESULT " + json.dumps(result), flush=True)
+    print(table(results), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
