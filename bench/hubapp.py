@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 
+# hubsite.asgi sets up Django, which must happen before the app's modules import.
+from hubsite.asgi import application as hub_application
+
+# isort: split
 from bench.control import handle, payload_text
 from broadcast import apublish
-from hubsite.asgi import application as hub_application  # sets up Django
 
 PERSIST = os.environ.get("BENCH_PERSIST", "0") == "1"
 

@@ -58,13 +58,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+PROFILE_DIR = os.environ.get("BENCH_PROFILE_DIR", "")
+
+
+class _ProfiledServer:
+    """py-spy's child stands in for the server: /proc figures and signals go to it."""
+
+    def __init__(self, spy: subprocess.Popen) -> None:
+        self.spy = spy
+        children = Path(f"/proc/{spy.pid}/task/{spy.pid}/children").read_text().split()
+        self.pid = int(children[0])
+
+    def poll(self):
+        return self.spy.poll()
+
+    @property
+    def returncode(self):
+        return self.spy.returncode
+
+    def terminate(self) -> None:
+        os.kill(self.pid, 15)
+
+    def wait(self, timeout=None):
+        return self.spy.wait(timeout)
+
+    def kill(self) -> None:
+        self.spy.kill()
+
+
+UVICORN_WS = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
+
+
 def server_command(server: str, app: str, port: int) -> list[str]:
     if server == "daphne":
         return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", APPS[app]]
     if server == "uvicorn":
         return [
             PY, "-m", "uvicorn", APPS[app], "--host", "127.0.0.1", "--port", str(port),
-            "--loop", "uvloop", "--http", "httptools", "--ws", "websockets",
+            "--loop", "uvloop", "--http", "httptools", "--ws", UVICORN_WS,
             "--lifespan", "off", "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
     raise SystemExit(f"unknown server {server!r}")
@@ -151,7 +182,16 @@ def run_one(
     workdir: Path,
 ) -> dict:
     port = free_port()
-    server_process = subprocess.Popen(server_command(server, app, port), cwd=ROOT, env=env)
+    command = server_command(server, app, port)
+    if PROFILE_DIR:
+        # py-spy samples the server; the folded stacks show where its time goes.
+        out = Path(PROFILE_DIR) / f"{scenario.name}-{app}-{server}.folded"
+        command = ["py-spy", "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(out),
+                   "--", *command]  # fmt: skip
+    server_process = subprocess.Popen(command, cwd=ROOT, env=env)
+    if PROFILE_DIR:
+        time.sleep(1.0)
+        server_process = _ProfiledServer(server_process)
     try:
         wait_until_serving(port, server_process)
         time.sleep(0.5)
@@ -258,11 +298,11 @@ def table(results: list[dict]) -> str:
     lines = []
     for name in sorted({r["scenario"] for r in results}):
         rows = [r for r in results if r["scenario"] == name]
-        s = SCENARIOS[name]
-        rate = f"{s.rate:g}/s" if s.rate else "max rate"
+        first = rows[0]
+        rate = f"{first['rate']:g}/s" if first["rate"] else "max rate"
         extra = {f"{r['layer']}/{r['publisher']}" for r in rows}
-        lines.append(f"\nScenario {name}: {s.clients} clients x {s.messages} msgs at {rate} "
-                     f"({', '.join(sorted(extra))})")  # fmt: skip
+        lines.append(f"\nScenario {name}: {first['clients']} clients x {first['messages']} msgs "
+                     f"at {rate} ({', '.join(sorted(extra))})")  # fmt: skip
         cells = [[fmt(r) for _, fmt in COLUMNS] for r in rows]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _) in enumerate(COLUMNS)]
         lines.append("  ".join(h.rjust(w) for (h, _), w in zip(COLUMNS, widths, strict=True)))

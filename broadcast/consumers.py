@@ -14,6 +14,7 @@ from django.utils import timezone
 from .conf import conf
 from .envelope import control_text
 from .hub import Outbox, get_hub
+from .transport import direct_writer, server_send
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = None
 
     outbox: Outbox | None = None
-    _writer: asyncio.Task | None = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels 4.2+ runs aclose_old_connections on a shared thread before every
@@ -47,10 +47,12 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.hub = get_hub()
-        self.outbox = Outbox(self.base_send, conf.BROADCAST_MAX_PENDING_BYTES, self._on_overflow)
+        send = server_send(self.base_send)
+        self.outbox = Outbox(
+            send, conf.BROADCAST_MAX_PENDING_BYTES, self._on_overflow, direct_writer(send)
+        )
         await self.accept()
         await self.hub.register(self.outbox, _welcome)
-        self._writer = asyncio.ensure_future(self.outbox.run())
         logger.debug("Client connected (%s in this process)", self.hub.current)
 
     async def disconnect(self, code: int) -> None:
@@ -58,8 +60,6 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             return
         self.outbox.close()
         await self.hub.unregister(self.outbox)
-        if self._writer is not None:
-            self._writer.cancel()
         logger.debug("Client disconnected with %s (%s in this process)", code, self.hub.current)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -73,12 +73,12 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             return
         frame_type = frame.get("type") if isinstance(frame, dict) else None
         if frame_type == "hub.ping":
-            self.outbox.push(control_text("hub.pong", None, timezone.now()))
+            self.outbox.push_text(control_text("hub.pong", None, timezone.now()))
         else:
             self._reply_error(f"unknown frame type {frame_type!r}; clients cannot publish")
 
     def _reply_error(self, reason: str) -> None:
-        self.outbox.push(control_text("hub.error", {"error": reason}, timezone.now()))
+        self.outbox.push_text(control_text("hub.error", {"error": reason}, timezone.now()))
 
     def _on_overflow(self) -> None:
         logger.warning(

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import types
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from .conf import conf
+from .transport import Writer, text_frame
 
 logger = logging.getLogger(__name__)
 
@@ -37,58 +39,132 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 class Outbox:
     """
-    One client's bounded send buffer and its writer (the Go hub's ``send`` channel
-    and ``writePump``).
+    One client's bounded send buffer (the Go hub's ``send`` channel and ``writePump``).
 
-    ``push`` never blocks the fan-out: it queues the text and wakes the writer. If
-    what is queued passes ``max_pending`` characters, the outbox closes itself and
-    calls ``on_overflow`` instead of growing.
+    ``push`` never blocks the fan-out. With a direct writer (see
+    :mod:`broadcast.transport`), the prepared frame goes straight to the client's
+    transport, and what the transport holds unsent is the client's backlog. Without
+    one, the server's ASGI ``send`` runs to completion inside ``push`` while the
+    client keeps up (uvicorn's suspends only when the socket's buffer is over its
+    high-water mark); only a send that does suspend continues in a task, with later
+    frames queued behind it. Past ``max_pending`` bytes of backlog, the outbox closes
+    itself and calls ``on_overflow`` instead of growing.
     """
 
-    __slots__ = ("_send", "_queue", "_pending", "_wakeup", "_max_pending", "_on_overflow", "closed")
+    __slots__ = (
+        "_send", "_writer", "_queue", "_pending", "_max_pending", "_on_overflow",
+        "_drainer", "closed",
+    )  # fmt: skip
 
-    def __init__(self, send: Send, max_pending: int, on_overflow: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        send: Send,
+        max_pending: int,
+        on_overflow: Callable[[], None],
+        writer: Writer | None = None,
+    ) -> None:
         self._send = send
-        self._queue: deque[str] = deque()
+        self._writer = writer
+        self._queue: deque[tuple[dict[str, Any], int]] = deque()
         self._pending = 0
-        self._wakeup = asyncio.Event()
         self._max_pending = max_pending
         self._on_overflow = on_overflow
+        self._drainer: asyncio.Task | None = None
         self.closed = False
 
     @property
     def pending(self) -> int:
-        return self._pending
+        """Bytes accepted for this client but not yet taken by its socket."""
+        buffered = self._writer.buffered() if self._writer is not None else 0
+        return self._pending + buffered
 
-    def push(self, text: str) -> None:
+    def push_text(self, text: str) -> None:
+        data = text.encode()
+        self.push(text_frame(data), {"type": "websocket.send", "text": text}, len(data))
+
+    def push(self, frame: bytes, event: dict[str, Any], size: int) -> None:
+        """
+        Send one message: ``frame`` is it prepared for a direct writer, ``event`` the
+        same as an ASGI send event. Both are shared between clients, never mutated.
+        """
         if self.closed:
             return
-        self._pending += len(text)
-        if self._pending > self._max_pending:
-            self.close()
-            self._on_overflow()
+        writer = self._writer
+        if writer is not None and self._drainer is None:
+            if writer.buffered() + size > self._max_pending:
+                self._overflow()
+                return
+            if writer.write(frame):
+                return
+        if self._drainer is not None:
+            self._pending += size
+            if self._pending > self._max_pending:
+                self._overflow()
+                return
+            self._queue.append((event, size))
             return
-        self._queue.append(text)
-        self._wakeup.set()
+        coroutine = self._send(event)
+        try:
+            blocked_on = coroutine.send(None)
+        except StopIteration:
+            return  # written, with no task and no wake-up
+        except Exception as exc:
+            logger.debug("Send to a client failed (%s); dropping it", exc)
+            self.close()
+            return
+        self._pending += size
+        self._drainer = asyncio.ensure_future(self._drain(coroutine, blocked_on, size))
+
+    async def _drain(self, coroutine: Any, blocked_on: Any, size: int) -> None:
+        try:
+            await _finish(coroutine, blocked_on)
+            self._pending -= size
+            queue = self._queue
+            while queue and not self.closed:
+                event, size = queue.popleft()
+                await self._send(event)
+                self._pending -= size
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("Send to a client failed (%s); dropping it", exc)
+            self.close()
+        finally:
+            self._drainer = None
+
+    def _overflow(self) -> None:
+        self.close()
+        self._on_overflow()
 
     def close(self) -> None:
         self.closed = True
         self._queue.clear()
         self._pending = 0
-        self._wakeup.set()
+        drainer = self._drainer
+        if drainer is not None and drainer is not _current_task():
+            drainer.cancel()
 
-    async def run(self) -> None:
-        """Write queued frames, in order, until closed."""
-        queue, send = self._queue, self._send
-        while not self.closed:
-            while queue:
-                text = queue.popleft()
-                await send({"type": "websocket.send", "text": text})
-                self._pending -= len(text)
-            if self.closed:
-                return
-            self._wakeup.clear()
-            await self._wakeup.wait()
+
+def _current_task() -> asyncio.Task | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+@types.coroutine
+def _finish(coroutine: Any, blocked_on: Any) -> Any:
+    """
+    Finish a coroutine whose first step already ran and suspended on ``blocked_on``:
+    hand that future to the running task, as the coroutine's own ``await`` would
+    have, then resume the coroutine (the same steps an eagerly started task takes).
+    """
+    try:
+        yield blocked_on
+    except BaseException:
+        coroutine.close()
+        raise
+    return (yield from coroutine)
 
 
 class ProcessHub:
@@ -126,7 +202,7 @@ class ProcessHub:
         self._ensure_heartbeat()
         # No await from here on: the welcome's last id and the first relayed
         # broadcast cannot be interleaved.
-        outbox.push(welcome(self.last_id))
+        outbox.push_text(welcome(self.last_id))
         self.clients.add(outbox)
         self.total_accepted += 1
         if len(self.clients) > self.peak:
@@ -191,8 +267,11 @@ class ProcessHub:
         msg_id = message.get("id")
         if isinstance(msg_id, int) and msg_id > self.last_id:
             self.last_id = msg_id
+        # Framed once for every client in this process.
+        data = text.encode()
+        frame, event, size = text_frame(data), {"type": "websocket.send", "text": text}, len(data)
         for outbox in tuple(self.clients):
-            outbox.push(text)
+            outbox.push(frame, event, size)
 
     # Connection counts -------------------------------------------------------
 
