@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint venv
+.PHONY: run test lint venv bench
 
 venv: $(BIN)/.installed
 
@@ -28,3 +28,7 @@ lint: venv
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The load benchmark (see README.md, "Benchmark"): BENCH_ARGS="--scenarios A --servers uvicorn"
+bench: venv
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -54,4 +54,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         if not _positive_number(value, integer=integer):
             kind = "a positive integer" if integer else "a positive number"
             errors.append(Error(f"{name} must be {kind}, got {value!r}.", id=error_id))
+    if not isinstance(conf.BROADCAST_REQUIRE_AUTH, bool):
+        errors.append(
+            Error(
+                f"BROADCAST_REQUIRE_AUTH must be True or False, got "
+                f"{conf.BROADCAST_REQUIRE_AUTH!r}.",
+                id="broadcast.E008",
+            )
+        )
     return errors

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "BROADCAST_HEARTBEAT_SECONDS": 5.0,
     "BROADCAST_STALE_HEARTBEATS": 3,
     "BROADCAST_SEND_LOCK_TIMEOUT": 10.0,
+    "BROADCAST_REQUIRE_AUTH": False,
 }
 
 
@@ -63,6 +64,11 @@ class Settings:
     def BROADCAST_SEND_LOCK_TIMEOUT(self) -> float:
         """Seconds a publisher waits for the send lock that keeps ids in order."""
         return self._get("BROADCAST_SEND_LOCK_TIMEOUT")
+
+    @property
+    def BROADCAST_REQUIRE_AUTH(self) -> bool:
+        """Refuse WebSocket clients that are not logged in (403 at the handshake)."""
+        return self._get("BROADCAST_REQUIRE_AUTH")
 
 
 conf = Settings()

@@ -7,8 +7,11 @@ import json
 import logging
 from typing import Any
 
+from channels.auth import get_user
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from .conf import conf
@@ -35,6 +38,20 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
 
     outbox: Outbox | None = None
 
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        # Channels' AsyncConsumer.__call__ feeds every consumer through
+        # await_many_dispatch, which keeps a Task and asyncio.wait() bookkeeping alive
+        # per idle connection to multiplex client and layer input. This consumer has
+        # one input (no layer channel, see channel_layer_alias), so a plain loop does.
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels 4.2+ runs aclose_old_connections on a shared thread before every
         # handler; no handler here touches the database directly (the hub's own
@@ -45,7 +62,17 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             raise ValueError(f"No handler for message type {message['type']!r}")
         await handler(message)
 
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        # Channels' own version also runs aclose_old_connections on the shared
+        # thread (see dispatch); the consumer holds no database connection.
+        await self.disconnect(message["code"])
+        raise StopConsumer()
+
     async def connect(self) -> None:
+        if conf.BROADCAST_REQUIRE_AUTH and not await self._authenticated():
+            logger.debug("Refused an anonymous client (BROADCAST_REQUIRE_AUTH)")
+            await self.close()  # before accept: the handshake gets 403
+            return
         self.hub = get_hub()
         send = server_send(self.base_send)
         self.outbox = Outbox(
@@ -76,6 +103,21 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             self.outbox.push_text(control_text("hub.pong", None, timezone.now()))
         else:
             self._reply_error(f"unknown frame type {frame_type!r}; clients cannot publish")
+
+    async def _authenticated(self) -> bool:
+        """
+        The user is resolved here, only when it is needed: AuthMiddleware would
+        resolve it on every connect, a database thread hop per client.
+        """
+        user = self.scope.get("user")
+        if user is None:
+            if "session" not in self.scope:
+                raise ImproperlyConfigured(
+                    "BROADCAST_REQUIRE_AUTH needs the session (SessionMiddlewareStack or "
+                    "AuthMiddlewareStack) around the broadcast route."
+                )
+            user = await get_user(self.scope)
+        return bool(getattr(user, "is_authenticated", False))
 
     def _reply_error(self, reason: str) -> None:
         self.outbox.push_text(control_text("hub.error", {"error": reason}, timezone.now()))

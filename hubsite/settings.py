@@ -196,6 +196,15 @@ LOGGING = {
 }
 
 # App settings: every BROADCAST_* name the app reads is documented in the README.
-# The test suite and benchmark set some of them through the environment.
-if os.environ.get("BROADCAST_HEARTBEAT_SECONDS"):
-    BROADCAST_HEARTBEAT_SECONDS = float(os.environ["BROADCAST_HEARTBEAT_SECONDS"])
+# These may also come from the environment (deployments, the tests, the benchmark).
+for _name, _cast in [
+    ("BROADCAST_HEARTBEAT_SECONDS", float),
+    ("BROADCAST_MAX_PENDING_BYTES", int),
+]:
+    if os.environ.get(_name):
+        try:
+            globals()[_name] = _cast(os.environ[_name])
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{_name} must be a number, got {os.environ[_name]!r}"
+            ) from None

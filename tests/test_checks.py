@@ -23,6 +23,7 @@ def test_default_settings_pass():
         ("BROADCAST_HEARTBEAT_SECONDS", 0, "broadcast.E005"),
         ("BROADCAST_STALE_HEARTBEATS", 1.5, "broadcast.E006"),
         ("BROADCAST_SEND_LOCK_TIMEOUT", True, "broadcast.E007"),
+        ("BROADCAST_REQUIRE_AUTH", "yes", "broadcast.E008"),
     ],
 )
 def test_bad_values_are_reported(settings, name, value, error_id):

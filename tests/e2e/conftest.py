@@ -42,7 +42,10 @@ class Site:
     logs: Path
 
     def with_redis(self, url: str) -> Site:
-        return Site({**self.env, "REDIS_URL": url}, self.logs)
+        return self.with_env(REDIS_URL=url)
+
+    def with_env(self, **env: str) -> Site:
+        return Site({**self.env, **env}, self.logs)
 
     def manage(self, *args: str, input: str | None = None, check: bool = True, timeout=60):
         result = subprocess.run(
@@ -73,11 +76,25 @@ class Site:
             time.sleep(0.2)
 
 
+SERVER_COMMANDS = {
+    "daphne": lambda port: [
+        sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+        "hubsite.asgi:application",
+    ],
+    "uvicorn": lambda port: [
+        sys.executable, "-m", "uvicorn", "hubsite.asgi:application", "--host", "127.0.0.1",
+        "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+        "--ws", "websockets-sansio", "--lifespan", "off",
+    ],
+}  # fmt: skip
+
+
 @dataclass
 class Server:
-    """One daphne process serving hubsite.asgi on a free loopback port."""
+    """One server process (daphne by default) serving hubsite.asgi on a free port."""
 
     site: Site
+    kind: str = "daphne"
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
@@ -90,16 +107,15 @@ class Server:
         return f"ws://127.0.0.1:{self.port}/ws/broadcast/"
 
     def start(self) -> Server:
-        log = open(self.site.logs / f"daphne-{self.port}.log", "w")  # noqa: SIM115
+        log = open(self.site.logs / f"server-{self.port}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "hubsite.asgi:application"],
+            SERVER_COMMANDS[self.kind](self.port),
             cwd=ROOT, env=self.site.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while True:
             if self.process.poll() is not None:
-                raise AssertionError(f"daphne exited:\n{self.log()}")
+                raise AssertionError(f"{self.kind} exited:\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"{self.http}/admin/login/", timeout=2) as response:
                     if response.status == 200:
@@ -107,11 +123,11 @@ class Server:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"daphne did not answer on {self.port}:\n{self.log()}")
+                raise AssertionError(f"{self.kind} did not answer on {self.port}:\n{self.log()}")
             time.sleep(0.1)
 
     def log(self) -> str:
-        return (self.site.logs / f"daphne-{self.port}.log").read_text()
+        return (self.site.logs / f"server-{self.port}.log").read_text()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -242,8 +258,8 @@ def redis_site(site) -> Site:
 def start_server():
     servers: list[Server] = []
 
-    def start(site: Site) -> Server:
-        server = Server(site).start()
+    def start(site: Site, kind: str = "daphne") -> Server:
+        server = Server(site, kind).start()
         servers.append(server)
         return server
 

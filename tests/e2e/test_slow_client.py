@@ -1,0 +1,94 @@
+"""A client that stops reading is cut; nobody else notices. On daphne and uvicorn."""
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+
+import pytest
+
+from tests.e2e.conftest import frames
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+LIMIT = 256 * 1024
+MESSAGES = 300
+PAYLOAD = "x" * 8000  # 300 x 8 KB = 2.4 MB: far over the limit plus socket buffers
+
+FLOOD = f"""
+import asyncio
+from broadcast import apublish
+async def main():
+    for n in range({MESSAGES}):
+        await apublish("flood", {{"n": n, "pad": "{PAYLOAD}"}}, persist=False)
+asyncio.run(main())
+"""
+
+
+def stuck_client(port: int) -> socket.socket:
+    """Completes the handshake with a tiny receive buffer, then reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws/broadcast/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Origin: http://127.0.0.1:{port}\r\n\r\n".encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert b" 101 " in response.split(b"\r\n")[0]
+    return sock
+
+
+def read_until_close(sock: socket.socket, timeout: float = 20) -> int | None:
+    """Read every frame; the close frame's code, or None if the socket just ended."""
+    sock.settimeout(timeout)
+    buffer = b""
+    while True:
+        while len(buffer) >= 2:
+            length, offset = buffer[1] & 0x7F, 2
+            if length == 126:
+                length, offset = struct.unpack("!H", buffer[2:4])[0], 4
+            elif length == 127:
+                length, offset = struct.unpack("!Q", buffer[2:10])[0], 10
+            if len(buffer) < offset + length:
+                break
+            if buffer[0] & 0x0F == 8:
+                return struct.unpack("!H", buffer[offset : offset + 2])[0]
+            buffer = buffer[offset + length :]
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            return None
+        if not chunk:
+            return None
+        buffer += chunk
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_client_that_stops_reading_is_cut_and_the_others_get_everything(
+    redis_site, start_server, kind
+):
+    site = redis_site.with_env(BROADCAST_MAX_PENDING_BYTES=str(LIMIT))
+    server = start_server(site, kind)
+    healthy = [await server.client() for _ in range(3)]
+    stuck = await asyncio.to_thread(stuck_client, server.port)
+    await asyncio.to_thread(site.wait_for_live_total, 4)
+
+    publishing = asyncio.ensure_future(asyncio.to_thread(site.shell, FLOOD))
+    for ws in healthy:
+        received = await frames(ws, MESSAGES, timeout=30)
+        assert [frame["payload"]["n"] for frame in received] == list(range(MESSAGES))
+    await publishing
+
+    await asyncio.to_thread(site.wait_for_live_total, 3)
+    assert "Dropped a slow client" in server.log()
+    code = await asyncio.to_thread(read_until_close, stuck)
+    assert code == 4008
+    stuck.close()
+    for ws in healthy:
+        await ws.close()
