@@ -49,11 +49,24 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         ("BROADCAST_HEARTBEAT_SECONDS", False, "broadcast.E005"),
         ("BROADCAST_STALE_HEARTBEATS", True, "broadcast.E006"),
         ("BROADCAST_SEND_LOCK_TIMEOUT", False, "broadcast.E007"),
+        ("BROADCAST_HISTORY_LIMIT", True, "broadcast.E009"),
+        ("BROADCAST_HISTORY_TTL", False, "broadcast.E010"),
+        ("BROADCAST_MAX_INCOMING_BYTES", True, "broadcast.E011"),
+        ("BROADCAST_MAX_INCOMING_RATE", False, "broadcast.E012"),
+        ("BROADCAST_SHUTDOWN_TIMEOUT", False, "broadcast.E014"),
     ]:
         value = getattr(conf, name)
         if not _positive_number(value, integer=integer):
             kind = "a positive integer" if integer else "a positive number"
             errors.append(Error(f"{name} must be {kind}, got {value!r}.", id=error_id))
+    limit = conf.BROADCAST_MAX_CONNECTIONS
+    if limit is not None and not _positive_number(limit, integer=True):
+        errors.append(
+            Error(
+                f"BROADCAST_MAX_CONNECTIONS must be None or a positive integer, got {limit!r}.",
+                id="broadcast.E013",
+            )
+        )
     if not isinstance(conf.BROADCAST_REQUIRE_AUTH, bool):
         errors.append(
             Error(

@@ -21,6 +21,12 @@ DEFAULTS: dict[str, Any] = {
     "BROADCAST_STALE_HEARTBEATS": 3,
     "BROADCAST_SEND_LOCK_TIMEOUT": 10.0,
     "BROADCAST_REQUIRE_AUTH": False,
+    "BROADCAST_HISTORY_LIMIT": 1000,
+    "BROADCAST_HISTORY_TTL": 24 * 60 * 60,
+    "BROADCAST_MAX_INCOMING_BYTES": 4096,
+    "BROADCAST_MAX_INCOMING_RATE": 10.0,
+    "BROADCAST_MAX_CONNECTIONS": None,
+    "BROADCAST_SHUTDOWN_TIMEOUT": 10.0,
 }
 
 
@@ -69,6 +75,36 @@ class Settings:
     def BROADCAST_REQUIRE_AUTH(self) -> bool:
         """Refuse WebSocket clients that are not logged in (403 at the handshake)."""
         return self._get("BROADCAST_REQUIRE_AUTH")
+
+    @property
+    def BROADCAST_HISTORY_LIMIT(self) -> int:
+        """Most broadcasts replayed to one resuming client; beyond it, hub.reset."""
+        return self._get("BROADCAST_HISTORY_LIMIT")
+
+    @property
+    def BROADCAST_HISTORY_TTL(self) -> float:
+        """Seconds a broadcast stays replayable; an older gap gets hub.reset."""
+        return self._get("BROADCAST_HISTORY_TTL")
+
+    @property
+    def BROADCAST_MAX_INCOMING_BYTES(self) -> int:
+        """Largest text frame a client may send; larger ones close with 1009."""
+        return self._get("BROADCAST_MAX_INCOMING_BYTES")
+
+    @property
+    def BROADCAST_MAX_INCOMING_RATE(self) -> float:
+        """Frames per second a client may send (bursts of twice that); more: 1008."""
+        return self._get("BROADCAST_MAX_INCOMING_RATE")
+
+    @property
+    def BROADCAST_MAX_CONNECTIONS(self) -> int | None:
+        """Clients one server process accepts; the excess is closed with 1013."""
+        return self._get("BROADCAST_MAX_CONNECTIONS")
+
+    @property
+    def BROADCAST_SHUTDOWN_TIMEOUT(self) -> float:
+        """Seconds a stopping server (daphne) takes to close its clients with 1012."""
+        return self._get("BROADCAST_SHUTDOWN_TIMEOUT")
 
 
 conf = Settings()

@@ -6,9 +6,11 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.auth import get_user
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ImproperlyConfigured
@@ -16,13 +18,20 @@ from django.utils import timezone
 
 from .conf import conf
 from .envelope import control_text
+from .history import replay_after
 from .hub import Outbox, get_hub
 from .transport import direct_writer, server_send
 
 logger = logging.getLogger(__name__)
 
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_SLOW_CLIENT = 4008
+# How long a cut slow client has to read up to its close frame before its TCP
+# connection is dropped, and what it holds in server memory with it.
+SLOW_CLIENT_GRACE_SECONDS = 5.0
 
 
 class BroadcastConsumer(AsyncWebsocketConsumer):
@@ -37,6 +46,9 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
     channel_layer_alias = None
 
     outbox: Outbox | None = None
+    _cut: asyncio.Task | None = None
+    _tokens = 0.0
+    _refilled = 0.0
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         # Channels' AsyncConsumer.__call__ feeds every consumer through
@@ -74,24 +86,50 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             await self.close()  # before accept: the handshake gets 403
             return
         self.hub = get_hub()
+        limit = conf.BROADCAST_MAX_CONNECTIONS
+        if limit is not None and self.hub.current >= limit:
+            logger.warning(
+                "Refused a client: this process has %s (BROADCAST_MAX_CONNECTIONS)", limit
+            )
+            await self.accept()
+            await self.close(code=CLOSE_TRY_AGAIN_LATER, reason="server full")
+            return
         send = server_send(self.base_send)
         self.outbox = Outbox(
             send, conf.BROADCAST_MAX_PENDING_BYTES, self._on_overflow, direct_writer(send)
         )
+        last_id, error = _last_id_from_query(self.scope)
         await self.accept()
-        await self.hub.register(self.outbox, _welcome)
+        await self.hub.register(self.outbox, _welcome, hold=last_id is not None)
+        if error:
+            self._reply_error(error)
+        if last_id is not None:
+            await self._resume(last_id)
         logger.debug("Client connected (%s in this process)", self.hub.current)
 
     async def disconnect(self, code: int) -> None:
         if self.outbox is None:
             return
         self.outbox.close()
+        if self._cut is not None:
+            self._cut.cancel()
         await self.hub.unregister(self.outbox)
         logger.debug("Client disconnected with %s (%s in this process)", code, self.hub.current)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.outbox is None or self.outbox.closed:
+            return
         if bytes_data is not None:
-            await self.close(code=CLOSE_UNSUPPORTED_DATA)
+            await self.close(code=CLOSE_UNSUPPORTED_DATA, reason="binary frames are not accepted")
+            return
+        if len(text_data) > conf.BROADCAST_MAX_INCOMING_BYTES or (
+            len(text_data.encode()) > conf.BROADCAST_MAX_INCOMING_BYTES
+        ):
+            await self.close(code=CLOSE_TOO_BIG, reason="frame too big")
+            return
+        if not self._within_rate():
+            logger.warning("Closed a client that sent frames faster than allowed")
+            await self.close(code=CLOSE_POLICY_VIOLATION, reason="too many frames")
             return
         try:
             frame = json.loads(text_data)
@@ -99,10 +137,44 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             self._reply_error("malformed JSON")
             return
         frame_type = frame.get("type") if isinstance(frame, dict) else None
-        if frame_type == "hub.ping":
+        if frame_type == "hub.resume":
+            last_id = frame.get("last_id")
+            if not _is_id(last_id):
+                self._reply_error("hub.resume needs an integer last_id >= 0")
+            elif not self.outbox.holding:  # one resume at a time
+                self.outbox.hold()
+                await self._resume(last_id)
+        elif frame_type == "hub.ping":
             self.outbox.push_text(control_text("hub.pong", None, timezone.now()))
         else:
             self._reply_error(f"unknown frame type {frame_type!r}; clients cannot publish")
+
+    async def _resume(self, last_id: int) -> None:
+        """
+        Replay history after ``last_id`` ahead of the live messages the outbox is
+        holding, then release those, skipping any id already replayed.
+        """
+        try:
+            replay = await database_sync_to_async(replay_after)(last_id, self.hub.last_id)
+        except Exception as exc:
+            logger.warning("Could not read history for a resuming client: %s", exc)
+            replay = None
+        now = timezone.now()
+        if replay is None:
+            self.outbox.push_text(
+                control_text("hub.reset", {"last_id": self.hub.last_id, "from": last_id}, now)
+            )
+            self.outbox.release(after_id=None)
+            return
+        for _, text in replay:
+            self.outbox.push_text(text)
+        newest = replay[-1][0] if replay else last_id
+        self.outbox.push_text(
+            control_text(
+                "hub.resumed", {"from": last_id, "count": len(replay), "last_id": newest}, now
+            )
+        )
+        self.outbox.release(after_id=newest)
 
     async def _authenticated(self) -> bool:
         """
@@ -119,14 +191,61 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             user = await get_user(self.scope)
         return bool(getattr(user, "is_authenticated", False))
 
+    def _within_rate(self) -> bool:
+        """A token bucket: BROADCAST_MAX_INCOMING_RATE a second, bursts of twice that."""
+        rate = conf.BROADCAST_MAX_INCOMING_RATE
+        now = asyncio.get_running_loop().time()
+        if not self._refilled:
+            self._tokens = 2 * rate
+        else:
+            self._tokens = min(2 * rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
     def _reply_error(self, reason: str) -> None:
         self.outbox.push_text(control_text("hub.error", {"error": reason}, timezone.now()))
 
     def _on_overflow(self) -> None:
+        self.hub.slow_client_cuts += 1
         logger.warning(
-            "Dropped a slow client: over %s pending bytes", conf.BROADCAST_MAX_PENDING_BYTES
+            "Dropped a slow client (close %s): over %s bytes pending",
+            CLOSE_SLOW_CLIENT,
+            conf.BROADCAST_MAX_PENDING_BYTES,
         )
-        asyncio.ensure_future(self.close(code=CLOSE_SLOW_CLIENT))
+        self._cut = asyncio.ensure_future(self._cut_slow_client())
+
+    async def _cut_slow_client(self) -> None:
+        writer = self.outbox.writer
+        if writer is None:
+            await self.close(code=CLOSE_SLOW_CLIENT, reason="slow client")
+            return
+        # The close frame waits behind the backlog; a client that reads it and
+        # answers is closed cleanly, one that does not read is dropped after the grace.
+        writer.close(CLOSE_SLOW_CLIENT, "slow client")
+        await asyncio.sleep(SLOW_CLIENT_GRACE_SECONDS)
+        if self.outbox in self.hub.clients:  # still connected
+            writer.abort()
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _last_id_from_query(scope: dict) -> tuple[int | None, str | None]:
+    """(last_id, error) from ``?last_id=N``; both None when it is absent."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("last_id")
+    if not values:
+        return None, None
+    try:
+        value = int(values[-1])
+    except ValueError:
+        value = -1
+    if value < 0:
+        return None, f"ignored last_id {values[-1]!r}: it must be an integer >= 0"
+    return value, None
 
 
 def _welcome(last_id: int) -> str:

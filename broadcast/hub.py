@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+CLOSE_SERVICE_RESTART = 1012
+
 
 class Outbox:
     """
@@ -53,7 +55,7 @@ class Outbox:
 
     __slots__ = (
         "_send", "_writer", "_queue", "_pending", "_max_pending", "_on_overflow",
-        "_drainer", "closed",
+        "_drainer", "_held", "closed",
     )  # fmt: skip
 
     def __init__(
@@ -70,7 +72,12 @@ class Outbox:
         self._max_pending = max_pending
         self._on_overflow = on_overflow
         self._drainer: asyncio.Task | None = None
+        self._held: list[tuple[bytes, dict[str, Any], int, int | None]] | None = None
         self.closed = False
+
+    @property
+    def writer(self) -> Writer | None:
+        return self._writer
 
     @property
     def pending(self) -> int:
@@ -82,12 +89,21 @@ class Outbox:
         data = text.encode()
         self.push(text_frame(data), {"type": "websocket.send", "text": text}, len(data))
 
-    def push(self, frame: bytes, event: dict[str, Any], size: int) -> None:
+    def push(
+        self, frame: bytes, event: dict[str, Any], size: int, msg_id: int | None = None
+    ) -> None:
         """
         Send one message: ``frame`` is it prepared for a direct writer, ``event`` the
         same as an ASGI send event. Both are shared between clients, never mutated.
         """
         if self.closed:
+            return
+        if self._held is not None:
+            self._pending += size
+            if self._pending > self._max_pending:
+                self._overflow()
+                return
+            self._held.append((frame, event, size, msg_id))
             return
         writer = self._writer
         if writer is not None and self._drainer is None:
@@ -132,6 +148,24 @@ class Outbox:
         finally:
             self._drainer = None
 
+    def hold(self) -> None:
+        """Keep live messages back (while history is replayed ahead of them)."""
+        if self._held is None:
+            self._held = []
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    def release(self, after_id: int | None) -> None:
+        """Send what was held, skipping ids up to ``after_id`` (already replayed)."""
+        held, self._held = self._held or [], None
+        for frame, event, size, msg_id in held:
+            self._pending -= size
+            if after_id is not None and msg_id is not None and msg_id <= after_id:
+                continue
+            self.push(frame, event, size, msg_id)
+
     def _overflow(self) -> None:
         self.close()
         self._on_overflow()
@@ -139,6 +173,7 @@ class Outbox:
     def close(self) -> None:
         self.closed = True
         self._queue.clear()
+        self._held = None
         self._pending = 0
         drainer = self._drainer
         if drainer is not None and drainer is not _current_task():
@@ -178,6 +213,7 @@ class ProcessHub:
         self.last_id = 0
         self.peak = 0
         self.total_accepted = 0
+        self.slow_client_cuts = 0
         self.started_at = timezone.now()
         self.row_id: int | None = None
         self._membership = asyncio.Lock()
@@ -190,7 +226,9 @@ class ProcessHub:
 
     # Register and unregister -------------------------------------------------
 
-    async def register(self, outbox: Outbox, welcome: Callable[[int], str]) -> None:
+    async def register(
+        self, outbox: Outbox, welcome: Callable[[int], str], *, hold: bool = False
+    ) -> None:
         """
         Add a client. The first one in the process joins the group; then the client
         gets its welcome frame (built by ``welcome(last_id)``) and every broadcast
@@ -203,6 +241,8 @@ class ProcessHub:
         # No await from here on: the welcome's last id and the first relayed
         # broadcast cannot be interleaved.
         outbox.push_text(welcome(self.last_id))
+        if hold:
+            outbox.hold()
         self.clients.add(outbox)
         self.total_accepted += 1
         if len(self.clients) > self.peak:
@@ -271,7 +311,7 @@ class ProcessHub:
         data = text.encode()
         frame, event, size = text_frame(data), {"type": "websocket.send", "text": text}, len(data)
         for outbox in tuple(self.clients):
-            outbox.push(frame, event, size)
+            outbox.push(frame, event, size, msg_id)
 
     # Connection counts -------------------------------------------------------
 
@@ -295,18 +335,18 @@ class ProcessHub:
             await asyncio.sleep(conf.BROADCAST_HEARTBEAT_SECONDS)
 
     async def write_counts(self, *, stopped: bool = False) -> None:
-        await database_sync_to_async(self._write_counts)(
-            self.current, self.peak, self.total_accepted, stopped
-        )
+        await database_sync_to_async(self._write_counts)(stopped)
 
-    def _write_counts(self, current: int, peak: int, total: int, stopped: bool) -> None:
+    def _write_counts(self, stopped: bool) -> None:
         from .models import HubProcess
 
+        # Counts are read when the write runs, not when it was queued, so that a
+        # write waiting behind another never lands older figures over newer ones.
         now = timezone.now()
         fields = {
-            "current": current,
-            "peak": peak,
-            "total_accepted": total,
+            "current": self.current,
+            "peak": self.peak,
+            "total_accepted": self.total_accepted,
             "last_heartbeat": now,
             "stopped_at": now if stopped else None,
         }
@@ -315,6 +355,32 @@ class ProcessHub:
                 host=socket.gethostname(), pid=os.getpid(), started_at=self.started_at, **fields
             )
             self.row_id = row.pk
+
+    async def shutdown(self) -> None:
+        """
+        Close every client with 1012 (service restart), in batches spread over half of
+        BROADCAST_SHUTDOWN_TIMEOUT so that their reconnects do not hit the remaining
+        servers all at once; then stop and mark this process's row stopped.
+        """
+        outboxes = list(self.clients)
+        timeout = conf.BROADCAST_SHUTDOWN_TIMEOUT
+        batches = max(1, min(20, len(outboxes) // 100))
+        size = -(-len(outboxes) // batches) if outboxes else 1
+        logger.info("Shutting down: closing %s client(s) in %s batch(es)", len(outboxes), batches)
+        for start in range(0, len(outboxes), size):
+            for outbox in outboxes[start : start + size]:
+                if outbox.writer is not None:
+                    outbox.writer.close(CLOSE_SERVICE_RESTART, "service restart")
+                outbox.close()
+            if start + size < len(outboxes):
+                await asyncio.sleep(timeout / 2 / batches)
+        await asyncio.sleep(min(0.5, timeout / 4))  # let the close frames go out
+        self.clients.clear()
+        await self.close()
+        try:
+            await self.write_counts(stopped=True)
+        except Exception as exc:
+            logger.warning("Could not mark this process stopped: %s", exc)
 
     async def close(self) -> None:
         """Stop the relay and heartbeat (tests, and shutdown)."""
@@ -349,6 +415,9 @@ def get_hub() -> ProcessHub:
     hub = _hubs.get(loop)
     if hub is None:
         hub = _hubs[loop] = ProcessHub()
+        from . import shutdown
+
+        shutdown.install(hub)
     return hub
 
 

@@ -28,6 +28,12 @@ class Writer(Protocol):
     def buffered(self) -> int:
         """Bytes written but not yet accepted by the socket."""
 
+    def close(self, code: int, reason: str) -> None:
+        """Queue a close frame behind what is buffered, whatever the backpressure."""
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, discarding what is buffered."""
+
 
 def text_frame(data: bytes) -> bytes:
     """An unmasked, unfragmented text frame (RFC 6455, section 5.2)."""
@@ -98,6 +104,17 @@ class DaphneWriter:
         transport = self._transport
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
+    def close(self, code: int, reason: str) -> None:
+        # daphne's ASGI close drops the reason. autobahn's public sendClose refuses
+        # codes outside 1000 and 3000-4999 (1012 among them), so this uses the
+        # frame-level call daphne itself uses for 1011; autobahn then drops the
+        # connection if the client does not answer the close.
+        if self._protocol.state == self._open:
+            self._protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+
+    def abort(self) -> None:
+        self._transport.abortConnection()
+
 
 class SansioWriter:
     """uvicorn's websockets-sansio protocol over an asyncio transport."""
@@ -119,6 +136,17 @@ class SansioWriter:
 
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size()
+
+    def close(self, code: int, reason: str) -> None:
+        # uvicorn's ASGI close first waits for the socket to drain, which a client
+        # that does not read never lets happen; the sans-io protocol's own call
+        # queues the close frame at once.
+        if self._conn.state is self._open:
+            self._conn.send_close(code, reason)
+            self._transport.write(b"".join(self._conn.data_to_send()))
+
+    def abort(self) -> None:
+        self._transport.abort()
 
 
 def direct_writer(send: Any) -> Writer | None:

@@ -15,18 +15,17 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
-from broadcast.routing import websocket_urlpatterns  # noqa: E402
+from broadcast.routing import SessionIfAuthRequired, websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        # The session is there for BROADCAST_REQUIRE_AUTH, which the consumer resolves
-        # only when it is on; AuthMiddlewareStack would resolve the user on every
-        # connect, a database thread hop per client (see docs/benchmarks.md).
+        # Not AuthMiddlewareStack: it resolves the user on every connect, a database
+        # thread hop per client (docs/benchmarks.md). The consumer resolves the user
+        # from the session only when BROADCAST_REQUIRE_AUTH is on.
         "websocket": AllowedHostsOriginValidator(
-            SessionMiddlewareStack(URLRouter(websocket_urlpatterns))
+            SessionIfAuthRequired(URLRouter(websocket_urlpatterns))
         ),
     }
 )

@@ -130,7 +130,11 @@ async def test_clients_cannot_publish(hub):
 async def test_a_binary_frame_closes_with_1003(hub):
     client = await connect()
     await client.send_to(bytes_data=b"\x00\x01")
-    assert await client.receive_output(timeout=2) == {"type": "websocket.close", "code": 1003}
+    assert await client.receive_output(timeout=2) == {
+        "type": "websocket.close",
+        "code": 1003,
+        "reason": "binary frames are not accepted",
+    }
 
 
 async def test_a_foreign_origin_is_refused():

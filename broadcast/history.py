@@ -1,0 +1,42 @@
+"""
+History for clients that resume: the persisted broadcasts after the last id a
+client saw, within BROADCAST_HISTORY_LIMIT and BROADCAST_HISTORY_TTL.
+
+Every id a client can have seen was committed before it was sent (the send lock,
+see sendlock.py), so a client that joins the group first and reads history second
+misses nothing in between.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.utils import timezone
+
+from .conf import conf
+from .envelope import prepare
+from .models import Broadcast
+
+
+def replay_after(last_id: int, current_id: int) -> list[tuple[int, str]] | None:
+    """
+    (id, envelope text) of every broadcast after ``last_id``, in order, or None when
+    they are not all in history (too many, too old, or an id this hub never issued).
+    """
+    if last_id > current_id:
+        return None  # ids from another history (the database was reset)
+    rows = list(
+        Broadcast.objects.filter(seq__gt=last_id)
+        .exclude(status=Broadcast.Status.FAILED)
+        .order_by("seq")
+        .only("seq", "type", "payload", "sent_at")[: conf.BROADCAST_HISTORY_LIMIT + 1]
+    )
+    if len(rows) > conf.BROADCAST_HISTORY_LIMIT:
+        return None
+    cutoff = timezone.now() - dt.timedelta(seconds=conf.BROADCAST_HISTORY_TTL)
+    if rows and rows[0].sent_at < cutoff:
+        return None
+    return [
+        (row.seq, prepare(row.type, row.payload, allow_reserved=True).text(row.seq, row.sent_at))
+        for row in rows
+    ]

@@ -1,0 +1,90 @@
+"""Server processes stopping, crashing and restarting, with real clients."""
+
+import asyncio
+import os
+import signal
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from tests.e2e.conftest import frames
+
+pytestmark = [pytest.mark.e2e]
+
+
+async def close_code(ws, timeout=15):
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+
+
+async def test_sigterm_closes_every_client_with_1012_and_marks_the_process_stopped(
+    site, start_server
+):
+    server = start_server(site.with_env(BROADCAST_SHUTDOWN_TIMEOUT="2"))
+    clients = [await server.client() for _ in range(5)]
+    await asyncio.to_thread(site.wait_for_live_total, 5)
+    server.process.send_signal(signal.SIGTERM)
+    codes = await asyncio.gather(*(close_code(ws) for ws in clients))
+    assert codes == [1012] * 5
+    await asyncio.to_thread(server.process.wait, 15)
+    lines = (await asyncio.to_thread(site.manage, "hubstatus")).stdout.splitlines()
+    row = next(line for line in lines if f":{server.process.pid} " in line)
+    assert " stopped " in row
+
+
+async def test_a_killed_process_drops_out_of_the_live_total_and_a_restart_gets_a_new_row(
+    site, start_server
+):
+    first = start_server(site)
+    clients = [await first.client() for _ in range(3)]
+    await asyncio.to_thread(site.wait_for_live_total, 3)
+    os.kill(first.process.pid, signal.SIGKILL)
+    # heartbeat 0.3 s in these tests: 3 missed heartbeats is under a second
+    await asyncio.to_thread(site.wait_for_live_total, 0, 3.0)
+    second = start_server(site)
+    ws = await second.client()
+    await asyncio.to_thread(site.wait_for_live_total, 1)
+    lines = (await asyncio.to_thread(site.manage, "hubstatus")).stdout.splitlines()
+    assert any(f":{first.process.pid} " in line and " stale " in line for line in lines)
+    assert any(f":{second.process.pid} " in line and " live " in line for line in lines)
+    await ws.close()
+    for dead in clients:
+        dead.transport.abort()
+
+
+@pytest.mark.redis
+async def test_a_client_cut_mid_stream_resumes_with_the_complete_ordered_sequence(
+    redis_site, start_server
+):
+    server = start_server(redis_site)
+    total = 150
+    publisher = asyncio.ensure_future(
+        asyncio.to_thread(
+            redis_site.shell,
+            "import time\nfrom broadcast import publish\n"
+            f"for n in range({total}):\n    publish('seq', {{'n': n}})\n    time.sleep(0.01)\n",
+        )
+    )
+    ws = await server.client()
+    seen = [frame["id"] for frame in await frames(ws, 40)]
+    ws.transport.abort()  # the socket just dies: no close handshake
+    await asyncio.sleep(0.2)  # broadcasts go out while it is away
+    ws = await server.client(f"?last_id={seen[-1]}")
+    while len(seen) < total:
+        (frame,) = await frames(ws, 1)
+        if frame["type"] == "hub.resumed":
+            continue
+        seen.append(frame["id"])
+    await publisher
+    assert seen == sorted(set(seen))  # ordered, no duplicates
+    expected = await asyncio.to_thread(
+        redis_site.shell,
+        "from broadcast.models import Broadcast\n"
+        "print(list(Broadcast.objects.filter(type='seq').order_by('seq')"
+        ".values_list('seq', flat=True)))",
+    )
+    assert str(seen) == expected.strip()
+    await ws.close()

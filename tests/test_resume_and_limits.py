@@ -1,0 +1,122 @@
+"""Resume after a reconnect, and what a hostile client meets (channels.testing)."""
+
+import json
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from broadcast import apublish
+from broadcast.consumers import BroadcastConsumer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def connect(query=""):
+    communicator = WebsocketCommunicator(BroadcastConsumer.as_asgi(), "/ws/broadcast/" + query)
+    connected, _ = await communicator.connect()
+    assert connected
+    communicator.welcome = await frame(communicator)
+    return communicator
+
+
+async def frame(communicator):
+    return json.loads(await communicator.receive_from(timeout=2))
+
+
+async def publish_many(count, start=0):
+    return [(await apublish("news", {"n": start + n}))["id"] for n in range(count)]
+
+
+async def test_a_client_resuming_with_last_id_gets_what_it_missed_then_live(hub):
+    ids = await publish_many(4)
+    client = await connect(f"?last_id={ids[0]}")
+    replayed = [await frame(client) for _ in range(3)]
+    assert [f["id"] for f in replayed] == ids[1:]
+    assert [f["payload"] for f in replayed] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    resumed = await frame(client)
+    assert resumed["type"] == "hub.resumed"
+    assert resumed["payload"] == {"from": ids[0], "count": 3, "last_id": ids[-1]}
+    (live,) = await publish_many(1, start=4)
+    assert (await frame(client))["id"] == live
+    assert await client.receive_nothing(timeout=0.1)
+    await client.disconnect()
+
+
+async def test_a_hub_resume_frame_replays_too(hub):
+    ids = await publish_many(2)
+    client = await connect()
+    await client.send_to(text_data=json.dumps({"type": "hub.resume", "last_id": 0}))
+    assert [(await frame(client))["id"] for _ in range(2)] == ids
+    assert (await frame(client))["type"] == "hub.resumed"
+    await client.disconnect()
+
+
+async def test_a_gap_larger_than_history_gets_a_reset(hub, settings):
+    settings.BROADCAST_HISTORY_LIMIT = 2
+    ids = await publish_many(3)
+    client = await connect("?last_id=0")
+    reset = await frame(client)
+    assert reset["type"] == "hub.reset"
+    assert reset["payload"] == {"last_id": ids[-1], "from": 0}
+    (live,) = await publish_many(1)
+    assert (await frame(client))["id"] == live
+    await client.disconnect()
+
+
+async def test_history_older_than_the_ttl_gets_a_reset(hub, settings):
+    from django.utils import timezone
+
+    from broadcast.models import Broadcast
+
+    await publish_many(2)
+    await Broadcast.objects.aupdate(sent_at=timezone.now() - timezone.timedelta(hours=2))
+    settings.BROADCAST_HISTORY_TTL = 3600
+    client = await connect("?last_id=0")
+    assert (await frame(client))["type"] == "hub.reset"
+    await client.disconnect()
+
+
+async def test_an_id_from_the_future_gets_a_reset(hub):
+    await publish_many(1)
+    client = await connect("?last_id=999")
+    assert (await frame(client))["type"] == "hub.reset"
+    await client.disconnect()
+
+
+async def test_a_bad_last_id_is_reported_and_ignored(hub):
+    client = await connect("?last_id=abc")
+    error = await frame(client)
+    assert error["type"] == "hub.error"
+    assert "last_id" in error["payload"]["error"]
+    await client.send_to(text_data=json.dumps({"type": "hub.resume", "last_id": -3}))
+    assert (await frame(client))["type"] == "hub.error"
+    await client.disconnect()
+
+
+async def test_a_text_frame_over_the_limit_closes_with_1009(hub, settings):
+    settings.BROADCAST_MAX_INCOMING_BYTES = 100
+    client = await connect()
+    await client.send_to(text_data="x" * 101)
+    assert (await client.receive_output(timeout=2))["code"] == 1009
+
+
+async def test_a_frame_flood_closes_with_1008(hub, settings):
+    settings.BROADCAST_MAX_INCOMING_RATE = 5
+    client = await connect()
+    for _ in range(10):  # the burst allowance: twice the rate
+        await client.send_to(text_data='{"type": "hub.ping"}')
+        assert (await frame(client))["type"] == "hub.pong"
+    await client.send_to(text_data='{"type": "hub.ping"}')
+    assert (await client.receive_output(timeout=2))["code"] == 1008
+
+
+async def test_connections_over_the_limit_are_closed_with_1013(hub, settings):
+    settings.BROADCAST_MAX_CONNECTIONS = 2
+    first, second = await connect(), await connect()
+    third = WebsocketCommunicator(BroadcastConsumer.as_asgi(), "/ws/broadcast/")
+    connected, _ = await third.connect()
+    assert connected  # accepted, then closed: a close code needs an open socket
+    assert (await third.receive_output(timeout=2))["code"] == 1013
+    assert hub.current == 2
+    await first.disconnect()
+    await second.disconnect()
