@@ -255,7 +255,7 @@ def run_one(
         "scenario": scenario.name,
         "app": app,
         "server": server,
-        "layer": "redis" if env.get("REDIS_URL") else "memory",
+        "layer": env.get("REDIS_LAYER", "core") if env.get("REDIS_URL") else "memory",
         "publisher": publisher,
         "persist": env.get("BENCH_PERSIST") == "1",
         "clients": scenario.clients,
@@ -333,7 +333,7 @@ def main() -> None:
     parser.add_argument("--scenarios", default="A,B,C,D")
     parser.add_argument("--servers", default="daphne,uvicorn")
     parser.add_argument("--apps", default="hub,raw")
-    parser.add_argument("--layer", choices=["memory", "redis"], default="memory")
+    parser.add_argument("--layer", choices=["memory", "redis", "redis-pubsub"], default="memory")
     parser.add_argument("--publisher", choices=["inprocess", "external"], default="inprocess")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
     parser.add_argument("--client-procs", type=int, default=2)
@@ -342,8 +342,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, help="override the scenario's message count")
     parser.add_argument("--json", metavar="PATH", help="also write all results to this file")
     args = parser.parse_args()
-    if args.publisher == "external" and args.layer != "redis":
-        parser.error("--publisher external needs --layer redis")
+    if args.publisher == "external" and args.layer == "memory":
+        parser.error("--publisher external needs --layer redis or redis-pubsub")
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -359,8 +359,9 @@ def main() -> None:
         "BENCH_PERSIST": "1" if args.persist else "0",
     }
     env.pop("REDIS_URL", None)
-    if args.layer == "redis":
+    if args.layer != "memory":
         env["REDIS_URL"] = args.redis_url
+        env["REDIS_LAYER"] = "pubsub" if args.layer == "redis-pubsub" else "core"
     subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
 
     results = []
@@ -375,9 +376,9 @@ def main() -> None:
             )
         for server in args.servers.split(","):
             for app in args.apps.split(","):
-                if args.layer == "redis" and app == "raw" and args.publisher == "external":
+                if args.layer != "memory" and app == "raw" and args.publisher == "external":
                     continue  # the raw app has no channel layer to publish through
-                if args.layer == "redis":
+                if args.layer != "memory":
                     subprocess.run(["redis-cli", "-u", args.redis_url, "flushdb"],
                                    check=True, capture_output=True)  # fmt: skip
                 print(f"{scenario.name} {app}@{server}: starting", file=sys.stderr)

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
 
 from .conf import conf
 
@@ -76,3 +76,26 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     return errors
+
+
+@register(Tags.compatibility)
+def check_send_lock(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """Ids stay in delivery order across processes only with a lock they all share."""
+    from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+    from .sendlock import redis_hosts
+
+    try:
+        layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
+    except Exception:  # reported by check_settings (E002) or by the layer itself
+        return []
+    if layer is None or isinstance(layer, InMemoryChannelLayer) or redis_hosts(layer):
+        return []
+    return [
+        Warning(
+            f"The send lock cannot reach a channel layer of type {type(layer).__name__}: "
+            "publishers in different processes may deliver ids out of order.",
+            hint="Use channels-redis (core or pub/sub), or publish from one process.",
+            id="broadcast.W001",
+        )
+    ]

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 
+from django.db.models import Max
 from django.utils import timezone
 
 from .conf import conf
 from .envelope import prepare
 from .models import Broadcast
+
+
+def newest_id() -> int:
+    """The id of the newest broadcast that was (or is being) sent."""
+    sent = Broadcast.objects.exclude(status=Broadcast.Status.FAILED)
+    return sent.aggregate(last=Max("seq"))["last"] or 0
 
 
 def replay_after(last_id: int, current_id: int) -> list[tuple[int, str]] | None:

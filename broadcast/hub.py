@@ -26,10 +26,10 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.db.models import Max
 from django.utils import timezone
 
 from .conf import conf
+from .envelope import control_text
 from .transport import Writer, text_frame
 
 logger = logging.getLogger(__name__)
@@ -277,23 +277,48 @@ class ProcessHub:
 
     async def _relay(self) -> None:
         """Receive each broadcast once for this process and fan it out."""
-        delay = 0.5
+        delay, lost = 0.5, False
         while True:
             try:
+                if lost:
+                    await self._recover()
+                    lost, delay = False, 0.5
                 message = await self.layer.receive(self.relay_channel)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # The layer is unreachable (Redis down): keep the process up, retry,
-                # and join again, since a restarted Redis has forgotten the group.
-                logger.warning("Relay cannot receive (%s); retrying in %.1fs", exc, delay)
+                # The layer is unreachable (Redis down): keep the process up and retry.
+                logger.warning(
+                    "Relay cannot reach the channel layer (%s); retrying in %.1fs", exc, delay
+                )
+                lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                with contextlib.suppress(Exception):
-                    await self.layer.group_add(self.group, self.relay_channel)
                 continue
-            delay = 0.5
             self.fan_out(message)
+
+    async def _recover(self) -> None:
+        """
+        Join the group again (a restarted Redis has forgotten it) and send local
+        clients every persisted broadcast they missed while the relay was away.
+        Ephemeral broadcasts from that time are gone: they were never stored.
+        """
+        from .history import newest_id, replay_after
+
+        await self.layer.group_add(self.group, self.relay_channel)
+        newest = await database_sync_to_async(newest_id)()
+        missed = await database_sync_to_async(replay_after)(self.last_id, newest)
+        if missed is None:
+            logger.warning("Relay is back, but what it missed is beyond history: hub.reset")
+            text = control_text(
+                "hub.reset", {"last_id": newest, "from": self.last_id}, timezone.now()
+            )
+            self.last_id = newest
+            self.fan_out({"type": "broadcast.message", "id": None, "text": text})
+            return
+        logger.warning("Relay is back; %s persisted broadcast(s) caught up", len(missed))
+        for msg_id, text in missed:
+            self.fan_out({"type": "broadcast.message", "id": msg_id, "text": text})
 
     def fan_out(self, message: dict[str, Any]) -> None:
         text = message.get("text")
@@ -305,7 +330,9 @@ class ProcessHub:
             )
             return
         msg_id = message.get("id")
-        if isinstance(msg_id, int) and msg_id > self.last_id:
+        if isinstance(msg_id, int):
+            if msg_id <= self.last_id:
+                return  # already delivered (a catch-up overlapping the live stream)
             self.last_id = msg_id
         # Framed once for every client in this process.
         data = text.encode()
@@ -398,10 +425,9 @@ class ProcessHub:
 
 @database_sync_to_async
 def _last_sent_id() -> int:
-    from .models import Broadcast
+    from .history import newest_id
 
-    sent = Broadcast.objects.exclude(status=Broadcast.Status.FAILED)
-    return sent.aggregate(last=Max("seq"))["last"] or 0
+    return newest_id()
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProcessHub] = (

@@ -36,10 +36,22 @@ class SendLockTimeout(TimeoutError):
     pass
 
 
+def redis_hosts(layer: Any) -> list[dict[str, Any]] | None:
+    """The Redis hosts of a channels-redis layer (core or pub/sub), else None."""
+    if not type(layer).__module__.startswith("channels_redis"):
+        return None
+    from channels_redis.utils import decode_hosts
+
+    hosts = layer.__dict__.get("hosts")  # core; the pub/sub proxy keeps its kwargs
+    if hosts is None:
+        hosts = decode_hosts(layer.__dict__.get("_kwargs", {}).get("hosts"))
+    return hosts
+
+
 def _redis_for(layer: Any) -> redis.Redis | None:
     """A sync Redis client on the layer's first host, or None for a non-Redis layer."""
-    hosts = getattr(layer, "hosts", None)
-    if not hosts or not type(layer).__module__.startswith("channels_redis"):
+    hosts = redis_hosts(layer)
+    if not hosts:
         return None
     key = repr(sorted(hosts[0].items()))
     with _clients_lock:

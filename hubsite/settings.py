@@ -115,7 +115,27 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("TEST", {"NAME": str(BASE_DIR / "test-db.sqlite3")})
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
-if REDIS_URL:
+# core (the default) or pubsub: channels-redis's two layers; see docs/benchmarks.md.
+REDIS_LAYER = os.environ.get("REDIS_LAYER", "core")
+if REDIS_LAYER not in {"core", "pubsub"}:
+    raise ImproperlyConfigured(f"REDIS_LAYER must be core or pubsub, got {REDIS_LAYER!r}")
+if REDIS_URL and REDIS_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 30,
+                        "socket_connect_timeout": 5,
+                        "max_connections": 1000,
+                    }
+                ],
+            },
+        }
+    }
+elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",

@@ -40,3 +40,36 @@ def test_checks_run_with_manage_py_check(settings):
     settings.BROADCAST_HEARTBEAT_SECONDS = -5
     with pytest.raises(SystemCheckError, match="broadcast.E005"):
         call_command("check")
+
+
+class UnknownLayer:
+    """A channel layer the send lock knows nothing about (like a third-party one)."""
+
+    def __init__(self, **kwargs):
+        pass
+
+
+def test_a_layer_the_send_lock_cannot_share_is_warned_about(settings):
+    from channels.layers import channel_layers
+
+    from broadcast.checks import check_send_lock
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "tests.test_checks.UnknownLayer"}}
+    channel_layers.backends.clear()
+    assert [warning.id for warning in check_send_lock()] == ["broadcast.W001"]
+
+
+def test_redis_layers_need_no_warning(settings, redis_url):
+    from channels.layers import channel_layers
+
+    from broadcast.checks import check_send_lock
+
+    for backend in [
+        "channels_redis.core.RedisChannelLayer",
+        "channels_redis.pubsub.RedisPubSubChannelLayer",
+    ]:
+        settings.CHANNEL_LAYERS = {
+            "default": {"BACKEND": backend, "CONFIG": {"hosts": [redis_url]}}
+        }
+        channel_layers.backends.clear()
+        assert check_send_lock() == []

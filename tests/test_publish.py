@@ -191,3 +191,20 @@ def test_concurrent_publishers_deliver_in_id_order(observer):
     delivered = [message["id"] for message in observer.take(40)]
     assert delivered == sorted(delivered)
     assert delivered == list(Broadcast.objects.order_by("seq").values_list("seq", flat=True))
+
+
+def test_the_send_lock_is_shared_through_redis_on_the_pubsub_layer_too(settings, redis_url):
+    from broadcast.sendlock import _redis_for
+
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": redis_url}]},
+        }
+    }
+    channel_layers.backends.clear()
+    client = _redis_for(get_channel_layer())
+    assert client is not None
+    assert client.connection_pool.connection_kwargs["db"] == int(redis_url.rsplit("/", 1)[1])
+    publish("via.pubsub", {"ok": True})
+    assert Broadcast.objects.get().status == Broadcast.Status.SENT

@@ -25,7 +25,14 @@ print(json.dumps({
 }))
 """
 
-UNSET = ("DJANGO_SECRET_KEY", "DJANGO_DEBUG", "DJANGO_ALLOWED_HOSTS", "REDIS_URL", "DATABASE_URL")
+UNSET = (
+    "DJANGO_SECRET_KEY",
+    "DJANGO_DEBUG",
+    "DJANGO_ALLOWED_HOSTS",
+    "REDIS_URL",
+    "REDIS_LAYER",
+    "DATABASE_URL",
+)
 
 
 def load(**env):
@@ -81,3 +88,29 @@ def test_production_settings_come_from_the_environment():
 def test_a_bad_boolean_is_a_clear_error():
     result = load(DJANGO_DEBUG="maybe")
     assert "DJANGO_DEBUG must be a boolean" in result.stderr
+
+
+def test_check_deploy_passes_for_the_documented_production_settings():
+    clean = {k: v for k, v in os.environ.items() if k not in UNSET}
+    clean.update(
+        DJANGO_SETTINGS_MODULE="hubsite.settings",
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY="a-long-random-production-secret-key-" + "q7Zx" * 10,
+        DJANGO_ALLOWED_HOSTS="hub.example.com",
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=clean, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_redis_layer_pubsub_selects_channels_redis_pubsub():
+    settings = json.loads(load(REDIS_URL="redis://127.0.0.1:6379/3", REDIS_LAYER="pubsub").stdout)
+    assert settings["layer"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+
+
+def test_an_unknown_redis_layer_is_a_clear_error():
+    result = load(REDIS_URL="redis://127.0.0.1:6379/3", REDIS_LAYER="cluster")
+    assert "REDIS_LAYER must be core or pubsub, got 'cluster'" in result.stderr

@@ -1,0 +1,79 @@
+"""Redis goes away mid-run and comes back: a private redis-server the test can stop."""
+
+import asyncio
+import subprocess
+import time
+
+import pytest
+import redis
+
+from tests.e2e.conftest import frames, free_port, no_frame
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
+
+
+class PrivateRedis:
+    """A redis-server on its own port that keeps nothing, like this machine's."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def private_redis():
+    server = PrivateRedis()
+    server.start()
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+async def test_an_outage_fails_publishes_loudly_and_delivery_resumes_after_it(
+    site, start_server, private_redis
+):
+    redis_site = site.with_redis(private_redis.url)
+    server = start_server(redis_site)
+    ws = await server.client()
+    await asyncio.to_thread(redis_site.manage, "broadcast", "before", "{}")
+    assert [f["type"] for f in await frames(ws, 1)] == ["before"]
+
+    await asyncio.to_thread(private_redis.stop)
+    during = await asyncio.to_thread(redis_site.manage, "broadcast", "during", "{}", check=False)
+    assert during.returncode == 1
+    assert "marked failed" in during.stderr and "Traceback" not in during.stderr
+    await asyncio.sleep(1)  # the relay notices and keeps retrying; the process stays up
+    assert server.process.poll() is None
+    assert await no_frame(ws, 0.2)
+
+    await asyncio.to_thread(private_redis.start)  # back, and empty: the group is gone
+    await asyncio.to_thread(redis_site.manage, "broadcast", "after", "{}")
+    assert [f["type"] for f in await frames(ws, 1, timeout=15)] == ["after"]
+
+    resent = await asyncio.to_thread(redis_site.manage, "broadcast", "--resend-failed")
+    assert "Resent 1 broadcast(s)." in resent.stdout
+    assert [f["type"] for f in await frames(ws, 1)] == ["during"]
+    assert "Relay cannot reach the channel layer" in server.log()
+    assert "Relay is back" in server.log()
+    await ws.close()
