@@ -99,11 +99,8 @@ class Outbox:
         if self.closed:
             return
         if self._held is not None:
-            self._pending += size
-            if self._pending > self._max_pending:
-                self._overflow()
-                return
-            self._held.append((frame, event, size, msg_id))
+            if self._reserve(size):
+                self._held.append((frame, event, size, msg_id))
             return
         writer = self._writer
         if writer is not None and self._drainer is None:
@@ -113,11 +110,8 @@ class Outbox:
             if writer.write(frame):
                 return
         if self._drainer is not None:
-            self._pending += size
-            if self._pending > self._max_pending:
-                self._overflow()
-                return
-            self._queue.append((event, size))
+            if self._reserve(size):
+                self._queue.append((event, size))
             return
         coroutine = self._send(event)
         try:
@@ -147,6 +141,14 @@ class Outbox:
             self.close()
         finally:
             self._drainer = None
+
+    def _reserve(self, size: int) -> bool:
+        """Count ``size`` more bytes waiting here; past the bound, cut the client."""
+        self._pending += size
+        if self._pending > self._max_pending:
+            self._overflow()
+            return False
+        return True
 
     def hold(self) -> None:
         """Keep live messages back (while history is replayed ahead of them)."""

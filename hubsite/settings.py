@@ -119,20 +119,19 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 REDIS_LAYER = os.environ.get("REDIS_LAYER", "core")
 if REDIS_LAYER not in {"core", "pubsub"}:
     raise ImproperlyConfigured(f"REDIS_LAYER must be core or pubsub, got {REDIS_LAYER!r}")
+# redis-py 8 defaults socket_timeout to 5 s, which kills the layer's blocking receive
+# (channels_redis#422): keep it well above the 5 s pop, and lift the pool cap of 100.
+_REDIS_HOST = {
+    "address": REDIS_URL,
+    "socket_timeout": 30,
+    "socket_connect_timeout": 5,
+    "max_connections": 1000,
+}
 if REDIS_URL and REDIS_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "socket_timeout": 30,
-                        "socket_connect_timeout": 5,
-                        "max_connections": 1000,
-                    }
-                ],
-            },
+            "CONFIG": {"hosts": [_REDIS_HOST]},
         }
     }
 elif REDIS_URL:
@@ -140,17 +139,7 @@ elif REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        # redis-py 8 defaults socket_timeout to 5 s, which kills the
-                        # layer's blocking BZPOPMIN receive (channels_redis#422); keep it
-                        # well above the 5 s pop, and lift the pool cap of 100.
-                        "socket_timeout": 30,
-                        "socket_connect_timeout": 5,
-                        "max_connections": 1000,
-                    }
-                ],
+                "hosts": [_REDIS_HOST],
                 # One relay channel per server process receives every broadcast, so
                 # the capacity bounds a burst per process, not per client.
                 "capacity": 5000,

@@ -8,27 +8,12 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from broadcast import apublish
-from broadcast.consumers import BroadcastConsumer
 from broadcast.models import Broadcast
 from broadcast.publishing import relay_message
 from hubsite.asgi import application
+from tests.clients import PATH, connect, frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-PATH = "/ws/broadcast/"
-
-
-async def connect(app=None, **kwargs):
-    """A connected client whose welcome frame (sent once it is registered) was read."""
-    communicator = WebsocketCommunicator(app or BroadcastConsumer.as_asgi(), PATH, **kwargs)
-    connected, _ = await communicator.connect()
-    assert connected
-    communicator.welcome = await frame(communicator)
-    return communicator
-
-
-async def frame(communicator):
-    return json.loads(await communicator.receive_from(timeout=2))
 
 
 async def test_a_client_is_welcomed_with_the_last_broadcast_id(hub):

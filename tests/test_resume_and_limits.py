@@ -7,20 +7,9 @@ from channels.testing import WebsocketCommunicator
 
 from broadcast import apublish
 from broadcast.consumers import BroadcastConsumer
+from tests.clients import connect, frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-async def connect(query=""):
-    communicator = WebsocketCommunicator(BroadcastConsumer.as_asgi(), "/ws/broadcast/" + query)
-    connected, _ = await communicator.connect()
-    assert connected
-    communicator.welcome = await frame(communicator)
-    return communicator
-
-
-async def frame(communicator):
-    return json.loads(await communicator.receive_from(timeout=2))
 
 
 async def publish_many(count, start=0):
@@ -29,7 +18,7 @@ async def publish_many(count, start=0):
 
 async def test_a_client_resuming_with_last_id_gets_what_it_missed_then_live(hub):
     ids = await publish_many(4)
-    client = await connect(f"?last_id={ids[0]}")
+    client = await connect(query=f"?last_id={ids[0]}")
     replayed = [await frame(client) for _ in range(3)]
     assert [f["id"] for f in replayed] == ids[1:]
     assert [f["payload"] for f in replayed] == [{"n": 1}, {"n": 2}, {"n": 3}]
@@ -54,7 +43,7 @@ async def test_a_hub_resume_frame_replays_too(hub):
 async def test_a_gap_larger_than_history_gets_a_reset(hub, settings):
     settings.BROADCAST_HISTORY_LIMIT = 2
     ids = await publish_many(3)
-    client = await connect("?last_id=0")
+    client = await connect(query="?last_id=0")
     reset = await frame(client)
     assert reset["type"] == "hub.reset"
     assert reset["payload"] == {"last_id": ids[-1], "from": 0}
@@ -71,20 +60,20 @@ async def test_history_older_than_the_ttl_gets_a_reset(hub, settings):
     await publish_many(2)
     await Broadcast.objects.aupdate(sent_at=timezone.now() - timezone.timedelta(hours=2))
     settings.BROADCAST_HISTORY_TTL = 3600
-    client = await connect("?last_id=0")
+    client = await connect(query="?last_id=0")
     assert (await frame(client))["type"] == "hub.reset"
     await client.disconnect()
 
 
 async def test_an_id_from_the_future_gets_a_reset(hub):
     await publish_many(1)
-    client = await connect("?last_id=999")
+    client = await connect(query="?last_id=999")
     assert (await frame(client))["type"] == "hub.reset"
     await client.disconnect()
 
 
 async def test_a_bad_last_id_is_reported_and_ignored(hub):
-    client = await connect("?last_id=abc")
+    client = await connect(query="?last_id=abc")
     error = await frame(client)
     assert error["type"] == "hub.error"
     assert "last_id" in error["payload"]["error"]
