@@ -144,6 +144,9 @@ class SansioWriter:
         if self._conn.state is self._open:
             self._conn.send_close(code, reason)
             self._transport.write(b"".join(self._conn.data_to_send()))
+            # As uvicorn's own close does: otherwise its shutdown would send a second
+            # close on this connection, which the protocol refuses with an exception.
+            self._server.close_sent = True
 
     def abort(self) -> None:
         self._transport.abort()

@@ -33,6 +33,7 @@ def test_bad_values_are_reported(settings, name, value, error_id):
     assert repr(value) in errors[0].msg
 
 
+@pytest.mark.django_db  # Django 6's check command also runs the database checks
 def test_checks_run_with_manage_py_check(settings):
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError

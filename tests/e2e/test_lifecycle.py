@@ -61,6 +61,7 @@ async def test_a_client_cut_mid_stream_resumes_with_the_complete_ordered_sequenc
 ):
     server = start_server(redis_site)
     total = 150
+    ws = await server.client()  # before the first broadcast, so it is owed all of them
     publisher = asyncio.ensure_future(
         asyncio.to_thread(
             redis_site.shell,
@@ -68,7 +69,6 @@ async def test_a_client_cut_mid_stream_resumes_with_the_complete_ordered_sequenc
             f"for n in range({total}):\n    publish('seq', {{'n': n}})\n    time.sleep(0.01)\n",
         )
     )
-    ws = await server.client()
     seen = [frame["id"] for frame in await frames(ws, 40)]
     ws.transport.abort()  # the socket just dies: no close handshake
     await asyncio.sleep(0.2)  # broadcasts go out while it is away

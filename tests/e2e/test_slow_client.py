@@ -2,14 +2,14 @@
 
 import asyncio
 import base64
+import json
 import os
 import socket
+import statistics
 import struct
 import time
 
 import pytest
-
-from tests.e2e.conftest import frames
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -18,14 +18,34 @@ MESSAGES = 800
 PAYLOAD = "x" * 8000  # 800 x 8 KB = 6.4 MB: over the limit plus the 4 MiB the kernel may buffer
 
 FLOOD = f"""
-import asyncio
+import asyncio, time
 from broadcast import apublish
 async def main():
     for n in range({MESSAGES}):  # about 400 a second: readers keep up, the stuck one fills
-        await apublish("flood", {{"n": n, "pad": "{PAYLOAD}"}}, persist=False)
+        await apublish("flood", {{"n": n, "t": time.time(), "pad": "{PAYLOAD}"}}, persist=False)
         await asyncio.sleep(0.0025)
 asyncio.run(main())
 """
+
+
+async def flood_and_read(site, healthy) -> float:
+    """Publish the flood; check every healthy client got all of it; their p99 latency."""
+    publishing = asyncio.ensure_future(asyncio.to_thread(site.shell, FLOOD))
+    received = await asyncio.gather(*(timed_frames(ws, MESSAGES) for ws in healthy))
+    await publishing
+    latencies = []
+    for frames_of_one in received:
+        assert [frame["payload"]["n"] for frame, _ in frames_of_one] == list(range(MESSAGES))
+        latencies += [at - frame["payload"]["t"] for frame, at in frames_of_one]
+    return statistics.quantiles(latencies, n=100)[98]
+
+
+async def timed_frames(ws, count):
+    out = []
+    for _ in range(count):
+        raw = await asyncio.wait_for(ws.recv(), 30)
+        out.append((json.loads(raw), time.time()))
+    return out
 
 
 def stuck_client(port: int) -> socket.socket:
@@ -54,9 +74,15 @@ def read_until_close(sock: socket.socket, timeout: float = 20) -> int | None:
         while len(buffer) >= 2:
             length, offset = buffer[1] & 0x7F, 2
             if length == 126:
-                length, offset = struct.unpack("!H", buffer[2:4])[0], 4
+                offset = 4
             elif length == 127:
-                length, offset = struct.unpack("!Q", buffer[2:10])[0], 10
+                offset = 10
+            if len(buffer) < offset:
+                break  # the extended length has not all arrived
+            if offset == 4:
+                length = struct.unpack("!H", buffer[2:4])[0]
+            elif offset == 10:
+                length = struct.unpack("!Q", buffer[2:10])[0]
             if len(buffer) < offset + length:
                 break
             if buffer[0] & 0x0F == 8:
@@ -78,6 +104,9 @@ async def test_a_client_that_stops_reading_is_cut_and_the_others_get_everything(
     site = redis_site.with_env(BROADCAST_MAX_PENDING_BYTES=str(LIMIT))
     server = start_server(site, kind)
     healthy = [await server.client() for _ in range(3)]
+    await asyncio.to_thread(site.wait_for_live_total, 3)
+    p99_alone = await flood_and_read(site, healthy)
+
     stuck = await asyncio.to_thread(stuck_client, server.port)
     await asyncio.to_thread(site.wait_for_live_total, 4)
 
@@ -90,16 +119,19 @@ async def test_a_client_that_stops_reading_is_cut_and_the_others_get_everything(
             time.sleep(0.05)
         return read_until_close(stuck)
 
-    publishing = asyncio.ensure_future(asyncio.to_thread(site.shell, FLOOD))
     stuck_close = asyncio.ensure_future(asyncio.to_thread(read_once_cut))
-    # Read all healthy clients at once, as real clients do: one left unread is stuck too.
-    received = await asyncio.gather(*(frames(ws, MESSAGES, timeout=30) for ws in healthy))
-    for frames_of_one in received:
-        assert [frame["payload"]["n"] for frame in frames_of_one] == list(range(MESSAGES))
-    await publishing
+    p99_with_stuck = await flood_and_read(site, healthy)
+    # A stuck client costs the others nothing measurable; the bound only absorbs the
+    # noise of a shared 2-core machine. Both figures are printed for the record.
+    alone, with_stuck = p99_alone * 1000, p99_with_stuck * 1000
+    print(f"{kind}: healthy p99 {alone:.1f} ms alone, {with_stuck:.1f} ms with a stuck client")
+    assert p99_with_stuck < 3 * p99_alone + 0.2
     assert await stuck_close == 4008
     assert server.log().count("Dropped a slow client") == 1
     await asyncio.to_thread(site.wait_for_live_total, 3)
     stuck.close()
     for ws in healthy:
         await ws.close()
+    await asyncio.to_thread(server.stop)
+    if kind == "uvicorn":  # its shutdown must not trip over the cut connection
+        assert "Exception in ASGI application" not in server.log()
