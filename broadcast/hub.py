@@ -55,7 +55,7 @@ class Outbox:
 
     __slots__ = (
         "_send", "_writer", "_queue", "_pending", "_max_pending", "_on_overflow",
-        "_drainer", "_held", "closed",
+        "_drainer", "_held", "_replayed_through", "closed",
     )  # fmt: skip
 
     def __init__(
@@ -73,6 +73,7 @@ class Outbox:
         self._on_overflow = on_overflow
         self._drainer: asyncio.Task | None = None
         self._held: list[tuple[bytes, dict[str, Any], int, int | None]] | None = None
+        self._replayed_through = 0
         self.closed = False
 
     @property
@@ -98,6 +99,8 @@ class Outbox:
         """
         if self.closed:
             return
+        if msg_id is not None and msg_id <= self._replayed_through:
+            return  # sent from history already; its live copy can arrive later still
         if self._held is not None:
             if self._reserve(size):
                 self._held.append((frame, event, size, msg_id))
@@ -160,12 +163,16 @@ class Outbox:
         return self._held is not None
 
     def release(self, after_id: int | None) -> None:
-        """Send what was held, skipping ids up to ``after_id`` (already replayed)."""
+        """
+        Send what was held, and from now on skip ids up to ``after_id``: those were
+        replayed from history, and a live copy may still be on its way (an id is
+        committed before it is sent, so history can be ahead of the live stream).
+        """
+        if after_id is not None:
+            self._replayed_through = max(self._replayed_through, after_id)
         held, self._held = self._held or [], None
         for frame, event, size, msg_id in held:
             self._pending -= size
-            if after_id is not None and msg_id is not None and msg_id <= after_id:
-                continue
             self.push(frame, event, size, msg_id)
 
     def _overflow(self) -> None:

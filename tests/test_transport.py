@@ -94,3 +94,17 @@ async def test_a_failing_send_drops_the_client():
     outbox = Outbox(broken, 1000, lambda: None)
     push(outbox, "a")
     assert outbox.closed
+
+
+async def test_ids_replayed_from_history_are_skipped_when_their_live_copy_arrives_late():
+    send, cuts = BackpressuredSend(), []
+    outbox = Outbox(send, 10_000, lambda: cuts.append(1))
+    outbox.hold()
+    outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "held 5"}, 6, 5)
+    outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "held 8"}, 6, 8)
+    outbox.release(after_id=6)  # history went up to 6
+    outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "late 6"}, 6, 6)
+    outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "control"}, 7, None)
+    outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "live 9"}, 6, 9)
+    assert send.sent == ["held 8", "control", "live 9"]
+    assert outbox.pending == 0
