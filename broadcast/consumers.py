@@ -47,6 +47,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
 
     outbox: Outbox | None = None
     _cut: asyncio.Task | None = None
+    _closing = False
     _tokens = 0.0
     _refilled = 0.0
 
@@ -92,7 +93,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
                 "Refused a client: this process has %s (BROADCAST_MAX_CONNECTIONS)", limit
             )
             await self.accept()
-            await self.close(code=CLOSE_TRY_AGAIN_LATER, reason="server full")
+            await self._close(CLOSE_TRY_AGAIN_LATER, "server full")
             return
         send = server_send(self.base_send)
         self.outbox = Outbox(
@@ -117,19 +118,19 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         logger.debug("Client disconnected with %s (%s in this process)", code, self.hub.current)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.outbox is None or self.outbox.closed:
-            return
+        if self._closing or self.outbox is None:
+            return  # frames still arriving after the hub decided to close
         if bytes_data is not None:
-            await self.close(code=CLOSE_UNSUPPORTED_DATA, reason="binary frames are not accepted")
+            await self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted")
             return
         if len(text_data) > conf.BROADCAST_MAX_INCOMING_BYTES or (
             len(text_data.encode()) > conf.BROADCAST_MAX_INCOMING_BYTES
         ):
-            await self.close(code=CLOSE_TOO_BIG, reason="frame too big")
+            await self._close(CLOSE_TOO_BIG, "frame too big")
             return
         if not self._within_rate():
             logger.warning("Closed a client that sent frames faster than allowed")
-            await self.close(code=CLOSE_POLICY_VIOLATION, reason="too many frames")
+            await self._close(CLOSE_POLICY_VIOLATION, "too many frames")
             return
         try:
             frame = json.loads(text_data)
@@ -218,16 +219,33 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         self._cut = asyncio.ensure_future(self._cut_slow_client())
 
     async def _cut_slow_client(self) -> None:
-        writer = self.outbox.writer
-        if writer is None:
-            await self.close(code=CLOSE_SLOW_CLIENT, reason="slow client")
+        if not await self._close(CLOSE_SLOW_CLIENT, "slow client"):
             return
         # The close frame waits behind the backlog; a client that reads it and
         # answers is closed cleanly, one that does not read is dropped after the grace.
-        writer.close(CLOSE_SLOW_CLIENT, "slow client")
         await asyncio.sleep(SLOW_CLIENT_GRACE_SECONDS)
         if self.outbox in self.hub.clients:  # still connected
-            writer.abort()
+            self.outbox.writer.abort()
+
+    async def _close(self, code: int, reason: str) -> bool:
+        """
+        Close an accepted connection once; True if the close went through a direct
+        writer. daphne's ASGI close hands the code to autobahn's sendClose, which
+        refuses everything but 1000 and 3000-4999 (1003, 1008, 1009, 1013 among them),
+        and drops the reason; the writers use the protocols' own frame-level calls.
+        """
+        if self._closing:
+            return False
+        self._closing = True
+        writer = self.outbox.writer if self.outbox is not None else None
+        if writer is None:
+            writer = direct_writer(server_send(self.base_send))
+        if self.outbox is not None:
+            self.outbox.close()
+        if writer is not None and writer.close(code, reason):
+            return True
+        await self.close(code=code, reason=reason)
+        return False
 
 
 def _is_id(value: Any) -> bool:

@@ -28,8 +28,8 @@ class Writer(Protocol):
     def buffered(self) -> int:
         """Bytes written but not yet accepted by the socket."""
 
-    def close(self, code: int, reason: str) -> None:
-        """Queue a close frame behind what is buffered, whatever the backpressure."""
+    def close(self, code: int, reason: str) -> bool:
+        """Queue a close frame behind what is buffered; False if already closing."""
 
     def abort(self) -> None:
         """Drop the TCP connection now, discarding what is buffered."""
@@ -104,13 +104,15 @@ class DaphneWriter:
         transport = self._transport
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int, reason: str) -> bool:
         # daphne's ASGI close drops the reason. autobahn's public sendClose refuses
         # codes outside 1000 and 3000-4999 (1012 among them), so this uses the
         # frame-level call daphne itself uses for 1011; autobahn then drops the
         # connection if the client does not answer the close.
-        if self._protocol.state == self._open:
-            self._protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+        if self._protocol.state != self._open:
+            return False
+        self._protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+        return True
 
     def abort(self) -> None:
         self._transport.abortConnection()
@@ -137,16 +139,21 @@ class SansioWriter:
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size()
 
-    def close(self, code: int, reason: str) -> None:
-        # uvicorn's ASGI close first waits for the socket to drain, which a client
-        # that does not read never lets happen; the sans-io protocol's own call
-        # queues the close frame at once.
-        if self._conn.state is self._open:
-            self._conn.send_close(code, reason)
-            self._transport.write(b"".join(self._conn.data_to_send()))
-            # As uvicorn's own close does: otherwise its shutdown would send a second
-            # close on this connection, which the protocol refuses with an exception.
-            self._server.close_sent = True
+    def close(self, code: int, reason: str) -> bool:
+        # uvicorn's own close (the disconnect event, the close timer and all), minus
+        # its first step: waiting for the socket to drain, which a client that does
+        # not read never allows. With the gate open it completes in one step.
+        server = self._server
+        if self._conn.state is not self._open or server.close_sent:
+            return False
+        server.writable.set()
+        coroutine = server.send({"type": "websocket.close", "code": code, "reason": reason})
+        try:
+            coroutine.send(None)
+        except StopIteration:
+            return True
+        coroutine.close()
+        return False
 
     def abort(self) -> None:
         self._transport.abort()

@@ -209,6 +209,7 @@ LOGGING = {
 for _name, _cast in [
     ("BROADCAST_HEARTBEAT_SECONDS", float),
     ("BROADCAST_MAX_PENDING_BYTES", int),
+    ("BROADCAST_MAX_CONNECTIONS", int),
 ]:
     if os.environ.get(_name):
         try:

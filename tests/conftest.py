@@ -4,7 +4,9 @@ import os
 
 import pytest
 import redis
+from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
+from django.db import connections
 
 from broadcast.hub import existing_hub
 
@@ -47,6 +49,9 @@ async def _close_hub_after_test():
     instance = existing_hub()
     if instance is not None:
         await instance.close()
+    # Django's async ORM runs queries on asgiref's thread-sensitive thread, whose
+    # connection nothing else closes (PostgreSQL then refuses to drop the test DB).
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture
