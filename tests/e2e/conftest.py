@@ -146,6 +146,19 @@ class Server:
         return ws
 
 
+async def close_code(ws, timeout: float = 15.0) -> int | None:
+    """Read until the server closes; its close code, or None if the TCP just ended."""
+    import asyncio
+
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+
+
 async def frames(ws, count: int, timeout: float = 10.0) -> list[dict]:
     import asyncio
 

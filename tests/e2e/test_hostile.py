@@ -1,23 +1,13 @@
 """What a hostile client meets on a real server, daphne and uvicorn."""
 
-import asyncio
 import json
 
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.conftest import frames, no_frame
+from tests.e2e.conftest import close_code, frames, no_frame
 
 pytestmark = [pytest.mark.e2e]
-
-
-async def closed_with(ws, timeout=5):
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), timeout)
-    except ConnectionClosed as closed:
-        return closed.rcvd.code if closed.rcvd else None
 
 
 @pytest.fixture(params=["daphne", "uvicorn"])
@@ -34,16 +24,16 @@ async def test_bad_frames_get_close_codes_or_errors_and_reach_nobody(server):
     replies = await frames(chatty, 2)
     assert [reply["type"] for reply in replies] == ["hub.error", "hub.error"]
     await chatty.send("x" * 5000)  # over BROADCAST_MAX_INCOMING_BYTES (4 KiB)
-    assert await closed_with(chatty) == 1009
+    assert await close_code(chatty) == 1009
 
     binary = await server.client()
     await binary.send(b"\x00\x01")
-    assert await closed_with(binary) == 1003
+    assert await close_code(binary) == 1003
 
     flooder = await server.client()
     for _ in range(40):  # over 10 a second, bursts of 20
         await flooder.send('{"type": "hub.ping"}')
-    assert await closed_with(flooder) == 1008
+    assert await close_code(flooder) == 1008
 
     assert await no_frame(listener, 0.3)
     await listener.close()
@@ -53,6 +43,6 @@ async def test_bad_frames_get_close_codes_or_errors_and_reach_nobody(server):
 async def test_connections_over_the_limit_are_closed_with_1013(server):
     clients = [await server.client() for _ in range(3)]
     excess = await connect(server.ws_url, origin=server.http)  # accepted, then closed
-    assert await closed_with(excess) == 1013
+    assert await close_code(excess) == 1013
     for ws in clients:
         await ws.close()

@@ -5,19 +5,10 @@ import os
 import signal
 
 import pytest
-from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.conftest import frames
+from tests.e2e.conftest import close_code, frames
 
 pytestmark = [pytest.mark.e2e]
-
-
-async def close_code(ws, timeout=15):
-    try:
-        while True:
-            await asyncio.wait_for(ws.recv(), timeout)
-    except ConnectionClosed as closed:
-        return closed.rcvd.code if closed.rcvd else None
 
 
 async def test_sigterm_closes_every_client_with_1012_and_marks_the_process_stopped(
