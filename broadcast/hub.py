@@ -107,10 +107,11 @@ class Outbox:
             return
         writer = self._writer
         if writer is not None and self._drainer is None:
-            if writer.buffered() + size > self._max_pending:
+            buffered = writer.buffered()
+            if buffered + size > self._max_pending:
                 self._overflow()
                 return
-            if writer.write(frame):
+            if writer.write(frame, buffered):
                 return
         if self._drainer is not None:
             if self._reserve(size):

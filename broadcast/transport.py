@@ -22,8 +22,11 @@ from typing import Any, Protocol
 
 
 class Writer(Protocol):
-    def write(self, frame: bytes) -> bool:
-        """Write a prepared frame now; False if the connection is not open."""
+    def write(self, frame: bytes, buffered: int) -> bool:
+        """
+        Write a prepared frame now; False if the connection is not open. ``buffered``
+        is ``buffered()`` as the caller has just measured it (once per delivery).
+        """
 
     def buffered(self) -> int:
         """Bytes written but not yet accepted by the socket."""
@@ -83,11 +86,11 @@ class DaphneWriter:
         plain = not getattr(self._transport, "TLS", False)
         self._socket = getattr(self._transport, "socket", None) if plain else None
 
-    def write(self, frame: bytes) -> bool:
+    def write(self, frame: bytes, buffered: int) -> bool:
         if self._protocol.state != self._open:
             return False
         transport = self._transport
-        if self._socket is not None and not self.buffered() and not transport.disconnecting:
+        if self._socket is not None and not buffered and not transport.disconnecting:
             try:
                 sent = self._socket.send(frame)
             except OSError:  # EAGAIN, or a dead socket that Twisted will report
@@ -129,7 +132,7 @@ class SansioWriter:
         self._conn = server.conn
         self._open = open_state
 
-    def write(self, frame: bytes) -> bool:
+    def write(self, frame: bytes, buffered: int) -> bool:
         server = self._server
         if server.close_sent or server.disconnected or self._conn.state is not self._open:
             return False
