@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
+from .dashboard import dashboard_context
 from .envelope import BroadcastError, InvalidPayload, InvalidType, PayloadTooLarge, prepare
 from .models import Broadcast, HubProcess
 from .publishing import resend
@@ -106,12 +107,11 @@ class HubProcessAdmin(admin.ModelAdmin):
         return False
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
-        total = HubProcess.objects.live_total()
-        live = HubProcess.objects.live().count()
+        # The process list doubles as the hub's dashboard (live total, charts, recent
+        # broadcasts): it is where an operator already looks for the processes.
         extra_context = {
             **(extra_context or {}),
-            "title": (
-                f"Hub processes: {total} client(s) connected now, over {live} live process(es)"
-            ),
+            "title": "Broadcast hub",
+            "dashboard": dashboard_context(),
         }
         return super().changelist_view(request, extra_context)

@@ -54,6 +54,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         ("BROADCAST_MAX_INCOMING_BYTES", True, "broadcast.E011"),
         ("BROADCAST_MAX_INCOMING_RATE", False, "broadcast.E012"),
         ("BROADCAST_SHUTDOWN_TIMEOUT", False, "broadcast.E014"),
+        ("BROADCAST_SAMPLE_SECONDS", False, "broadcast.E015"),
+        ("BROADCAST_RETENTION_DAYS", False, "broadcast.E016"),
     ]:
         value = getattr(conf, name)
         if not _positive_number(value, integer=integer):
@@ -67,12 +69,34 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="broadcast.E013",
             )
         )
-    if not isinstance(conf.BROADCAST_REQUIRE_AUTH, bool):
+    for name, error_id in [
+        ("BROADCAST_REQUIRE_AUTH", "broadcast.E008"),
+        ("BROADCAST_METRICS_ENABLED", "broadcast.E017"),
+        ("BROADCAST_HEALTHZ_ENABLED", "broadcast.E018"),
+    ]:
+        value = getattr(conf, name)
+        if not isinstance(value, bool):
+            errors.append(Error(f"{name} must be True or False, got {value!r}.", id=error_id))
+    token = conf.BROADCAST_METRICS_TOKEN
+    if token is not None and not (isinstance(token, str) and token):
         errors.append(
             Error(
-                f"BROADCAST_REQUIRE_AUTH must be True or False, got "
-                f"{conf.BROADCAST_REQUIRE_AUTH!r}.",
-                id="broadcast.E008",
+                f"BROADCAST_METRICS_TOKEN must be None or a non-empty string, got {token!r}.",
+                id="broadcast.E019",
+            )
+        )
+    retention = conf.BROADCAST_RETENTION_DAYS
+    ttl = conf.BROADCAST_HISTORY_TTL
+    if (
+        _positive_number(retention, integer=False)
+        and _positive_number(ttl, integer=False)
+        and retention * 86400 < ttl
+    ):
+        errors.append(
+            Error(
+                f"BROADCAST_RETENTION_DAYS ({retention}) keeps broadcasts for less than "
+                f"BROADCAST_HISTORY_TTL ({ttl} s): pruning would cut into resumable history.",
+                id="broadcast.E020",
             )
         )
     return errors

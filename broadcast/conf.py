@@ -27,6 +27,11 @@ DEFAULTS: dict[str, Any] = {
     "BROADCAST_MAX_INCOMING_RATE": 10.0,
     "BROADCAST_MAX_CONNECTIONS": None,
     "BROADCAST_SHUTDOWN_TIMEOUT": 10.0,
+    "BROADCAST_SAMPLE_SECONDS": 60.0,
+    "BROADCAST_RETENTION_DAYS": 30,
+    "BROADCAST_METRICS_ENABLED": True,
+    "BROADCAST_METRICS_TOKEN": None,
+    "BROADCAST_HEALTHZ_ENABLED": True,
 }
 
 
@@ -105,6 +110,31 @@ class Settings:
     def BROADCAST_SHUTDOWN_TIMEOUT(self) -> float:
         """Seconds a stopping server (daphne) takes to close its clients with 1012."""
         return self._get("BROADCAST_SHUTDOWN_TIMEOUT")
+
+    @property
+    def BROADCAST_SAMPLE_SECONDS(self) -> float:
+        """How often each process records its connection count for the dashboard chart."""
+        return self._get("BROADCAST_SAMPLE_SECONDS")
+
+    @property
+    def BROADCAST_RETENTION_DAYS(self) -> float:
+        """Days `manage.py prunehub` keeps broadcasts, samples and stopped process rows."""
+        return self._get("BROADCAST_RETENTION_DAYS")
+
+    @property
+    def BROADCAST_METRICS_ENABLED(self) -> bool:
+        """Serve /metrics (Prometheus text format); off: 404."""
+        return self._get("BROADCAST_METRICS_ENABLED")
+
+    @property
+    def BROADCAST_METRICS_TOKEN(self) -> str | None:
+        """When set, /metrics needs the header ``Authorization: Bearer <token>``."""
+        return self._get("BROADCAST_METRICS_TOKEN")
+
+    @property
+    def BROADCAST_HEALTHZ_ENABLED(self) -> bool:
+        """Serve /healthz (JSON; 503 when the database or channel layer is down)."""
+        return self._get("BROADCAST_HEALTHZ_ENABLED")
 
 
 conf = Settings()

@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
+from . import metrics
 from .conf import conf
 from .envelope import control_text
 from .history import replay_after
@@ -211,6 +212,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
 
     def _on_overflow(self) -> None:
         self.hub.slow_client_cuts += 1
+        metrics.slow_client_cuts.inc()
         logger.warning(
             "Dropped a slow client (close %s): over %s bytes pending",
             CLOSE_SLOW_CLIENT,

@@ -32,13 +32,19 @@ def replay_after(last_id: int, current_id: int) -> list[tuple[int, str]] | None:
     """
     if last_id > current_id:
         return None  # ids from another history (the database was reset)
+    # Failed rows are read too: they hold their (burnt) ids, so the ids read must
+    # run on from last_id without a hole. A hole means rows were deleted (pruned
+    # history, an admin delete), and replaying around it would be a silent loss.
     rows = list(
         Broadcast.objects.filter(seq__gt=last_id)
-        .exclude(status=Broadcast.Status.FAILED)
         .order_by("seq")
-        .only("seq", "type", "payload", "sent_at")[: conf.BROADCAST_HISTORY_LIMIT + 1]
+        .only("seq", "type", "payload", "sent_at", "status")[: conf.BROADCAST_HISTORY_LIMIT + 1]
     )
     if len(rows) > conf.BROADCAST_HISTORY_LIMIT:
+        return None
+    if any(row.seq != last_id + 1 + index for index, row in enumerate(rows)):
+        return None
+    if not rows and current_id > last_id:
         return None
     cutoff = timezone.now() - dt.timedelta(seconds=conf.BROADCAST_HISTORY_TTL)
     if rows and rows[0].sent_at < cutoff:
@@ -46,4 +52,5 @@ def replay_after(last_id: int, current_id: int) -> list[tuple[int, str]] | None:
     return [
         (row.seq, prepare(row.type, row.payload, allow_reserved=True).text(row.seq, row.sent_at))
         for row in rows
+        if row.status != Broadcast.Status.FAILED
     ]

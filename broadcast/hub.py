@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import types
 import weakref
 from collections import deque
@@ -28,6 +29,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
+from . import metrics
 from .conf import conf
 from .envelope import control_text
 from .transport import Writer, text_frame
@@ -226,6 +228,7 @@ class ProcessHub:
         self.slow_client_cuts = 0
         self.started_at = timezone.now()
         self.row_id: int | None = None
+        self._sampled_at: float | None = None
         self._membership = asyncio.Lock()
         self._relay_task: asyncio.Task | None = None
         self._heartbeat_task: asyncio.Task | None = None
@@ -255,12 +258,16 @@ class ProcessHub:
             outbox.hold()
         self.clients.add(outbox)
         self.total_accepted += 1
+        metrics.connections.inc()
+        metrics.connections_accepted.inc()
         if len(self.clients) > self.peak:
             self.peak = len(self.clients)
 
     async def unregister(self, outbox: Outbox) -> None:
         """Remove a client; the last one in the process leaves the group."""
-        self.clients.discard(outbox)
+        if outbox in self.clients:
+            self.clients.remove(outbox)
+            metrics.connections.dec()
         async with self._membership:
             if not self.clients and self._relay_task is not None:
                 await self._leave()
@@ -344,11 +351,15 @@ class ProcessHub:
             if msg_id <= self.last_id:
                 return  # already delivered (a catch-up overlapping the live stream)
             self.last_id = msg_id
+        started = time.perf_counter()
         # Framed once for every client in this process.
         data = text.encode()
         frame, event, size = text_frame(data), {"type": "websocket.send", "text": text}, len(data)
-        for outbox in tuple(self.clients):
+        clients = tuple(self.clients)
+        for outbox in clients:
             outbox.push(frame, event, size, msg_id)
+        metrics.deliveries.inc(len(clients))
+        metrics.fan_out_seconds.observe(time.perf_counter() - started)
 
     # Connection counts -------------------------------------------------------
 
@@ -375,7 +386,7 @@ class ProcessHub:
         await database_sync_to_async(self._write_counts)(stopped)
 
     def _write_counts(self, stopped: bool) -> None:
-        from .models import HubProcess
+        from .models import ConnectionSample, HubProcess
 
         # Counts are read when the write runs, not when it was queued, so that a
         # write waiting behind another never lands older figures over newer ones.
@@ -392,6 +403,16 @@ class ProcessHub:
                 host=socket.gethostname(), pid=os.getpid(), started_at=self.started_at, **fields
             )
             self.row_id = row.pk
+        clock = time.monotonic()
+        if (
+            stopped
+            or self._sampled_at is None
+            or clock - self._sampled_at >= conf.BROADCAST_SAMPLE_SECONDS
+        ):
+            ConnectionSample.objects.create(
+                process_id=self.row_id, taken_at=now, current=fields["current"]
+            )
+            self._sampled_at = clock
 
     async def shutdown(self) -> None:
         """
@@ -412,7 +433,9 @@ class ProcessHub:
             if start + size < len(outboxes):
                 await asyncio.sleep(timeout / 2 / batches)
         await asyncio.sleep(min(0.5, timeout / 4))  # let the close frames go out
+        metrics.connections.dec(len(self.clients))
         self.clients.clear()
+        metrics.process_stopped()
         await self.close()
         try:
             await self.write_counts(stopped=True)

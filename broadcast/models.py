@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
@@ -57,6 +58,11 @@ class Broadcast(models.Model):
         label = f"#{self.seq}" if self.seq is not None else f"row {self.pk}"
         return f"{self.type} ({label}, {self.status})"
 
+    @property
+    def payload_json(self) -> str:
+        """The payload as the envelope carries it (for pages; escape it there)."""
+        return json.dumps(self.payload, cls=DjangoJSONEncoder, ensure_ascii=False)
+
 
 class HubProcessQuerySet(models.QuerySet):
     def live(self) -> HubProcessQuerySet:
@@ -111,3 +117,22 @@ class HubProcess(models.Model):
         if self.stopped_at is not None:
             return "stopped"
         return "live" if self.is_live else "stale"
+
+
+class ConnectionSample(models.Model):
+    """
+    One process's connection count at one moment, for the dashboard's chart.
+
+    Written on the heartbeat, at most every BROADCAST_SAMPLE_SECONDS per process;
+    ``manage.py prunehub`` deletes samples past BROADCAST_RETENTION_DAYS.
+    """
+
+    process = models.ForeignKey(HubProcess, on_delete=models.CASCADE, related_name="samples")
+    taken_at = models.DateTimeField(db_index=True)
+    current = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["taken_at"]
+
+    def __str__(self) -> str:
+        return f"{self.process} {self.current} at {self.taken_at.isoformat()}"

@@ -20,6 +20,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from . import metrics
 from .conf import conf
 from .envelope import BroadcastError, Prepared, prepare
 from .models import Broadcast
@@ -116,9 +117,11 @@ async def _send_ephemeral(prepared: Prepared, layer: Any) -> dict[str, Any]:
     try:
         await layer.group_send(conf.BROADCAST_GROUP, relay_message(prepared.text(None, now), None))
     except Exception as exc:
+        metrics.publish_failures.inc()
         logger.warning("Ephemeral broadcast %r failed: %s", prepared.type, exc)
         raise PublishFailed(f"Could not reach the channel layer: {_describe(exc)}") from exc
-    logger.debug("Published ephemeral broadcast type=%s", prepared.type)
+    metrics.published.inc()
+    logger.info("Published ephemeral broadcast type=%s", prepared.type)
     return prepared.envelope(None, now)
 
 
@@ -148,12 +151,14 @@ def send_row(row: Broadcast, prepared: Prepared | None = None, *, layer: Any = N
             _group_send(layer, prepared.text(seq, now), seq)
     except Exception as exc:
         _mark_failed(row, exc)
+        metrics.publish_failures.inc()
         logger.warning("Broadcast row %s (%s) failed: %s", row.pk, row.type, exc)
         raise PublishFailed(
             f"Broadcast row {row.pk} could not be sent and is marked failed: {_describe(exc)}"
         ) from exc
     Broadcast.objects.filter(pk=row.pk).update(status=Broadcast.Status.SENT)
     row.seq, row.sent_at, row.status, row.error = seq, now, Broadcast.Status.SENT, ""
+    metrics.published.inc()
     logger.info("Published broadcast id=%s type=%s", seq, prepared.type)
     return prepared.envelope(seq, now)
 

@@ -13,6 +13,7 @@ from the environment (see the README's "Settings" section):
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -66,6 +67,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the JS client, the demo page's assets) from the app servers
+    # themselves, compressed and cached; nginx may serve STATIC_ROOT instead.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -169,6 +173,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "hubsite" / "static"]
+if DEBUG:
+    # WhiteNoise serves from the app directories (its finders) in DEBUG; STATIC_ROOT
+    # exists only after collectstatic, and its absence is expected here.
+    warnings.filterwarnings("ignore", message="No directory at", category=UserWarning)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -110,5 +110,6 @@ def test_the_admin_shows_live_connection_counts(admin_client):
     old = now - timezone.timedelta(minutes=5)
     HubProcess.objects.create(host="c", pid=3, started_at=old, last_heartbeat=old, current=9)
     page = admin_client.get(reverse("admin:broadcast_hubprocess_changelist")).content.decode()
-    assert "7 client(s) connected now, over 2 live process(es)" in page
+    assert 'Clients connected now: <strong id="hub-live-total">7</strong>' in page
+    assert "over 2 live processes" in page
     assert "stale" in page

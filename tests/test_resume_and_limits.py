@@ -65,6 +65,27 @@ async def test_history_older_than_the_ttl_gets_a_reset(hub, settings):
     await client.disconnect()
 
 
+async def test_history_with_deleted_rows_gets_a_reset_not_a_silent_gap(hub):
+    from broadcast.models import Broadcast
+
+    ids = await publish_many(3)
+    await Broadcast.objects.filter(seq=ids[1]).adelete()  # pruned, or deleted in the admin
+    client = await connect(query=f"?last_id={ids[0]}")
+    assert (await frame(client))["type"] == "hub.reset"
+    await client.disconnect()
+
+
+async def test_a_failed_send_burns_its_id_without_forcing_a_reset(hub):
+    from broadcast.models import Broadcast
+
+    ids = await publish_many(3)
+    await Broadcast.objects.filter(seq=ids[1]).aupdate(status=Broadcast.Status.FAILED)
+    client = await connect(query=f"?last_id={ids[0]}")
+    assert (await frame(client))["id"] == ids[2]
+    assert (await frame(client))["type"] == "hub.resumed"
+    await client.disconnect()
+
+
 async def test_an_id_from_the_future_gets_a_reset(hub):
     await publish_many(1)
     client = await connect(query="?last_id=999")

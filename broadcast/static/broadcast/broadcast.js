@@ -1,0 +1,199 @@
+/*
+ * BroadcastClient: the browser side of the broadcast hub. No build step, no
+ * dependencies; load it with a <script> tag (it defines window.BroadcastClient)
+ * or require() it.
+ *
+ *   const client = new BroadcastClient("/ws/broadcast/", {
+ *     onMessage: (envelope) => ...,    // {id, type, payload, timestamp}
+ *     onStateChange: (state) => ...,   // "connecting" | "open" | "closed"
+ *     onReset: (info) => ...,          // history did not reach back: reload state
+ *   });
+ *
+ * It reconnects after any close with exponential backoff and full jitter, and
+ * resumes with the last id it saw (?last_id=N), so a reconnect misses nothing that
+ * is still in the server's history. Beyond that history the server says hub.reset
+ * and onReset is called. See the README, "The JavaScript client".
+ */
+(function (root) {
+  "use strict";
+
+  var DEFAULTS = {
+    onMessage: function () {},
+    onStateChange: function () {},
+    onReset: function () {},
+    onError: function () {},
+    lastId: null,           // resume from this id on the first connect
+    baseDelay: 500,         // ms: the backoff's first ceiling
+    maxDelay: 30000,        // ms: the backoff's cap
+    stableAfter: 5000,      // ms open before the backoff starts again from baseDelay
+    pingInterval: 25000,    // ms: a connection that answers nothing for this long is dropped
+    WebSocket: null,        // a WebSocket implementation (defaults to the global one)
+    random: Math.random,
+  };
+
+  /*
+   * Full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter"): a
+   * uniformly random wait between 0 and min(cap, base * 2^attempt), so that clients
+   * cut together by a restart do not come back together.
+   */
+  function backoffDelay(attempt, baseDelay, maxDelay, random) {
+    var ceiling = Math.min(maxDelay, baseDelay * Math.pow(2, attempt));
+    return Math.floor((random || Math.random)() * ceiling);
+  }
+
+  function absoluteUrl(url) {
+    if (/^wss?:\/\//.test(url)) return url;
+    var loc = root.location;
+    var scheme = loc.protocol === "https:" ? "wss://" : "ws://";
+    return scheme + loc.host + (url.charAt(0) === "/" ? url : "/" + url);
+  }
+
+  function BroadcastClient(url, options) {
+    this.url = absoluteUrl(url);
+    this.options = {};
+    for (var key in DEFAULTS) {
+      this.options[key] =
+        options && options[key] !== undefined ? options[key] : DEFAULTS[key];
+    }
+    this.lastId = this.options.lastId;
+    this.state = "closed";
+    this.attempt = 0;
+    this.socket = null;
+    this._stopped = false;
+    this._retry = null;
+    this._stable = null;
+    this._ping = null;
+    this._heard = false;
+    this.connect();
+  }
+
+  BroadcastClient.backoffDelay = backoffDelay;
+
+  BroadcastClient.prototype._setState = function (state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.options.onStateChange(state, this);
+  };
+
+  BroadcastClient.prototype.connect = function () {
+    var self = this;
+    var Impl = this.options.WebSocket || root.WebSocket;
+    var url = this.url;
+    if (this.lastId !== null && this.lastId !== undefined) {
+      url += (url.indexOf("?") === -1 ? "?" : "&") + "last_id=" + encodeURIComponent(this.lastId);
+    }
+    this._stopped = false;
+    this._setState("connecting");
+    var socket = (this.socket = new Impl(url));
+    socket.onopen = function () {
+      if (socket !== self.socket) return;
+      self._setState("open");
+      // Only a connection that stays up resets the backoff: a server that accepts
+      // and then closes at once must not be hammered.
+      self._stable = setTimeout(function () { self.attempt = 0; }, self.options.stableAfter);
+      self._startPing();
+    };
+    socket.onmessage = function (event) {
+      if (socket !== self.socket) return;
+      self._heard = true;
+      self._receive(event.data);
+    };
+    socket.onclose = function (event) {
+      if (socket !== self.socket) return;
+      self._dropped(event.code, event.reason);
+    };
+  };
+
+  BroadcastClient.prototype._receive = function (data) {
+    var envelope;
+    try {
+      envelope = JSON.parse(data);
+    } catch (err) {
+      this.options.onError(new Error("unreadable frame from the server"));
+      return;
+    }
+    var type = envelope.type;
+    var payload = envelope.payload || {};
+    if (type === "hub.welcome") {
+      // With nothing to resume, start from here; with a last id, the server
+      // replays what followed it right after this frame.
+      if (this.lastId === null || this.lastId === undefined) this.lastId = payload.last_id;
+      return;
+    }
+    if (type === "hub.reset") {
+      this.lastId = payload.last_id;
+      this.options.onReset(payload, this);
+      return;
+    }
+    if (type === "hub.resumed" || type === "hub.pong") return;
+    if (type === "hub.error") {
+      this.options.onError(new Error(payload.error));
+      return;
+    }
+    if (typeof envelope.id === "number") {
+      if (this.lastId !== null && this.lastId !== undefined && envelope.id <= this.lastId) return;
+      this.lastId = envelope.id;
+    }
+    this.options.onMessage(envelope, this);
+  };
+
+  BroadcastClient.prototype._startPing = function () {
+    var self = this;
+    if (!this.options.pingInterval) return;
+    this._heard = true;
+    this._ping = setInterval(function () {
+      if (!self._heard) {
+        // Nothing at all since the last ping, not even its pong: a dead link
+        // (a laptop waking up, a NAT that forgot us). Start over.
+        self.socket.close();
+        self._dropped(1006, "no answer to ping");
+        return;
+      }
+      self._heard = false;
+      if (self.socket.readyState === 1) self.socket.send('{"type":"hub.ping"}');
+    }, this.options.pingInterval);
+  };
+
+  BroadcastClient.prototype._clearTimers = function () {
+    clearTimeout(this._retry);
+    clearTimeout(this._stable);
+    clearInterval(this._ping);
+    this._retry = this._stable = this._ping = null;
+  };
+
+  BroadcastClient.prototype._dropped = function (code, reason) {
+    this._clearTimers();
+    if (this.socket) {
+      this.socket.onopen = this.socket.onmessage = this.socket.onclose = null;
+    }
+    this.socket = null;
+    this._setState("closed");
+    if (this._stopped) return;
+    var self = this;
+    var delay = backoffDelay(this.attempt, this.options.baseDelay, this.options.maxDelay,
+                             this.options.random);
+    this.attempt += 1;
+    this.retryIn = delay;
+    this.lastClose = { code: code, reason: reason };
+    this._retry = setTimeout(function () { self.connect(); }, delay);
+  };
+
+  /* Close for good: no reconnect until connect() is called again. */
+  BroadcastClient.prototype.close = function () {
+    this._stopped = true;
+    var socket = this.socket;
+    this._clearTimers();
+    if (socket) {
+      socket.onopen = socket.onmessage = socket.onclose = null;
+      socket.close(1000);
+    }
+    this.socket = null;
+    this._setState("closed");
+  };
+
+  if (typeof module === "object" && module.exports) {
+    module.exports = BroadcastClient;
+  } else {
+    root.BroadcastClient = BroadcastClient;
+  }
+})(typeof window !== "undefined" ? window : globalThis);

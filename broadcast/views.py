@@ -1,0 +1,90 @@
+"""``/metrics`` (Prometheus) and ``/healthz`` (JSON), each switchable in settings."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import connection
+from django.http import Http404, HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from . import metrics
+from .conf import conf
+from .models import HubProcess
+from .publishing import get_layer
+
+LAYER_TIMEOUT = 3.0
+
+
+@never_cache
+@require_GET
+def metrics_view(request):
+    if not conf.BROADCAST_METRICS_ENABLED:
+        raise Http404("Metrics are switched off (BROADCAST_METRICS_ENABLED).")
+    token = conf.BROADCAST_METRICS_TOKEN
+    if token is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            response = HttpResponse("A bearer token is required.\n", status=401)
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
+    return HttpResponse(metrics.render(), content_type=metrics.CONTENT_TYPE)
+
+
+def _check_database() -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        live = HubProcess.objects.live_total()
+    finally:
+        connection.close()  # a pool thread, not a request thread: nothing else closes it
+    return {"ok": True, "ms": _ms(started), "live_connections": live}
+
+
+async def _check_layer() -> dict[str, Any]:
+    """A round trip through the channel layer: what a broadcast needs to get anywhere."""
+    started = time.perf_counter()
+    layer = get_layer()
+    channel = await layer.new_channel(prefix="broadcast-healthz")
+    await layer.send(channel, {"type": "healthz"})
+    await layer.receive(channel)
+    return {"ok": True, "ms": _ms(started), "backend": type(layer).__name__}
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+    return {"ok": False, "error": reason.splitlines()[0]}
+
+
+@never_cache
+@require_GET
+async def healthz(request):
+    """200 when the database and the channel layer answer, 503 otherwise."""
+    if not conf.BROADCAST_HEALTHZ_ENABLED:
+        raise Http404("The health check is switched off (BROADCAST_HEALTHZ_ENABLED).")
+    checks: dict[str, Any] = {}
+    try:
+        database = await asyncio.wait_for(
+            sync_to_async(_check_database, thread_sensitive=False)(), LAYER_TIMEOUT
+        )
+    except Exception as exc:
+        database = _failure(exc)
+    live = database.pop("live_connections", None)
+    checks["database"] = database
+    try:
+        checks["channel_layer"] = await asyncio.wait_for(_check_layer(), LAYER_TIMEOUT)
+    except Exception as exc:
+        checks["channel_layer"] = _failure(exc)
+    healthy = all(check["ok"] for check in checks.values())
+    body = {"status": "ok" if healthy else "unavailable", "live_connections": live, **checks}
+    return JsonResponse(body, status=200 if healthy else 503)
