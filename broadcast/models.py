@@ -61,7 +61,9 @@ class Broadcast(models.Model):
     @property
     def payload_json(self) -> str:
         """The payload as the envelope carries it (for pages; escape it there)."""
-        return json.dumps(self.payload, cls=DjangoJSONEncoder, ensure_ascii=False)
+        return json.dumps(
+            self.payload, cls=DjangoJSONEncoder, ensure_ascii=False, separators=(",", ":")
+        )
 
 
 class HubProcessQuerySet(models.QuerySet):

@@ -1,0 +1,185 @@
+"""
+The demo page and the JS client in a real headless Chromium (Debian's chromium and
+chromedriver, driven by selenium), against real servers and Redis.
+
+Screenshots are kept in artifacts/ (BROADCAST_ARTIFACTS to put them elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from tests.e2e.conftest import ROOT, Server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.redis]
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+ARTIFACTS = Path(os.environ.get("BROADCAST_ARTIFACTS", ROOT / "artifacts"))
+HOSTILE = "<script>window.__xss=1</script><img src=x onerror=window.__xss=2>"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium; fails (never skips) when it is not installed."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not shutil.which(path):
+            pytest.fail(f"{path} is missing: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--window-size=1100,800",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]:  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, condition, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition(driver)
+        except WebDriverException:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            screenshot(driver, f"timeout-{what.replace(' ', '-')}")
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def state(driver) -> str:
+    return driver.find_element(By.ID, "state").get_attribute("data-state")
+
+
+def feed(driver) -> list[dict]:
+    """The feed as shown: newest first, each item's id, type and payload text."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#feed li')).map(li => ({"
+        "id: li.dataset.id ? Number(li.dataset.id) : null,"
+        "type: li.querySelector('.type').textContent,"
+        "payload: li.querySelector('.payload').textContent}))"
+    )
+
+
+def screenshot(driver, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
+def publish(site, type_: str, payload) -> int:
+    """Publish with `manage.py broadcast` (another process, over Redis); the new id."""
+    out = site.manage("broadcast", type_, json.dumps(payload)).stdout
+    return int(re.search(r"Sent broadcast id=(\d+)", out).group(1))
+
+
+def open_page(browser, server) -> None:
+    browser.get(server.http + "/")
+    wait_for(browser, lambda d: state(d) == "open", what="the socket to open")
+
+
+def test_the_page_shows_a_broadcast_published_after_it_loaded(browser, redis_site, start_server):
+    server = start_server(redis_site)
+    open_page(browser, server)
+    msg_id = publish(redis_site, "news", {"text": "deploy at 18:00"})
+    items = wait_for(browser, lambda d: [i for i in feed(d) if i["id"] == msg_id], what="item")
+    assert items == [{"id": msg_id, "type": "news", "payload": '{"text":"deploy at 18:00"}'}]
+    wait_for(
+        browser,
+        lambda d: d.find_element(By.ID, "live-total").text == "1",
+        what="the live total",
+    )
+    assert screenshot(browser, "live-page").stat().st_size > 0
+
+
+def test_a_payload_with_html_is_shown_as_text(browser, redis_site, start_server):
+    server = start_server(redis_site)
+    open_page(browser, server)
+    msg_id = publish(redis_site, "alert", {"html": HOSTILE})
+    wait_for(browser, lambda d: any(i["id"] == msg_id for i in feed(d)), what="item")
+    shown = next(i for i in feed(browser) if i["id"] == msg_id)
+    assert shown["payload"] == json.dumps({"html": HOSTILE}, separators=(",", ":"))
+    assert browser.find_elements(By.CSS_SELECTOR, "#feed script, #feed img") == []
+    assert browser.execute_script("return window.__xss === undefined")
+    # The same payload rendered by the server on the next page load: escaped too.
+    browser.refresh()
+    wait_for(browser, lambda d: state(d) == "open", what="the socket to open")
+    assert browser.find_elements(By.CSS_SELECTOR, "#feed script, #feed img") == []
+    assert browser.execute_script("return window.__xss === undefined")
+    screenshot(browser, "escaped-payload")
+
+
+@pytest.mark.slow
+def test_the_client_reconnects_and_resumes_after_a_server_restart(
+    browser, redis_site, start_server
+):
+    server = start_server(redis_site)
+    open_page(browser, server)
+    before = publish(redis_site, "news", {"n": 1})
+    wait_for(browser, lambda d: any(i["id"] == before for i in feed(d)), what="first item")
+
+    server.stop()
+    wait_for(browser, lambda d: state(d) in {"closed", "connecting"}, what="the drop")
+    missed = publish(redis_site, "news", {"n": 2})  # nobody is connected to receive it
+    restarted = Server(redis_site, port=server.port).start()
+    try:
+        wait_for(browser, lambda d: state(d) == "open", timeout=30, what="the reconnect")
+        after = publish(redis_site, "news", {"n": 3})
+        wait_for(browser, lambda d: any(i["id"] == after for i in feed(d)), what="live item")
+        ids = [item["id"] for item in feed(browser)]
+        assert ids[:3] == [after, missed, before]  # newest first, the missed one resumed
+        assert len(ids) == len(set(ids))  # nothing twice
+        assert browser.execute_script("return window.hubClient.lastId") == after
+        screenshot(browser, "after-restart")
+    finally:
+        restarted.stop()
+
+
+def test_the_backoff_is_exponential_with_full_jitter_and_capped(browser, redis_site, start_server):
+    server = start_server(redis_site)
+    browser.get(server.http + "/")
+    delays = browser.execute_script(
+        "const d = BroadcastClient.backoffDelay;"
+        "return [0, 1, 2, 3, 10, 20].map(n => [d(n, 500, 8000, () => 0.999999),"
+        " d(n, 500, 8000, () => 0)]);"
+    )
+    assert [high for high, _ in delays] == [499, 999, 1999, 3999, 7999, 7999]
+    assert {low for _, low in delays} == {0}
+
+
+def test_a_client_beyond_the_servers_history_gets_a_reset_and_goes_on(
+    browser, redis_site, start_server
+):
+    server = start_server(redis_site)
+    open_page(browser, server)
+    browser.execute_script(
+        "window.resets = []; window.seen = [];"
+        "window.stale = new BroadcastClient('/ws/broadcast/', {lastId: 10 ** 9,"
+        " onReset: (info) => window.resets.push(info),"
+        " onMessage: (m) => window.seen.push(m.id)});"
+    )
+    resets = wait_for(browser, lambda d: d.execute_script("return window.resets"), what="reset")
+    assert resets[0]["from"] == 10**9
+    msg_id = publish(redis_site, "news", {"after": "reset"})
+    wait_for(browser, lambda d: d.execute_script("return window.seen").count(msg_id) == 1)
+    assert browser.execute_script("return window.stale.lastId") == msg_id
