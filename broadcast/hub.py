@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 CLOSE_SERVICE_RESTART = 1012
+RELAY_PREFIX = "broadcast-relay"
 
 
 class Outbox:
@@ -273,7 +274,7 @@ class ProcessHub:
                 await self._leave()
 
     async def _join(self) -> None:
-        self.relay_channel = await self.layer.new_channel(prefix="broadcast-relay")
+        self.relay_channel = await self.layer.new_channel(prefix=RELAY_PREFIX)
         await self.layer.group_add(self.group, self.relay_channel)
         self._relay_task = asyncio.ensure_future(self._relay())
         # Read the last id only after joining, so that no broadcast falls between.

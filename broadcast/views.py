@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET
 
 from . import metrics
 from .conf import conf
+from .hub import RELAY_PREFIX
 from .models import HubProcess
 from .publishing import get_layer
 
@@ -51,10 +52,29 @@ async def _check_layer() -> dict[str, Any]:
     """A round trip through the channel layer: what a broadcast needs to get anywhere."""
     started = time.perf_counter()
     layer = get_layer()
-    channel = await layer.new_channel(prefix="broadcast-healthz")
+    # The relay's prefix: channels-redis serves every process-local channel of one
+    # prefix from one Redis list, under one receive lock per layer. With a prefix of
+    # its own, this receive would wait behind the relay's blocking pop on another list.
+    channel = await layer.new_channel(prefix=RELAY_PREFIX)
     await layer.send(channel, {"type": "healthz"})
     await layer.receive(channel)
     return {"ok": True, "ms": _ms(started), "backend": type(layer).__name__}
+
+
+async def _check_layer_with_retry() -> dict[str, Any]:
+    # One retry: after Redis restarts, the first command on each pooled connection
+    # fails ("Connection closed by server") and the next one reconnects. Only a
+    # second failure means the layer is down.
+    try:
+        return await asyncio.wait_for(_check_layer(), LAYER_TIMEOUT)
+    except TimeoutError as exc:
+        return _failure(exc)
+    except Exception:
+        pass
+    try:
+        return await asyncio.wait_for(_check_layer(), LAYER_TIMEOUT)
+    except Exception as exc:
+        return _failure(exc)
 
 
 def _ms(started: float) -> float:
@@ -81,10 +101,7 @@ async def healthz(request):
         database = _failure(exc)
     live = database.pop("live_connections", None)
     checks["database"] = database
-    try:
-        checks["channel_layer"] = await asyncio.wait_for(_check_layer(), LAYER_TIMEOUT)
-    except Exception as exc:
-        checks["channel_layer"] = _failure(exc)
+    checks["channel_layer"] = await _check_layer_with_retry()
     healthy = all(check["ok"] for check in checks.values())
     body = {"status": "ok" if healthy else "unavailable", "live_connections": live, **checks}
     return JsonResponse(body, status=200 if healthy else 503)

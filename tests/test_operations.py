@@ -110,3 +110,14 @@ async def test_healthz_round_trips_through_redis(async_client, redis_layer):
 def test_healthz_can_be_switched_off(client, settings):
     settings.BROADCAST_HEALTHZ_ENABLED = False
     assert client.get("/healthz").status_code == 404
+
+
+async def test_healthz_round_trips_through_redis_while_the_relay_receives(
+    async_client, redis_layer, hub
+):
+    client = await connect()  # the relay now holds channels-redis's receive lock
+    response = await async_client.get("/healthz")
+    assert response.status_code == 200, response.content
+    await apublish("news", {"n": 1})
+    assert (await frame(client))["payload"] == {"n": 1}  # the relay still gets its own
+    await client.disconnect()

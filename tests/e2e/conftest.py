@@ -146,6 +146,20 @@ class Server:
         return ws
 
 
+def get_json(url: str) -> tuple[int, dict]:
+    """GET a JSON endpoint: (status, body), whatever the status."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
 async def close_code(ws, timeout: float = 15.0) -> int | None:
     """Read until the server closes; its close code, or None if the TCP just ended."""
     import asyncio

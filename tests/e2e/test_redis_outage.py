@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from tests.e2e.conftest import frames, free_port, no_frame
+from tests.e2e.conftest import frames, free_port, get_json, no_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -59,8 +59,13 @@ async def test_an_outage_fails_publishes_loudly_and_delivery_resumes_after_it(
     ws = await server.client()
     await asyncio.to_thread(redis_site.manage, "broadcast", "before", "{}")
     assert [f["type"] for f in await frames(ws, 1)] == ["before"]
+    status, health = await asyncio.to_thread(get_json, server.http + "/healthz")
+    assert status == 200 and health["channel_layer"]["ok"], health
 
     await asyncio.to_thread(private_redis.stop)
+    status, health = await asyncio.to_thread(get_json, server.http + "/healthz")
+    assert status == 503, health
+    assert health["channel_layer"]["ok"] is False and health["database"]["ok"] is True
     during = await asyncio.to_thread(redis_site.manage, "broadcast", "during", "{}", check=False)
     assert during.returncode == 1
     assert "marked failed" in during.stderr and "Traceback" not in during.stderr
@@ -71,6 +76,8 @@ async def test_an_outage_fails_publishes_loudly_and_delivery_resumes_after_it(
     await asyncio.to_thread(private_redis.start)  # back, and empty: the group is gone
     await asyncio.to_thread(redis_site.manage, "broadcast", "after", "{}")
     assert [f["type"] for f in await frames(ws, 1, timeout=15)] == ["after"]
+    status, health = await asyncio.to_thread(get_json, server.http + "/healthz")
+    assert status == 200, health
 
     # The failed row is named in the error; other tests may have left failed rows too.
     row = re.search(r"Broadcast row (\d+) could not be sent", during.stderr).group(1)
