@@ -219,11 +219,20 @@ for _name, _cast in [
     ("BROADCAST_HEARTBEAT_SECONDS", float),
     ("BROADCAST_MAX_PENDING_BYTES", int),
     ("BROADCAST_MAX_CONNECTIONS", int),
+    ("BROADCAST_SHUTDOWN_TIMEOUT", float),
+    ("BROADCAST_SAMPLE_SECONDS", float),
+    ("BROADCAST_RETENTION_DAYS", float),
+    ("BROADCAST_REQUIRE_AUTH", bool),
+    ("BROADCAST_METRICS_ENABLED", bool),
+    ("BROADCAST_HEALTHZ_ENABLED", bool),
+    ("BROADCAST_METRICS_TOKEN", str),
 ]:
-    if os.environ.get(_name):
-        try:
-            globals()[_name] = _cast(os.environ[_name])
-        except ValueError:
-            raise ImproperlyConfigured(
-                f"{_name} must be a number, got {os.environ[_name]!r}"
-            ) from None
+    if not os.environ.get(_name):
+        continue
+    if _cast is bool:
+        globals()[_name] = env_bool(_name, False)
+        continue
+    try:
+        globals()[_name] = _cast(os.environ[_name])
+    except ValueError:
+        raise ImproperlyConfigured(f"{_name} must be a number, got {os.environ[_name]!r}") from None

@@ -114,3 +114,25 @@ def test_redis_layer_pubsub_selects_channels_redis_pubsub():
 def test_an_unknown_redis_layer_is_a_clear_error():
     result = load(REDIS_URL="redis://127.0.0.1:6379/3", REDIS_LAYER="cluster")
     assert "REDIS_LAYER must be core or pubsub, got 'cluster'" in result.stderr
+
+
+def test_app_settings_come_from_the_environment_with_their_types():
+    probe = (
+        "import django, json; django.setup(); from broadcast.conf import conf;"
+        "print(json.dumps([conf.BROADCAST_METRICS_TOKEN, conf.BROADCAST_METRICS_ENABLED,"
+        " conf.BROADCAST_RETENTION_DAYS, conf.BROADCAST_REQUIRE_AUTH]))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in UNSET}
+    clean.update(
+        DJANGO_SETTINGS_MODULE="hubsite.settings",
+        BROADCAST_METRICS_TOKEN="t0ken",
+        BROADCAST_METRICS_ENABLED="false",
+        BROADCAST_RETENTION_DAYS="7.5",
+        BROADCAST_REQUIRE_AUTH="1",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=clean, capture_output=True, text=True
+    )
+    assert json.loads(result.stdout) == ["t0ken", False, 7.5, True], result.stderr
+    bad = load(BROADCAST_METRICS_ENABLED="maybe")
+    assert bad.returncode != 0 and "BROADCAST_METRICS_ENABLED must be a boolean" in bad.stderr

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from tests.e2e.conftest import get_text
+
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 LIMIT = 256 * 1024
@@ -128,6 +130,8 @@ async def test_a_client_that_stops_reading_is_cut_and_the_others_get_everything(
     assert p99_with_stuck < 3 * p99_alone + 0.2
     assert await stuck_close == 4008
     assert server.log().count("Dropped a slow client") == 1
+    metrics = await asyncio.to_thread(get_text, server.http + "/metrics")
+    assert "\nbroadcast_slow_client_cuts_total 1.0\n" in metrics
     await asyncio.to_thread(site.wait_for_live_total, 3)
     stuck.close()
     for ws in healthy:
