@@ -131,14 +131,39 @@ _REDIS_HOST = {
     "socket_connect_timeout": 5,
     "max_connections": 1000,
 }
-if REDIS_URL and REDIS_LAYER == "pubsub":
+# Redis Sentinel instead of one address: REDIS_SENTINELS="host:port,host:port" and
+# the monitored master's name; channels-redis and the send lock follow failovers.
+REDIS_SENTINELS = os.environ.get("REDIS_SENTINELS", "")
+if REDIS_SENTINELS:
+    if REDIS_URL:
+        raise ImproperlyConfigured("Set REDIS_URL or REDIS_SENTINELS, not both.")
+    try:
+        _sentinels = [
+            (host.rsplit(":", 1)[0], int(host.rsplit(":", 1)[1]))
+            for host in REDIS_SENTINELS.split(",")
+            if host.strip()
+        ]
+    except (IndexError, ValueError):
+        raise ImproperlyConfigured(
+            f"REDIS_SENTINELS must be host:port[,host:port...], got {REDIS_SENTINELS!r}"
+        ) from None
+    _REDIS_HOST.pop("address")
+    _REDIS_HOST.update(
+        sentinels=_sentinels,
+        master_name=os.environ.get("REDIS_SENTINEL_MASTER", "mymaster"),
+        db=int(os.environ.get("REDIS_SENTINEL_DB", "0")),
+    )
+    if os.environ.get("REDIS_PASSWORD"):
+        _REDIS_HOST["password"] = os.environ["REDIS_PASSWORD"]
+_REDIS_ENABLED = bool(REDIS_URL or REDIS_SENTINELS)
+if _REDIS_ENABLED and REDIS_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [_REDIS_HOST]},
         }
     }
-elif REDIS_URL:
+elif _REDIS_ENABLED:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
