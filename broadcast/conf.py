@@ -108,7 +108,7 @@ class Settings:
 
     @property
     def BROADCAST_SHUTDOWN_TIMEOUT(self) -> float:
-        """Seconds a stopping server (daphne) takes to close its clients with 1012."""
+        """Seconds a stopping server takes to close its clients with 1012 (paced)."""
         return self._get("BROADCAST_SHUTDOWN_TIMEOUT")
 
     @property

@@ -20,7 +20,7 @@ from . import metrics
 from .conf import conf
 from .envelope import control_text
 from .history import replay_after
-from .hub import Outbox, get_hub
+from .hub import CLOSE_SERVICE_RESTART, Outbox, get_hub
 from .transport import direct_writer, server_send
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             await self.close()  # before accept: the handshake gets 403
             return
         self.hub = get_hub()
+        if self.hub.stopping:
+            await self.accept()
+            await self._close(CLOSE_SERVICE_RESTART, "service restart")
+            return
         limit = conf.BROADCAST_MAX_CONNECTIONS
         if limit is not None and self.hub.current >= limit:
             logger.warning(

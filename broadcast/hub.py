@@ -230,6 +230,7 @@ class ProcessHub:
         self.started_at = timezone.now()
         self.row_id: int | None = None
         self._sampled_at: float | None = None
+        self.stopping = False
         self._membership = asyncio.Lock()
         self._relay_task: asyncio.Task | None = None
         self._heartbeat_task: asyncio.Task | None = None
@@ -421,6 +422,7 @@ class ProcessHub:
         BROADCAST_SHUTDOWN_TIMEOUT so that their reconnects do not hit the remaining
         servers all at once; then stop and mark this process's row stopped.
         """
+        self.stopping = True  # from now on, connects are turned away (consumers.py)
         outboxes = list(self.clients)
         timeout = conf.BROADCAST_SHUTDOWN_TIMEOUT
         batches = max(1, min(20, len(outboxes) // 100))

@@ -130,3 +130,12 @@ async def test_connections_over_the_limit_are_closed_with_1013(hub, settings):
     assert hub.current == 2
     await first.disconnect()
     await second.disconnect()
+
+
+async def test_a_client_connecting_while_the_process_stops_is_told_to_go_elsewhere(hub):
+    hub.stopping = True  # hub.shutdown() sets it before closing its clients
+    late = WebsocketCommunicator(BroadcastConsumer.as_asgi(), "/ws/broadcast/")
+    connected, _ = await late.connect()
+    assert connected
+    assert (await late.receive_output(timeout=2))["code"] == 1012
+    assert hub.current == 0

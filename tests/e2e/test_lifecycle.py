@@ -11,19 +11,36 @@ from tests.e2e.conftest import close_code, frames
 pytestmark = [pytest.mark.e2e]
 
 
-async def test_sigterm_closes_every_client_with_1012_and_marks_the_process_stopped(
-    site, start_server
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_sigterm_closes_every_client_with_1012_in_paced_batches_and_marks_it_stopped(
+    site, start_server, kind
 ):
-    server = start_server(site.with_env(BROADCAST_SHUTDOWN_TIMEOUT="2"))
-    clients = [await server.client() for _ in range(5)]
-    await asyncio.to_thread(site.wait_for_live_total, 5)
+    server = start_server(site.with_env(BROADCAST_SHUTDOWN_TIMEOUT="2"), kind)
+    count = 300  # three batches of 100, 1/3 s apart (half the timeout over three)
+    clients = await asyncio.gather(*(server.client() for _ in range(count)))
+    await asyncio.to_thread(site.wait_for_live_total, count)
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
     server.process.send_signal(signal.SIGTERM)
-    codes = await asyncio.gather(*(close_code(ws) for ws in clients))
-    assert codes == [1012] * 5
+
+    async def closed_after(ws) -> tuple[int | None, float]:
+        code = await close_code(ws)
+        return code, loop.time() - sent
+
+    results = await asyncio.gather(*(closed_after(ws) for ws in clients))
+    assert [code for code, _ in results] == [1012] * count
+    times = sorted(after for _, after in results)
+    # Paced: the last batch goes out at least two intervals after the first, and all
+    # of it within the timeout.
+    assert times[-1] - times[0] > 0.5, f"closes were not paced: {times[0]:.2f}-{times[-1]:.2f}"
+    assert times[-1] < 2.0 + 1.0
     await asyncio.to_thread(server.process.wait, 15)
     lines = (await asyncio.to_thread(site.manage, "hubstatus")).stdout.splitlines()
     row = next(line for line in lines if f":{server.process.pid} " in line)
     assert " stopped " in row
+    assert "Exception in ASGI application" not in server.log()
+    assert "Graceful shutdown failed" not in server.log()
 
 
 async def test_a_killed_process_drops_out_of_the_live_total_and_a_restart_gets_a_new_row(
