@@ -5,9 +5,18 @@ Channels, no Django), served by the same server and measured with the same clien
 
 from __future__ import annotations
 
+import os
+
 from bench.control import handle, payload_text
 
 clients: set = set()
+
+# The same garbage-collector tuning as hubsite.asgi, so the ceiling is measured on
+# equal terms (broadcast.tuning imports nothing from Django).
+if os.environ.get("HUB_GC_TUNING", "1") != "0":
+    from broadcast.tuning import tune_gc
+
+    tune_gc()
 
 
 async def publish_one(number: int, sent_at: float) -> None:

@@ -17,6 +17,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from broadcast.routing import SessionIfAuthRequired, websocket_urlpatterns  # noqa: E402
+from broadcast.tuning import tune_gc  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -29,3 +30,8 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# Everything is imported now: take it out of the garbage collector's way (see
+# broadcast/tuning.py; HUB_GC_TUNING=0 keeps Python's defaults).
+if os.environ.get("HUB_GC_TUNING", "1") != "0":
+    tune_gc()
