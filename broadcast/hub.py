@@ -431,7 +431,10 @@ class ProcessHub:
         for start in range(0, len(outboxes), size):
             for outbox in outboxes[start : start + size]:
                 if outbox.writer is not None:
-                    outbox.writer.close(CLOSE_SERVICE_RESTART, "service restart")
+                    try:
+                        outbox.writer.close(CLOSE_SERVICE_RESTART, "service restart")
+                    except Exception as exc:  # one client must not stop the rest
+                        logger.debug("Could not close a client on shutdown: %s", exc)
                 outbox.close()
             if start + size < len(outboxes):
                 await asyncio.sleep(timeout / 2 / batches)

@@ -147,7 +147,7 @@ class SansioWriter:
         # its first step: waiting for the socket to drain, which a client that does
         # not read never allows. With the gate open it completes in one step.
         server = self._server
-        if self._conn.state is not self._open or server.close_sent:
+        if self._conn.state is not self._open or server.close_sent or server.disconnected:
             return False
         server.writable.set()
         coroutine = server.send({"type": "websocket.close", "code": code, "reason": reason})
@@ -155,6 +155,8 @@ class SansioWriter:
             coroutine.send(None)
         except StopIteration:
             return True
+        except Exception:  # ClientDisconnected: the client left as the close was built
+            return False
         coroutine.close()
         return False
 

@@ -71,6 +71,13 @@ def redis_url() -> str:
 
 
 @pytest.fixture
+def unreachable_layer(settings):
+    """A channels-redis layer pointed at a port where nothing listens."""
+    settings.CHANNEL_LAYERS = redis_layers("redis://127.0.0.1:1/0")
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
 def redis_layer(settings, redis_url):
     settings.CHANNEL_LAYERS = redis_layers(redis_url)
     channel_layers.backends.clear()

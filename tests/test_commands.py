@@ -87,9 +87,7 @@ def test_bad_input_is_a_one_line_error(redis_layer, args, message):
     assert not Broadcast.objects.exists()
 
 
-def test_an_unreachable_redis_is_a_one_line_error_and_a_failed_row(settings):
-    settings.CHANNEL_LAYERS = redis_layers("redis://127.0.0.1:1/0")
-    channel_layers.backends.clear()
+def test_an_unreachable_redis_is_a_one_line_error_and_a_failed_row(unreachable_layer):
     with pytest.raises(CommandError, match=r"could not be sent and is marked failed: Connection"):
         run("news", "{}")
     assert Broadcast.objects.get().status == Broadcast.Status.FAILED

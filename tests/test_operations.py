@@ -3,7 +3,6 @@
 import re
 
 import pytest
-from channels.layers import channel_layers
 
 from broadcast import apublish, publish
 from tests.clients import connect, frame
@@ -49,17 +48,10 @@ async def test_metrics_count_connections_publishes_deliveries_and_fan_outs(async
     )
 
 
-def test_a_failed_publish_is_counted(client, settings):
+def test_a_failed_publish_is_counted(client, unreachable_layer):
     from broadcast.publishing import PublishFailed
 
     before = sample(client.get("/metrics").content.decode(), "broadcast_publish_failures_total")
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1", "socket_connect_timeout": 1}]},
-        }
-    }
-    channel_layers.backends.clear()
     with pytest.raises(PublishFailed):
         publish("news", {"n": 1})
     after = sample(client.get("/metrics").content.decode(), "broadcast_publish_failures_total")
@@ -85,14 +77,7 @@ async def test_healthz_reports_the_database_and_the_layer(async_client):
     assert body["live_connections"] == 0
 
 
-async def test_healthz_is_503_when_the_channel_layer_is_down(async_client, settings):
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:1", "socket_connect_timeout": 1}]},
-        }
-    }
-    channel_layers.backends.clear()
+async def test_healthz_is_503_when_the_channel_layer_is_down(async_client, unreachable_layer):
     response = await async_client.get("/healthz")
     assert response.status_code == 503
     body = response.json()

@@ -113,9 +113,7 @@ def test_invalid_input_leaves_no_row_and_sends_nothing(observer):
     assert observer.nothing()
 
 
-def test_an_unreachable_layer_raises_and_marks_the_row_failed(settings):
-    settings.CHANNEL_LAYERS = redis_layers("redis://127.0.0.1:1/0")
-    channel_layers.backends.clear()
+def test_an_unreachable_layer_raises_and_marks_the_row_failed(unreachable_layer):
     with pytest.raises(PublishFailed, match="marked failed.*ConnectionError"):
         publish("lost", {"n": 1})
     row = Broadcast.objects.get()

@@ -108,3 +108,64 @@ async def test_ids_replayed_from_history_are_skipped_when_their_live_copy_arrive
     outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "live 9"}, 6, 9)
     assert send.sent == ["held 8", "control", "live 9"]
     assert outbox.pending == 0
+
+
+async def _uvicorn_connection():
+    """
+    A real uvicorn websockets-sansio protocol on one end of a socket pair, past the
+    handshake; returns (the ASGI send it gave the app, the client's socket end).
+    """
+    import socket
+
+    from uvicorn.config import Config
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from uvicorn.server import ServerState
+
+    accepted = asyncio.get_running_loop().create_future()
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        accepted.set_result(send)
+        await receive()  # until the disconnect
+
+    config = Config(app=app, ws="websockets-sansio", lifespan="off", log_level="critical")
+    config.load()
+    server_end, client_end = socket.socketpair()
+    loop = asyncio.get_running_loop()
+    await loop.connect_accepted_socket(
+        lambda: WebSocketsSansIOProtocol(config, ServerState(), {}), server_end
+    )
+    client_end.setblocking(False)
+    await loop.sock_sendall(
+        client_end,
+        b"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    send = await asyncio.wait_for(accepted, 5)
+    assert b"101 Switching Protocols" in await loop.sock_recv(client_end, 4096)
+    return send, client_end
+
+
+async def test_uvicorn_close_sends_the_code_and_is_a_no_op_once_the_client_is_gone():
+    from broadcast.transport import direct_writer
+
+    loop = asyncio.get_running_loop()
+    send, client = await _uvicorn_connection()
+    writer = direct_writer(send)
+    assert type(writer).__name__ == "SansioWriter"
+    assert writer.close(1012, "service restart")
+    frame = parse(await loop.sock_recv(client, 4096))
+    assert frame.opcode is Opcode.CLOSE and frame.data[:2] == (1012).to_bytes(2, "big")
+    client.close()
+
+    # The client vanished before the app heard of it (a shutdown racing a disconnect):
+    # closing it must not raise into the shutdown that closes everyone else.
+    send, client = await _uvicorn_connection()
+    writer = direct_writer(send)
+    client.close()
+    for _ in range(100):
+        if send.__self__.disconnected:
+            break
+        await asyncio.sleep(0.01)
+    assert writer.close(1012, "service restart") is False
