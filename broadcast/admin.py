@@ -14,8 +14,19 @@ from .publishing import resend
 PAYLOAD_PREVIEW_CHARS = 80
 
 
+class PayloadField(forms.JSONField):
+    """A JSON field whose empty state is an empty box, not the text ``null``."""
+
+    def prepare_value(self, value: Any) -> Any:
+        # A new broadcast's payload is None, which forms.JSONField renders as "null":
+        # someone who types a payload into that box gets "null{...}", invalid JSON.
+        if value is None:
+            return ""
+        return super().prepare_value(value)
+
+
 class BroadcastForm(forms.ModelForm):
-    payload = forms.JSONField(
+    payload = PayloadField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 8, "cols": 80}),
         help_text='Any JSON value, for example {"text": "Deploy at 18:00"}. Empty means null.',

@@ -80,6 +80,7 @@ def svg_chart(series: Series) -> str:
         (tuple(run[0].split(",")) for run in runs if len(run) == 1),
     )
     end = series.start + series.step * count
+    label = "%d %b %H:%M" if end - series.start >= dt.timedelta(days=1) else "%H:%M"
     return format_html(
         '<svg class="hub-chart" role="img" aria-label="{title}" width="{w}" height="{h}" '
         'viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg">'
@@ -102,8 +103,8 @@ def svg_chart(series: Series) -> str:
         top_label=PAD_TOP + 10,
         time_y=HEIGHT - 4,
         peak=series.peak,
-        start=series.start.strftime("%H:%M"),
-        end=end.strftime("%H:%M"),
+        start=series.start.strftime(label),
+        end=end.strftime(label),
         lines=lines,
         dots=dots,
     )

@@ -1,5 +1,7 @@
 """The admin: composing publishes, validation errors, permissions, resend, counts."""
 
+import json
+
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
@@ -113,3 +115,15 @@ def test_the_admin_shows_live_connection_counts(admin_client):
     assert 'Clients connected now: <strong id="hub-live-total">7</strong>' in page
     assert "over 2 live processes" in page
     assert "stale" in page
+
+
+def test_the_add_form_starts_with_an_empty_payload_box_and_empty_means_null(
+    publisher_client, observer
+):
+    page = publisher_client.get(ADD_URL).content.decode()
+    box = page[page.index('<textarea name="payload"') :]
+    assert box[box.index(">") + 1 : box.index("</textarea>")].strip() == ""
+    response = publisher_client.post(ADD_URL, {"type": "ping", "payload": ""})
+    assert response.status_code == 302
+    assert Broadcast.objects.get().payload is None
+    assert json.loads(observer.take(1)[0]["text"])["payload"] is None

@@ -20,7 +20,7 @@ from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
-from tests.e2e.conftest import ROOT, Server
+from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, ROOT, Server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.redis]
 
@@ -183,3 +183,44 @@ def test_a_client_beyond_the_servers_history_gets_a_reset_and_goes_on(
     msg_id = publish(redis_site, "news", {"after": "reset"})
     wait_for(browser, lambda d: d.execute_script("return window.seen").count(msg_id) == 1)
     assert browser.execute_script("return window.stale.lastId") == msg_id
+
+
+def login(browser, server) -> None:
+    browser.get(server.http + "/admin/login/?next=/admin/")
+    browser.find_element(By.NAME, "username").send_keys(ADMIN_USER)
+    browser.find_element(By.NAME, "password").send_keys(ADMIN_PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait_for(browser, lambda d: "Log out" in d.page_source, what="the login")
+
+
+def test_a_staff_user_publishes_from_the_admin_and_the_live_page_shows_it(
+    browser, site, start_server
+):
+    # The embedded default (in-memory layer, one process): the admin publishes
+    # inside the server process that the page is connected to.
+    server = start_server(site)
+    login(browser, server)
+    open_page(browser, server)
+    live_page = browser.current_window_handle
+    compose = browser.find_element(By.ID, "compose").get_attribute("href")
+
+    browser.switch_to.new_window("tab")
+    browser.get(compose)
+    browser.find_element(By.NAME, "type").send_keys("announcement")
+    browser.find_element(By.NAME, "payload").send_keys('{"text": "from the admin"}')
+    browser.find_element(By.NAME, "_save").click()
+    wait_for(browser, lambda d: "was added successfully" in d.page_source, what="the save")
+
+    browser.switch_to.window(live_page)
+    wait_for(
+        browser,
+        lambda d: any(i["payload"] == '{"text":"from the admin"}' for i in feed(d)),
+        what="the admin's broadcast on the page",
+    )
+
+    browser.get(server.http + "/admin/broadcast/hubprocess/")
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "svg.hub-chart"), what="charts")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.hub-chart")) == 2
+    recent = browser.find_element(By.ID, "hub-recent-broadcasts").text
+    assert "announcement" in recent and "sent" in recent
+    screenshot(browser, "admin-dashboard")
