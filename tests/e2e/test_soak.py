@@ -75,6 +75,7 @@ async def test_churn_leaks_nothing_and_steady_clients_get_everything(
     # much with a raw ASGI app (docs/benchmarks.md); leaking each churned connection
     # (about 24 KiB) would pass this bound.
     grown = rss_kib(server.process.pid) - baseline
+    print(f"{kind}: RSS grew {grown} KiB after {await churned} churned clients")
     assert grown < 64 * 1024, f"RSS grew {grown} KiB over the steady clients' baseline"
     for ws in steady:
         await ws.close()
