@@ -14,9 +14,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsite.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from broadcast.routing import SessionIfAuthRequired, websocket_urlpatterns  # noqa: E402
+from broadcast.routing import (  # noqa: E402
+    AllowedOrigins,
+    SessionIfAuthRequired,
+    websocket_urlpatterns,
+)
 from broadcast.tuning import tune_gc  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -24,10 +27,9 @@ application = ProtocolTypeRouter(
         "http": django_asgi_app,
         # Not AuthMiddlewareStack: it resolves the user on every connect, a database
         # thread hop per client (docs/benchmarks.md). The consumer resolves the user
-        # from the session only when BROADCAST_REQUIRE_AUTH is on.
-        "websocket": AllowedHostsOriginValidator(
-            SessionIfAuthRequired(URLRouter(websocket_urlpatterns))
-        ),
+        # from the session only when BROADCAST_REQUIRE_AUTH is on. AllowedOrigins is
+        # Channels' Origin check with its verdict remembered (broadcast/routing.py).
+        "websocket": AllowedOrigins(SessionIfAuthRequired(URLRouter(websocket_urlpatterns))),
     }
 )
 

@@ -77,6 +77,14 @@
 
   BroadcastClient.prototype.connect = function () {
     var self = this;
+    if (this.socket) {
+      // connect() on a live client starts over rather than leaving a socket behind.
+      var old = this.socket;
+      old.onopen = old.onmessage = old.onclose = null;
+      old.close(1000);
+      this.socket = null;
+    }
+    this._clearTimers();
     var Impl = this.options.WebSocket || root.WebSocket;
     var url = this.url;
     if (this.lastId !== null && this.lastId !== undefined) {

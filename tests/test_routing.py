@@ -1,0 +1,56 @@
+"""The WebSocket routing layers: the remembered Origin check and the session switch."""
+
+from urllib.parse import urlparse
+
+import pytest
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from channels.testing import WebsocketCommunicator
+
+from broadcast.routing import AllowedOrigins, SessionIfAuthRequired, websocket_urlpatterns
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGINS = [
+    b"http://127.0.0.1:8000", b"http://localhost", b"https://localhost:443",
+    b"http://evil.example", b"http://127.0.0.1.evil.example", b"null", b"", b"ws://[::1]:9",
+    b"http://LOCALHOST", b"javascript:alert(1)",
+]  # fmt: skip
+
+
+def app():
+    return AllowedOrigins(SessionIfAuthRequired(URLRouter(websocket_urlpatterns)))
+
+
+@pytest.mark.parametrize("origin", [*ORIGINS, None])
+def test_the_verdict_is_channels_own(settings, origin):
+    settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+    channels_check = AllowedHostsOriginValidator(None)
+    parsed = urlparse(origin.decode("latin1")) if origin is not None else None
+    assert AllowedOrigins(None)._judge(origin) is channels_check.valid_origin(parsed)
+
+
+async def connect(application, origin):
+    headers = [(b"origin", origin)] if origin is not None else []
+    communicator = WebsocketCommunicator(application, "/ws/broadcast/", headers=headers)
+    connected, _ = await communicator.connect()
+    if connected:
+        await communicator.disconnect()
+    return connected
+
+
+async def test_allowed_origins_connect_and_others_are_refused_every_time(hub):
+    application = app()
+    for _ in range(2):  # the second round is answered from what was remembered
+        assert await connect(application, b"http://127.0.0.1:8000")
+        assert not await connect(application, b"http://evil.example")
+        assert not await connect(application, None)
+
+
+def test_what_it_remembers_is_bounded():
+    check = AllowedOrigins(None)
+    check.application = lambda scope, receive, send: None
+    for n in range(AllowedOrigins.MAX_REMEMBERED * 3):
+        scope = {"type": "websocket", "headers": [(b"origin", f"http://h{n}.example".encode())]}
+        check(scope, None, None).close()  # the denier's coroutine, never run
+    assert len(check._verdicts) <= AllowedOrigins.MAX_REMEMBERED
