@@ -56,6 +56,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         ("BROADCAST_SHUTDOWN_TIMEOUT", False, "broadcast.E014"),
         ("BROADCAST_SAMPLE_SECONDS", False, "broadcast.E015"),
         ("BROADCAST_RETENTION_DAYS", False, "broadcast.E016"),
+        ("BROADCAST_RELAY_STALL_SECONDS", False, "broadcast.E022"),
     ]:
         value = getattr(conf, name)
         if not _positive_number(value, integer=integer):
@@ -77,6 +78,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         value = getattr(conf, name)
         if not isinstance(value, bool):
             errors.append(Error(f"{name} must be True or False, got {value!r}.", id=error_id))
+    backlog = conf.BROADCAST_MAX_RELAY_BACKLOG
+    if backlog is not None and not _positive_number(backlog, integer=True):
+        errors.append(
+            Error(
+                f"BROADCAST_MAX_RELAY_BACKLOG must be None or a positive integer, got {backlog!r}.",
+                id="broadcast.E021",
+            )
+        )
     token = conf.BROADCAST_METRICS_TOKEN
     if token is not None and not (isinstance(token, str) and token):
         errors.append(

@@ -32,6 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "BROADCAST_MAX_CONNECTIONS": None,
     "BROADCAST_SHUTDOWN_TIMEOUT": 10.0,
     "BROADCAST_SAMPLE_SECONDS": 60.0,
+    "BROADCAST_MAX_RELAY_BACKLOG": 1,
+    "BROADCAST_RELAY_STALL_SECONDS": 2.0,
     "BROADCAST_RETENTION_DAYS": 30,
     "BROADCAST_METRICS_ENABLED": True,
     "BROADCAST_METRICS_TOKEN": None,
@@ -124,6 +126,16 @@ class Settings:
     def BROADCAST_SHUTDOWN_TIMEOUT(self) -> float:
         """Seconds a stopping server takes to close its clients with 1012 (paced)."""
         return self._get("BROADCAST_SHUTDOWN_TIMEOUT")
+
+    @property
+    def BROADCAST_MAX_RELAY_BACKLOG(self) -> int | None:
+        """Broadcasts a relay may have queued in Redis before publishers wait; None: off."""
+        return self._get("BROADCAST_MAX_RELAY_BACKLOG")
+
+    @property
+    def BROADCAST_RELAY_STALL_SECONDS(self) -> float:
+        """How long publishers wait for a relay that is behind before ignoring it."""
+        return self._get("BROADCAST_RELAY_STALL_SECONDS")
 
     @property
     def BROADCAST_SAMPLE_SECONDS(self) -> float:

@@ -50,6 +50,10 @@ slow_client_cuts = Counter(
     "broadcast_slow_client_cuts",
     "Clients disconnected for falling more than BROADCAST_MAX_PENDING_BYTES behind.",
 )
+backpressure_seconds = Counter(
+    "broadcast_backpressure_seconds",
+    "Time publishers waited for relays that were BROADCAST_MAX_RELAY_BACKLOG behind.",
+)
 fan_out_seconds = Histogram(
     "broadcast_fan_out_seconds",
     "Time to hand one broadcast to every client of a process.",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
@@ -20,11 +20,11 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from . import metrics
+from . import backpressure, metrics
 from .conf import conf
 from .envelope import BroadcastError, Prepared, prepare
 from .models import Broadcast
-from .sendlock import send_lock
+from .sendlock import redis_client, send_lock
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,20 @@ async def apublish(
     )
 
 
+def _wait_for_relays(layer: Any) -> None:
+    """Backpressure (broadcast/backpressure.py), where the layer allows it."""
+    if conf.BROADCAST_MAX_RELAY_BACKLOG is None or not backpressure.applies_to(layer):
+        return
+    waited = backpressure.wait_for_relays(redis_client(layer), layer)
+    if waited >= 0.001:
+        metrics.backpressure_seconds.inc(waited)
+
+
 async def _send_ephemeral(prepared: Prepared, layer: Any) -> dict[str, Any]:
-    now = timezone.now()
     try:
+        if conf.BROADCAST_MAX_RELAY_BACKLOG is not None and backpressure.applies_to(layer):
+            await sync_to_async(_wait_for_relays, thread_sensitive=False)(layer)
+        now = timezone.now()
         await layer.group_send(conf.BROADCAST_GROUP, relay_message(prepared.text(None, now), None))
     except Exception as exc:
         metrics.publish_failures.inc()
@@ -141,6 +152,7 @@ def send_row(row: Broadcast, prepared: Prepared | None = None, *, layer: Any = N
             raise
     try:
         with send_lock(layer):
+            _wait_for_relays(layer)
             now = timezone.now()
             with transaction.atomic():
                 last = Broadcast.objects.aggregate(last=Max("seq"))["last"] or 0

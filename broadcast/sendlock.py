@@ -48,7 +48,7 @@ def redis_hosts(layer: Any) -> list[dict[str, Any]] | None:
     return hosts
 
 
-def _redis_for(layer: Any) -> redis.Redis | None:
+def redis_client(layer: Any) -> redis.Redis | None:
     """A sync Redis client on the layer's first host, or None for a non-Redis layer."""
     hosts = redis_hosts(layer)
     if not hosts:
@@ -86,7 +86,7 @@ def _make_client(host: dict[str, Any]) -> redis.Redis:
 def send_lock(layer: Any) -> Iterator[None]:
     """Hold the hub-wide send lock; raises SendLockTimeout or redis errors."""
     timeout = conf.BROADCAST_SEND_LOCK_TIMEOUT
-    client = _redis_for(layer)
+    client = redis_client(layer)
     if client is None:
         if not _local_lock.acquire(timeout=timeout):
             raise SendLockTimeout(f"Timed out after {timeout}s waiting for the send lock.")

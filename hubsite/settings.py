@@ -251,11 +251,16 @@ for _name, _cast in [
     ("BROADCAST_METRICS_ENABLED", bool),
     ("BROADCAST_HEALTHZ_ENABLED", bool),
     ("BROADCAST_METRICS_TOKEN", str),
+    ("BROADCAST_MAX_RELAY_BACKLOG", int),
+    ("BROADCAST_RELAY_STALL_SECONDS", float),
 ]:
     if not os.environ.get(_name):
         continue
     if _cast is bool:
         globals()[_name] = env_bool(_name, False)
+        continue
+    if _name == "BROADCAST_MAX_RELAY_BACKLOG" and os.environ[_name].lower() in {"off", "none"}:
+        globals()[_name] = None
         continue
     try:
         globals()[_name] = _cast(os.environ[_name])

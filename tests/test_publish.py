@@ -192,7 +192,7 @@ def test_concurrent_publishers_deliver_in_id_order(observer):
 
 
 def test_the_send_lock_is_shared_through_redis_on_the_pubsub_layer_too(settings, redis_url):
-    from broadcast.sendlock import _redis_for
+    from broadcast.sendlock import redis_client
 
     settings.CHANNEL_LAYERS = {
         "default": {
@@ -201,7 +201,7 @@ def test_the_send_lock_is_shared_through_redis_on_the_pubsub_layer_too(settings,
         }
     }
     channel_layers.backends.clear()
-    client = _redis_for(get_channel_layer())
+    client = redis_client(get_channel_layer())
     assert client is not None
     assert client.connection_pool.connection_kwargs["db"] == int(redis_url.rsplit("/", 1)[1])
     publish("via.pubsub", {"ok": True})

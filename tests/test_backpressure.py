@@ -1,0 +1,83 @@
+"""Publisher backpressure on channels-redis, against a real Redis and real relays."""
+
+import logging
+import threading
+import time
+
+import pytest
+import redis
+from channels.layers import get_channel_layer
+
+from broadcast import publish
+from broadcast.backpressure import relay_backlogs
+from tests.test_publish import Observer
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def backlog(layer, channel) -> int:
+    client = redis.Redis.from_url(layer.hosts[0]["address"])
+    return client.zcard(layer.prefix + layer.non_local_name(channel))
+
+
+@pytest.fixture
+def relay(redis_layer, settings):
+    settings.BROADCAST_MAX_RELAY_BACKLOG = 3
+    instance = Observer()
+    yield instance
+    instance.close()
+
+
+def test_a_burst_is_paced_to_a_slow_relay_and_nothing_is_lost(relay):
+    received, peak = [], 0
+
+    def read_slowly():
+        nonlocal peak
+        while len(received) < 20:
+            peak = max(peak, backlog(relay.layer, relay.channel))
+            received.extend(relay.take(1))
+            time.sleep(0.02)  # a relay fanning out to many clients
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    started = time.monotonic()
+    ids = [publish("burst", {"n": n})["id"] for n in range(20)]
+    took = time.monotonic() - started
+    reader.join(10)
+    assert [m["id"] for m in received] == ids  # all of it, in order
+    assert peak <= 3  # never more than BROADCAST_MAX_RELAY_BACKLOG queued
+    assert took > 16 * 0.02  # the publisher waited for the relay instead of queueing
+
+
+def test_a_stalled_relay_is_waited_for_only_so_long_then_reported(relay, settings, caplog):
+    settings.BROADCAST_RELAY_STALL_SECONDS = 0.5
+    for n in range(3):
+        publish("fill", {"n": n})  # the relay reads nothing: it is stuck
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="broadcast.backpressure"):
+        publish("late", {})
+        publish("later", {})
+    waited = time.monotonic() - started
+    assert 0.3 < waited < 3.0
+    assert len([r for r in caplog.records if "stalled or gone" in r.getMessage()]) == 1
+    assert [m["id"] for m in relay.take(5)] == list(range(1, 6))  # it still gets them
+
+
+def test_a_relay_whose_membership_went_stale_is_not_waited_for(relay, settings):
+    layer = get_channel_layer()
+    client = redis.Redis.from_url(layer.hosts[0]["address"])
+    client.zadd(layer._group_key("broadcast"), {relay.channel: time.time() - 3600})
+    assert relay_backlogs(client, layer, time.time()) == {}
+    started = time.monotonic()
+    for n in range(6):
+        publish("news", {"n": n})
+    assert time.monotonic() - started < 1.0
+
+
+def test_backpressure_can_be_switched_off(relay, settings):
+    settings.BROADCAST_MAX_RELAY_BACKLOG = None
+    started = time.monotonic()
+    for n in range(10):
+        publish("news", {"n": n})
+    assert time.monotonic() - started < 1.0
+    assert backlog(relay.layer, relay.channel) == 10
