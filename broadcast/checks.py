@@ -62,14 +62,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         if not _positive_number(value, integer=integer):
             kind = "a positive integer" if integer else "a positive number"
             errors.append(Error(f"{name} must be {kind}, got {value!r}.", id=error_id))
-    limit = conf.BROADCAST_MAX_CONNECTIONS
-    if limit is not None and not _positive_number(limit, integer=True):
-        errors.append(
-            Error(
-                f"BROADCAST_MAX_CONNECTIONS must be None or a positive integer, got {limit!r}.",
-                id="broadcast.E013",
+    for name, error_id in [
+        ("BROADCAST_MAX_CONNECTIONS", "broadcast.E013"),
+        ("BROADCAST_MAX_RELAY_BACKLOG", "broadcast.E021"),
+    ]:
+        value = getattr(conf, name)
+        if value is not None and not _positive_number(value, integer=True):
+            errors.append(
+                Error(f"{name} must be None or a positive integer, got {value!r}.", id=error_id)
             )
-        )
     for name, error_id in [
         ("BROADCAST_REQUIRE_AUTH", "broadcast.E008"),
         ("BROADCAST_METRICS_ENABLED", "broadcast.E017"),
@@ -78,14 +79,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         value = getattr(conf, name)
         if not isinstance(value, bool):
             errors.append(Error(f"{name} must be True or False, got {value!r}.", id=error_id))
-    backlog = conf.BROADCAST_MAX_RELAY_BACKLOG
-    if backlog is not None and not _positive_number(backlog, integer=True):
-        errors.append(
-            Error(
-                f"BROADCAST_MAX_RELAY_BACKLOG must be None or a positive integer, got {backlog!r}.",
-                id="broadcast.E021",
-            )
-        )
     token = conf.BROADCAST_METRICS_TOKEN
     if token is not None and not (isinstance(token, str) and token):
         errors.append(

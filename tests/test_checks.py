@@ -24,6 +24,15 @@ def test_default_settings_pass():
         ("BROADCAST_STALE_HEARTBEATS", 1.5, "broadcast.E006"),
         ("BROADCAST_SEND_LOCK_TIMEOUT", True, "broadcast.E007"),
         ("BROADCAST_REQUIRE_AUTH", "yes", "broadcast.E008"),
+        ("BROADCAST_MAX_CONNECTIONS", 0, "broadcast.E013"),
+        ("BROADCAST_SAMPLE_SECONDS", 0, "broadcast.E015"),
+        ("BROADCAST_RETENTION_DAYS", -1, "broadcast.E016"),
+        ("BROADCAST_METRICS_ENABLED", "yes", "broadcast.E017"),
+        ("BROADCAST_HEALTHZ_ENABLED", 1, "broadcast.E018"),
+        ("BROADCAST_METRICS_TOKEN", "", "broadcast.E019"),
+        ("BROADCAST_RETENTION_DAYS", 0.5, "broadcast.E020"),  # under the 1-day history TTL
+        ("BROADCAST_MAX_RELAY_BACKLOG", 0, "broadcast.E021"),
+        ("BROADCAST_RELAY_STALL_SECONDS", 0, "broadcast.E022"),
     ],
 )
 def test_bad_values_are_reported(settings, name, value, error_id):
