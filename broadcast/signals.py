@@ -5,7 +5,6 @@ and the ``post_save`` receiver publishes Broadcast rows saved directly (the admi
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -33,6 +32,14 @@ def on_broadcast_saved(sender: Any, instance: Any, created: bool, raw: bool, **k
         return
     from .publishing import send_saved_row
 
+    pk = instance.pk
+
+    # A named function, not functools.partial: Django logs a robust hook's failure
+    # with the hook's __qualname__, which a partial lacks, so the failure became an
+    # AttributeError (a 500 in the admin) instead of a log line.
+    def send_after_commit() -> None:
+        send_saved_row(pk)
+
     # robust: a failed send is recorded on the row (and logged) rather than turning
     # the admin's save into a 500; the admin reports the row's status.
-    transaction.on_commit(partial(send_saved_row, instance.pk), robust=True)
+    transaction.on_commit(send_after_commit, robust=True)

@@ -127,3 +127,14 @@ def test_the_add_form_starts_with_an_empty_payload_box_and_empty_means_null(
     assert response.status_code == 302
     assert Broadcast.objects.get().payload is None
     assert json.loads(observer.take(1)[0]["text"])["payload"] is None
+
+
+def test_saving_while_the_layer_is_down_marks_the_row_failed_not_a_500(
+    publisher_client, unreachable_layer
+):
+    response = publisher_client.post(ADD_URL, {"type": "news", "payload": '{"n": 1}'})
+    assert response.status_code == 302
+    row = Broadcast.objects.get()
+    assert row.status == Broadcast.Status.FAILED and "Connection" in row.error
+    listing = publisher_client.get(LIST_URL).content.decode()
+    assert "failed" in listing
