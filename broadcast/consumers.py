@@ -225,7 +225,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         self._cut = asyncio.ensure_future(self._cut_slow_client())
 
     async def _cut_slow_client(self) -> None:
-        if not await self._close(CLOSE_SLOW_CLIENT, "slow client"):
+        if not await self._close(CLOSE_SLOW_CLIENT, "slow client", SLOW_CLIENT_GRACE_SECONDS):
             return
         # The close frame waits behind the backlog; a client that reads it and
         # answers is closed cleanly, one that does not read is dropped after the grace.
@@ -233,7 +233,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         if self.outbox in self.hub.clients:  # still connected
             self.outbox.writer.abort()
 
-    async def _close(self, code: int, reason: str) -> bool:
+    async def _close(self, code: int, reason: str, grace: float | None = None) -> bool:
         """
         Close an accepted connection once; True if the close went through a direct
         writer. daphne's ASGI close hands the code to autobahn's sendClose, which
@@ -248,7 +248,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             writer = direct_writer(server_send(self.base_send))
         if self.outbox is not None:
             self.outbox.close()
-        if writer is not None and writer.close(code, reason):
+        if writer is not None and writer.close(code, reason, grace):
             return True
         await self.close(code=code, reason=reason)
         return False

@@ -31,8 +31,12 @@ class Writer(Protocol):
     def buffered(self) -> int:
         """Bytes written but not yet accepted by the socket."""
 
-    def close(self, code: int, reason: str) -> bool:
-        """Queue a close frame behind what is buffered; False if already closing."""
+    def close(self, code: int, reason: str, grace: float | None = None) -> bool:
+        """
+        Queue a close frame behind what is buffered; False if already closing.
+        ``grace``: how long the client has to answer it, where the server times
+        the close handshake itself (None: the server's own default).
+        """
 
     def abort(self) -> None:
         """Drop the TCP connection now, discarding what is buffered."""
@@ -107,13 +111,17 @@ class DaphneWriter:
         transport = self._transport
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
-    def close(self, code: int, reason: str) -> bool:
+    def close(self, code: int, reason: str, grace: float | None = None) -> bool:
         # daphne's ASGI close drops the reason. autobahn's public sendClose refuses
         # codes outside 1000 and 3000-4999 (1012 among them), so this uses the
         # frame-level call daphne itself uses for 1011; autobahn then drops the
-        # connection if the client does not answer the close.
+        # connection if the client does not answer the close within the protocol's
+        # closeHandshakeTimeout (1 s unless daphne's factory sets it, and it does not):
+        # too short for a slow client to read its backlog and reach the close frame.
         if self._protocol.state != self._open:
             return False
+        if grace is not None:
+            self._protocol.closeHandshakeTimeout = grace
         self._protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
         return True
 
@@ -142,7 +150,7 @@ class SansioWriter:
     def buffered(self) -> int:
         return self._transport.get_write_buffer_size()
 
-    def close(self, code: int, reason: str) -> bool:
+    def close(self, code: int, reason: str, grace: float | None = None) -> bool:
         # uvicorn's own close (the disconnect event, the close timer and all), minus
         # its first step: waiting for the socket to drain, which a client that does
         # not read never allows. With the gate open it completes in one step.
