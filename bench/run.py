@@ -186,7 +186,10 @@ def run_one(
     if PROFILE_DIR:
         # py-spy samples the server; the folded stacks show where its time goes.
         out = Path(PROFILE_DIR) / f"{scenario.name}-{app}-{server}.folded"
-        command = ["py-spy", "record", "--nonblocking", "-r", "200", "-f", "raw", "-o", str(out),
+        # BENCH_PYSPY_ARGS=--native (blocking, so slower) also shows C frames: the
+        # garbage collector's own time is only visible that way.
+        spy_args = os.environ.get("BENCH_PYSPY_ARGS", "--nonblocking").split()
+        command = ["py-spy", "record", *spy_args, "-r", "200", "-f", "raw", "-o", str(out),
                    "--", *command]  # fmt: skip
     server_process = subprocess.Popen(command, cwd=ROOT, env=env)
     if PROFILE_DIR:

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from . import metrics
 from .conf import conf
-from .envelope import control_text
+from .envelope import control_text, welcome_text
 from .history import replay_after
 from .hub import CLOSE_SERVICE_RESTART, Outbox, get_hub
 from .transport import direct_writer, server_send
@@ -106,7 +106,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         )
         last_id, error = _last_id_from_query(self.scope)
         await self.accept()
-        await self.hub.register(self.outbox, _welcome, hold=last_id is not None)
+        await self.hub.register(self.outbox, welcome_text, hold=last_id is not None)
         if error:
             self._reply_error(error)
         if last_id is not None:
@@ -270,7 +270,3 @@ def _last_id_from_query(scope: dict) -> tuple[int | None, str | None]:
     if value < 0:
         return None, f"ignored last_id {values[-1]!r}: it must be an integer >= 0"
     return value, None
-
-
-def _welcome(last_id: int) -> str:
-    return control_text("hub.welcome", {"last_id": last_id}, timezone.now())

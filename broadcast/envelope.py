@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,24 @@ def format_timestamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+# (millisecond, its RFC 3339 text): the timestamp format's precision is the millisecond,
+# so every frame built within one shares the text (connect bursts build thousands).
+_stamp: tuple[int, str] = (-1, "")
+
+
+def now_timestamp() -> str:
+    """``format_timestamp`` of the current time, formatted once per millisecond."""
+    global _stamp
+    ms = time.time_ns() // 1_000_000
+    cached_ms, text = _stamp
+    if ms != cached_ms:
+        seconds, millis = divmod(ms, 1000)
+        moment = dt.datetime.fromtimestamp(seconds, dt.UTC).replace(microsecond=millis * 1000)
+        text = format_timestamp(moment)
+        _stamp = (ms, text)
+    return text
+
+
 def build_text(msg_id: int | None, type_json: str, payload_json: str, timestamp: str) -> str:
     """Assemble the envelope text from already-serialised parts."""
     id_json = "null" if msg_id is None else str(int(msg_id))
@@ -126,6 +145,14 @@ def prepare(message_type: Any, payload: Any, *, allow_reserved: bool = False) ->
 def control_text(message_type: str, payload: Any, moment: dt.datetime) -> str:
     """A hub control frame (``hub.*``) in the same envelope shape, with a null id."""
     return build_text(None, json.dumps(message_type), dumps(payload), format_timestamp(moment))
+
+
+def welcome_text(last_id: int) -> str:
+    """
+    The ``hub.welcome`` frame, as ``control_text`` builds it but without a JSON
+    encoder: it is built once for every connecting client.
+    """
+    return build_text(None, '"hub.welcome"', f'{{"last_id":{int(last_id)}}}', now_timestamp())
 
 
 def _short(value: Any, limit: int = 80) -> str:

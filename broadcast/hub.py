@@ -180,17 +180,26 @@ class Outbox:
             self.push(frame, event, size, msg_id)
 
     def _overflow(self) -> None:
+        on_overflow = self._on_overflow
         self.close()
-        self._on_overflow()
+        on_overflow()
 
     def close(self) -> None:
         self.closed = True
+        # The callback is usually a bound method of the consumer that holds this
+        # outbox: dropping it breaks that cycle, so a closed connection's objects are
+        # freed as soon as it ends instead of waiting for a full garbage collection.
+        self._on_overflow = _closed
         self._queue.clear()
         self._held = None
         self._pending = 0
         drainer = self._drainer
         if drainer is not None and drainer is not _current_task():
             drainer.cancel()
+
+
+def _closed() -> None:
+    pass
 
 
 def _current_task() -> asyncio.Task | None:

@@ -1,6 +1,8 @@
 """The consumer and the process hub, through channels.testing (in-memory layer)."""
 
+import gc
 import json
+import weakref
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -8,6 +10,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from broadcast import apublish
+from broadcast.consumers import BroadcastConsumer
 from broadcast.models import Broadcast
 from broadcast.publishing import relay_message
 from hubsite.asgi import application
@@ -29,6 +32,26 @@ async def test_a_client_is_welcomed_with_the_last_broadcast_id(hub):
     assert second.welcome["payload"] == {"last_id": sent["id"]}
     await first.disconnect()
     await second.disconnect()
+
+
+async def test_a_closed_connection_is_freed_without_the_garbage_collector(hub):
+    # A reference cycle between the consumer and its outbox would keep every closed
+    # connection (scope, consumer, outbox, send) until a full collection: memory that
+    # grows with churn, and collections that cost more while clients connect.
+    known = {id(o) for o in gc.get_objects() if isinstance(o, BroadcastConsumer)}
+    client = await connect()
+    (consumer,) = [
+        weakref.ref(o)
+        for o in gc.get_objects()
+        if isinstance(o, BroadcastConsumer) and id(o) not in known
+    ]
+    gc.disable()
+    try:
+        await client.disconnect()
+        del client
+        assert consumer() is None
+    finally:
+        gc.enable()
 
 
 async def test_every_client_gets_every_broadcast_once_and_in_order(hub):

@@ -4,9 +4,10 @@ import json
 import uuid
 
 import pytest
+from django.utils import timezone
 
 from broadcast import InvalidPayload, InvalidType, PayloadTooLarge
-from broadcast.envelope import format_timestamp, prepare
+from broadcast.envelope import control_text, format_timestamp, prepare, welcome_text
 
 
 @pytest.mark.parametrize("name", ["a", "announcement", "chat.message", "x:y-z_1", "A" * 64])
@@ -80,3 +81,14 @@ def test_timestamps_are_utc_with_milliseconds():
     assert format_timestamp(dt.datetime(2026, 1, 1, 2, 0, 0, 5000, tzinfo=plus_two)) == (
         "2026-01-01T00:00:00.005Z"
     )
+
+
+def test_the_welcome_frame_is_a_control_frame_stamped_now():
+    now = timezone.now()
+    before = now.replace(microsecond=now.microsecond // 1000 * 1000)  # the format's precision
+    text = welcome_text(42)
+    after = timezone.now()
+    frame = json.loads(text)
+    stamp = dt.datetime.fromisoformat(frame["timestamp"].replace("Z", "+00:00"))
+    assert text == control_text("hub.welcome", {"last_id": 42}, stamp)
+    assert before <= stamp <= after
