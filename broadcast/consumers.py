@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from typing import Any
@@ -45,12 +46,30 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
     # member of the broadcast group in this process. An alias that is not in
     # CHANNEL_LAYERS makes Channels skip creating one.
     channel_layer_alias = None
+    # Channels' default (None) gives every consumer its own empty list at __init__.
+    groups = ()
 
     outbox: Outbox | None = None
     _cut: asyncio.Task | None = None
     _closing = False
     _tokens = 0.0
     _refilled = 0.0
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> Any:
+        """
+        Channels' ``as_asgi`` (same attributes), as a plain function handing back the
+        new consumer's coroutine: Channels' own is a coroutine function, whose
+        coroutine would stay alive, one more per idle connection, around this one.
+        """
+        channels_app = super().as_asgi(**initkwargs)
+
+        def app(scope: dict, receive: Any, send: Any) -> Any:
+            return cls(**initkwargs)(scope, receive, send)
+
+        functools.update_wrapper(app, channels_app)
+        app._asgi_single_callable = True  # for asgiref's and Channels' checks
+        return app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         # Channels' AsyncConsumer.__call__ feeds every consumer through

@@ -70,7 +70,9 @@ class Outbox:
     ) -> None:
         self._send = send
         self._writer = writer
-        self._queue: deque[tuple[dict[str, Any], int]] = deque()
+        # Created when the client first falls behind: an empty deque is about 600
+        # bytes, and most clients never need one.
+        self._queue: deque[tuple[dict[str, Any], int]] | None = None
         self._pending = 0
         self._max_pending = max_pending
         self._on_overflow = on_overflow
@@ -118,6 +120,8 @@ class Outbox:
                 return
         if self._drainer is not None:
             if self._reserve(size):
+                if self._queue is None:
+                    self._queue = deque()
                 self._queue.append((event, size))
             return
         coroutine = self._send(event)
@@ -136,7 +140,7 @@ class Outbox:
         try:
             await _finish(coroutine, blocked_on)
             self._pending -= size
-            queue = self._queue
+            queue = self._queue  # no await between this read and the loop's test
             while queue and not self.closed:
                 event, size = queue.popleft()
                 await self._send(event)
@@ -190,7 +194,8 @@ class Outbox:
         # outbox: dropping it breaks that cycle, so a closed connection's objects are
         # freed as soon as it ends instead of waiting for a full garbage collection.
         self._on_overflow = _closed
-        self._queue.clear()
+        if self._queue is not None:
+            self._queue.clear()
         self._held = None
         self._pending = 0
         drainer = self._drainer
