@@ -263,9 +263,13 @@ class ProcessHub:
         gets its welcome frame (built by ``welcome(last_id)``) and every broadcast
         relayed after it, with nothing in between.
         """
-        async with self._membership:
-            if self._relay_task is None:
-                await self._join()
+        # The lock only matters while the process joins or leaves the group; a
+        # joined process registers without it (an uncontended asyncio.Lock still
+        # costs a few microseconds a connect, and a queue of waiters after a join).
+        if self._relay_task is None or self._membership.locked():
+            async with self._membership:
+                if self._relay_task is None:
+                    await self._join()
         self._ensure_heartbeat()
         # No await from here on: the welcome's last id and the first relayed
         # broadcast cannot be interleaved.
@@ -284,6 +288,8 @@ class ProcessHub:
         if outbox in self.clients:
             self.clients.remove(outbox)
             metrics.connections.dec()
+        if self.clients:
+            return  # not the last one: the membership stays
         async with self._membership:
             if not self.clients and self._relay_task is not None:
                 await self._leave()

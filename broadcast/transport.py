@@ -185,7 +185,14 @@ def direct_writer(send: Any) -> Writer | None:
         return None
     server = getattr(send, "__self__", None)
     if type(server).__name__ == "WebSocketsSansIOProtocol" and hasattr(server, "conn"):
-        from websockets.protocol import State
-
-        return SansioWriter(server, State.OPEN)
+        return SansioWriter(server, _websockets_open_state())
     return None
+
+
+@functools.cache
+def _websockets_open_state() -> Any:
+    # Imported on first use (websockets is uvicorn's dependency, not ours), once: an
+    # import statement costs microseconds on every connect even when cached.
+    from websockets.protocol import State
+
+    return State.OPEN
