@@ -334,7 +334,38 @@ class ProcessHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            msg_id = message.get("id")
+            if isinstance(msg_id, int) and msg_id > self.last_id + 1:
+                await self._fill_gap(msg_id)
             self.fan_out(message)
+
+    async def _fill_gap(self, msg_id: int) -> None:
+        """
+        Persisted ids are sent in order under the send lock, so a relay that receives
+        ``msg_id`` after ``last_id`` with ids between them either was sent those and
+        lost them in the layer (channels-redis drops messages past ``capacity``, and
+        a relay stalled past BROADCAST_RELAY_STALL_SECONDS is not waited for) or they
+        were burnt by failed sends. Read them from the database first: nothing lost.
+        """
+        gap_from = self.last_id
+        try:
+            # Up to the id before: after a reset, the live one still follows.
+            missed = await self._catch_up(msg_id - 1)
+        except Exception as exc:
+            logger.warning(
+                "Relay received broadcast %s after %s and could not read the ids between "
+                "from the database (%s); clients that miss them can resume later",
+                msg_id,
+                gap_from,
+                exc,
+            )
+            return
+        if missed is not None and any(missed_id < msg_id for missed_id in missed):
+            logger.warning(
+                "Relay missed persisted broadcast(s) %s in the channel layer; sent them "
+                "from the database",
+                ", ".join(str(missed_id) for missed_id in missed if missed_id < msg_id),
+            )
 
     async def _recover(self) -> None:
         """
@@ -342,22 +373,33 @@ class ProcessHub:
         clients every persisted broadcast they missed while the relay was away.
         Ephemeral broadcasts from that time are gone: they were never stored.
         """
-        from .history import newest_id, replay_after
+        from .history import newest_id
 
         await self.layer.group_add(self.group, self.relay_channel)
         newest = await database_sync_to_async(newest_id)()
+        missed = await self._catch_up(newest)
+        if missed is not None:
+            logger.warning("Relay is back; %s persisted broadcast(s) caught up", len(missed))
+
+    async def _catch_up(self, newest: int) -> list[int] | None:
+        """
+        Fan out every persisted broadcast after ``last_id`` from the database; the
+        ids sent, or None when they are beyond history and clients got hub.reset.
+        """
+        from .history import replay_after
+
         missed = await database_sync_to_async(replay_after)(self.last_id, newest)
         if missed is None:
-            logger.warning("Relay is back, but what it missed is beyond history: hub.reset")
+            logger.warning("Relay missed broadcasts beyond history: hub.reset")
             text = control_text(
                 "hub.reset", {"last_id": newest, "from": self.last_id}, timezone.now()
             )
             self.last_id = newest
             self.fan_out({"type": "broadcast.message", "id": None, "text": text})
-            return
-        logger.warning("Relay is back; %s persisted broadcast(s) caught up", len(missed))
-        for msg_id, text in missed:
-            self.fan_out({"type": "broadcast.message", "id": msg_id, "text": text})
+            return None
+        for missed_id, text in missed:
+            self.fan_out({"type": "broadcast.message", "id": missed_id, "text": text})
+        return [missed_id for missed_id, _ in missed]
 
     def fan_out(self, message: dict[str, Any]) -> None:
         text = message.get("text")

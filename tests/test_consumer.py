@@ -54,6 +54,40 @@ async def test_a_closed_connection_is_freed_without_the_garbage_collector(hub):
         gc.enable()
 
 
+async def test_a_broadcast_the_layer_lost_is_sent_from_the_database_before_the_next(hub, caplog):
+    client = await connect()
+    first = await apublish("news", {"n": 1})
+    assert await frame(client) == first
+    # The relay misses the next one, as when channels-redis drops a message past its
+    # capacity for a relay that fell behind: it is sent while the relay is not a member.
+    layer = get_channel_layer()
+    await layer.group_discard("broadcast", hub.relay_channel)
+    lost = await apublish("news", {"n": 2})
+    await layer.group_add("broadcast", hub.relay_channel)
+    assert await client.receive_nothing(timeout=0.1)
+
+    after = await apublish("news", {"n": 3})
+    assert [await frame(client), await frame(client)] == [lost, after]
+    assert await client.receive_nothing(timeout=0.1)
+    assert f"missed persisted broadcast(s) {lost['id']} in the channel layer" in caplog.text
+    await client.disconnect()
+
+
+async def test_ids_burnt_by_failed_sends_are_not_taken_for_losses(hub, caplog):
+    client = await connect()
+    first = await apublish("news", {"n": 1})
+    assert await frame(client) == first
+    await sync_to_async(Broadcast.objects.create)(
+        type="news", payload={}, seq=first["id"] + 1, status=Broadcast.Status.FAILED
+    )
+    after = await apublish("news", {"n": 2})
+    assert after["id"] == first["id"] + 2
+    assert await frame(client) == after
+    assert await client.receive_nothing(timeout=0.1)
+    assert "missed" not in caplog.text
+    await client.disconnect()
+
+
 async def test_every_client_gets_every_broadcast_once_and_in_order(hub):
     clients = [await connect() for _ in range(3)]
     sent = [await apublish("tick", {"n": n}) for n in range(5)]
