@@ -6,10 +6,13 @@ import time
 
 import pytest
 import redis
-from channels.layers import get_channel_layer
+from channels.layers import channel_layers, get_channel_layer
 
-from broadcast import publish
+from broadcast import apublish, publish
 from broadcast.backpressure import relay_backlogs
+from broadcast.hub import existing_hub
+from tests.clients import connect, frame
+from tests.conftest import redis_layers
 from tests.test_publish import Observer
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -81,3 +84,32 @@ def test_backpressure_can_be_switched_off(relay, settings):
         publish("news", {"n": n})
     assert time.monotonic() - started < 1.0
     assert backlog(relay.layer, relay.channel) == 10
+
+
+async def test_a_relay_stuck_past_capacity_loses_nothing_persisted(redis_layer, settings, caplog):
+    # A stuck event loop: its relay stops reading, publishers stop waiting for it after
+    # BROADCAST_RELAY_STALL_SECONDS, and channels-redis drops what passes capacity.
+    layers = redis_layers(redis_layer)
+    layers["default"]["CONFIG"]["capacity"] = 5
+    settings.CHANNEL_LAYERS = layers
+    channel_layers.backends.clear()
+    settings.BROADCAST_MAX_RELAY_BACKLOG = 1
+    settings.BROADCAST_RELAY_STALL_SECONDS = 0.2
+    client = await connect()
+    sent = []
+    publisher = threading.Thread(
+        target=lambda: sent.extend(publish("burst", {"n": n}) for n in range(12))
+    )
+    publisher.start()
+    publisher.join(30)  # on the event loop's thread: the relay reads nothing meanwhile
+    assert len(sent) == 12
+    relay = existing_hub().relay_channel
+    # Read with the loop still blocked (an await would let the relay drain the queue).
+    assert backlog(get_channel_layer(), relay) == 5  # capacity: the other 7 were dropped
+
+    sent.append(await apublish("after", {}))  # the next one shows the relay the gap
+    received = [await frame(client) for _ in sent]
+    assert received == sent
+    assert await client.receive_nothing(timeout=0.2)
+    assert "Relay missed persisted broadcast(s) " in caplog.text  # which: when it stalled
+    await client.disconnect()
