@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 
 from bench.control import handle, payload_text
+from broadcast.tuning import connection_closed, tune_gc
 
 clients: set = set()
 
-# The same garbage-collector tuning as hubsite.asgi, so the ceiling is measured on
-# equal terms (broadcast.tuning imports nothing from Django).
+# The same garbage-collector tuning as hubsite.asgi, paced by this app's own closes
+# as the hub's are, so the ceiling is measured on equal terms (broadcast.tuning
+# imports nothing from Django).
 if os.environ.get("HUB_GC_TUNING", "1") != "0":
-    from broadcast.tuning import tune_gc
-
     tune_gc()
 
 
@@ -42,6 +42,7 @@ async def app(scope, receive, send):
                 pass
         finally:
             clients.discard(send)
+            connection_closed(len(clients))
     elif scope["type"] == "http":
         await receive()
         await send({"type": "http.response.start", "status": 404, "headers": []})

@@ -29,7 +29,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from . import metrics
+from . import metrics, tuning
 from .conf import conf
 from .envelope import control_text
 from .transport import Writer, text_frame
@@ -288,6 +288,8 @@ class ProcessHub:
         if outbox in self.clients:
             self.clients.remove(outbox)
             metrics.connections.dec()
+            if not self.stopping:  # collecting garbage on the way out is wasted time
+                tuning.connection_closed(len(self.clients))
         if self.clients:
             return  # not the last one: the membership stays
         async with self._membership:
