@@ -87,11 +87,18 @@ class _ProfiledServer:
 
 
 UVICORN_WS = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
+# daphne listens with Twisted's default backlog of 50 connections: in a connect burst
+# the kernel drops the rest of the SYNs and clients retry after 1, 3, 7, 15 s (10,000
+# clients: 28 s instead of 4). The README's daphne command raises it, through a
+# Twisted endpoint string, to uvicorn's default; BENCH_DAPHNE_BACKLOG=50 measures
+# daphne as it comes.
+DAPHNE_BACKLOG = int(os.environ.get("BENCH_DAPHNE_BACKLOG", "2048"))
 
 
 def server_command(server: str, app: str, port: int) -> list[str]:
     if server == "daphne":
-        return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", APPS[app]]
+        endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog={DAPHNE_BACKLOG}"
+        return [PY, "-m", "daphne", "-e", endpoint, "-v", "0", APPS[app]]
     if server == "uvicorn":
         return [
             PY, "-m", "uvicorn", APPS[app], "--host", "127.0.0.1", "--port", str(port),
@@ -258,6 +265,7 @@ def run_one(
         "scenario": scenario.name,
         "app": app,
         "server": server,
+        "daphne_backlog": DAPHNE_BACKLOG if server == "daphne" else None,
         "layer": env.get("REDIS_LAYER", "core") if env.get("REDIS_URL") else "memory",
         "publisher": publisher,
         "persist": env.get("BENCH_PERSIST") == "1",

@@ -1,0 +1,36 @@
+"""The benchmark, small: it starts both servers itself and measures every delivery."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_the_benchmark_runs_hub_and_raw_app_on_both_servers_and_reports_every_delivery():
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--scenarios", "A", "--clients", "40",
+         "--messages", "5", "--servers", "daphne,uvicorn", "--apps", "hub,raw"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = [
+        json.loads(line.removeprefix("RESULT "))
+        for line in run.stdout.splitlines()
+        if line.startswith("RESULT ")
+    ]
+    assert {(r["app"], r["server"]) for r in results} == {
+        (app, server) for app in ("hub", "raw") for server in ("daphne", "uvicorn")
+    }
+    for result in results:
+        assert result["connected"] == 40
+        assert result["delivered"] == result["expected"] == 200
+        assert result["completeness"] == 1.0
+        assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert "40/40 connected" in run.stderr  # progress while clients connect
+    assert "hub/raw p99" in run.stdout  # the table's ratio lines
