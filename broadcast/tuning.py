@@ -17,8 +17,8 @@ full collection walks all of them again while clients pile up: about 190 ms each
   Python's automatic full collections are made ten times rarer, and the hub asks
   for one itself as connections close: every 1,000 closes, or a quarter of the open
   connections if that is more (a full collection's cost grows with them, as in
-  Python's own rule for the oldest generation). 10,000 connects on uvicorn: 2.4 s
-  instead of 4.1 s, with 3 full collections instead of 11; under churn (16,000
+  Python's own rule for the oldest generation). 10,000 connects on uvicorn: 2.5 s
+  instead of 4.1 s, with 3 to 6 full collections instead of 11; under churn (16,000
   clients in 30 s) RSS grows no more than with Python's own schedule.
 
 Collecting the young generation less often (``young_generation=7000``) also speeds up
