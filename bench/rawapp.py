@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from bench.control import handle, payload_text
-from broadcast.tuning import connection_closed, tune_gc
+from broadcast.tuning import connection_closed, connection_opened, tune_gc
 
 clients: set = set()
 
@@ -37,6 +37,7 @@ async def app(scope, receive, send):
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.send", "text": '{"type":"hub.welcome"}'})
         clients.add(send)
+        connection_opened()
         try:
             while (await receive())["type"] != "websocket.disconnect":
                 pass

@@ -277,6 +277,7 @@ class ProcessHub:
         if hold:
             outbox.hold()
         self.clients.add(outbox)
+        tuning.connection_opened()
         self.total_accepted += 1
         metrics.connections.inc()
         metrics.connections_accepted.inc()
