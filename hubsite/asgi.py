@@ -33,8 +33,8 @@ application = ProtocolTypeRouter(
     }
 )
 
-# Everything is imported now: take it out of the garbage collector's way, and let
-# closed connections, not connect bursts, pace full collections (see
+# Everything is imported now: take it out of the garbage collector's way, and during
+# connect bursts let closed connections pace full collections (see
 # broadcast/tuning.py; HUB_GC_TUNING=0 keeps Python's defaults, and
 # HUB_GC_YOUNG_GENERATION=7000 trades memory under churn for faster connect bursts).
 if os.environ.get("HUB_GC_TUNING", "1") != "0":
