@@ -66,6 +66,7 @@ class GarbagePacer:
         self._opens = 0
         self._window_started = 0.0
         self._usual_old_threshold = gc.get_threshold()[2]
+        self._check: asyncio.TimerHandle | None = None
 
     def connection_opened(self) -> None:
         self._opens += 1
@@ -107,21 +108,22 @@ class GarbagePacer:
         young, middle, self._usual_old_threshold = gc.get_threshold()
         gc.set_threshold(young, middle, BURST_OLD_GENERATION_THRESHOLD)
         self._next_window()
-        loop.call_later(self.burst_window, self._check_burst)
+        self._check = loop.call_later(self.burst_window, self._check_burst)
 
     def _check_burst(self) -> None:
-        if not self.bursting:
-            return
         if self._opens < self.burst_opens:
             self._end_burst()
             return
         self._next_window()
-        asyncio.get_running_loop().call_later(self.burst_window, self._check_burst)
+        self._check = asyncio.get_running_loop().call_later(self.burst_window, self._check_burst)
 
     def _next_window(self) -> None:
         self._window_started, self._opens = time.monotonic(), 0
 
     def _end_burst(self) -> None:
+        if self._check is not None:
+            self._check.cancel()  # when ended from connection_opened: one check chain only
+            self._check = None
         self.bursting = False
         self.closes = self._opens = 0
         self._window_started = 0.0
@@ -164,7 +166,3 @@ def connection_closed(still_open: int) -> None:
     """A client connection closed; a no-op unless :func:`tune_gc` paces collections."""
     if _pacer is not None:
         _pacer.connection_closed(still_open)
-
-
-def pacer() -> GarbagePacer | None:
-    return _pacer

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import time
 import weakref
 
 import pytest
@@ -66,6 +67,19 @@ async def test_a_quiet_window_ends_the_burst_and_restores_pythons_schedule():
     assert gc.get_threshold() == (700, 10, 10)
 
 
+async def test_a_burst_whose_check_never_ran_ends_at_the_next_open():
+    # A loop blocked (or closed) past the check: the next open ends the burst, and
+    # the stale check, if it ever runs, is cancelled rather than started twice.
+    gc.set_threshold(700, 10, 10)
+    pacer = bursting_pacer(burst_window=0.01)
+    stale_check = pacer._check
+    time.sleep(0.03)  # blocks the loop: the check cannot run
+    pacer.connection_opened()
+    assert not pacer.bursting
+    assert stale_check.cancelled()
+    assert gc.get_threshold() == (700, 10, 10)
+
+
 async def test_opens_spread_over_windows_are_no_burst():
     pacer = GarbagePacer(burst_opens=3, burst_window=0.02)
     for _ in range(4):
@@ -111,14 +125,14 @@ def test_tune_gc_freezes_and_installs_the_pacer():
     tuning._pacer = None
     tuning.tune_gc()
     assert gc.get_freeze_count() > 0
-    assert tuning.pacer() is not None
+    assert tuning._pacer is not None
 
 
 def test_tune_gc_without_pacing_keeps_pythons_schedule():
     gc.set_threshold(700, 10, 10)
     tuning.tune_gc(young_generation=7000, pace_full_collections=False)
     assert gc.get_threshold() == (7000, 10, 10)
-    assert tuning.pacer() is None
+    assert tuning._pacer is None
     tuning.connection_opened()  # nothing to pace: no-ops
     tuning.connection_closed(still_open=0)
 
