@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -11,7 +12,6 @@ from urllib.parse import parse_qs
 
 from channels.auth import get_user
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.core.exceptions import ImproperlyConfigured
@@ -20,8 +20,9 @@ from django.utils import timezone
 from . import metrics
 from .conf import conf
 from .envelope import control_text, welcome_text
-from .history import replay_after
-from .hub import CLOSE_SERVICE_RESTART, Outbox, get_hub
+from .hub import CLOSE_SERVICE_RESTART, get_hub
+from .outbox import Outbox
+from .resume import resume
 from .transport import direct_writer, server_send
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_SLOW_CLIENT = 4008
 # How long a cut slow client has to read up to its close frame before its TCP
@@ -51,6 +53,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
 
     outbox: Outbox | None = None
     _cut: asyncio.Task | None = None
+    _resuming: asyncio.Task | None = None
     _closing = False
     _tokens = 0.0
     _refilled = 0.0
@@ -84,6 +87,13 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+        except Exception:
+            # Whatever failed, the client learns it and its slot is freed below.
+            logger.exception("Closed a client after an unexpected error")
+            with contextlib.suppress(Exception):
+                await self._close(CLOSE_INTERNAL_ERROR, "internal error")
+        finally:
+            self._forget()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels 4.2+ runs aclose_old_connections on a shared thread before every
@@ -111,35 +121,40 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self._close(CLOSE_SERVICE_RESTART, "service restart")
             return
-        limit = conf.BROADCAST_MAX_CONNECTIONS
-        if limit is not None and self.hub.current >= limit:
-            logger.warning(
-                "Refused a client: this process has %s (BROADCAST_MAX_CONNECTIONS)", limit
-            )
-            await self.accept()
-            await self._close(CLOSE_TRY_AGAIN_LATER, "server full")
-            return
         send = server_send(self.base_send)
-        self.outbox = Outbox(
+        outbox = Outbox(
             send, conf.BROADCAST_MAX_PENDING_BYTES, self._on_overflow, direct_writer(send)
         )
         last_id, error = _last_id_from_query(self.scope)
         await self.accept()
-        await self.hub.register(self.outbox, welcome_text, hold=last_id is not None)
+        limit = conf.BROADCAST_MAX_CONNECTIONS
+        if not await self.hub.register(outbox, welcome_text, hold=last_id is not None, limit=limit):
+            logger.warning(
+                "Refused a client: this process has %s (BROADCAST_MAX_CONNECTIONS)", limit
+            )
+            await self._close(CLOSE_TRY_AGAIN_LATER, "server full")
+            return
+        self.outbox = outbox
         if error:
             self._reply_error(error)
         if last_id is not None:
-            await self._resume(last_id)
+            self._start_resume(last_id)
         logger.debug("Client connected (%s in this process)", self.hub.current)
 
     async def disconnect(self, code: int) -> None:
+        if self.outbox is not None:
+            self._forget()
+            logger.debug("Client disconnected with %s (%s in this process)", code, self.hub.current)
+
+    def _forget(self) -> None:
+        """Stop everything this client had running and free its slot; idempotent."""
         if self.outbox is None:
             return
         self.outbox.close()
-        if self._cut is not None:
-            self._cut.cancel()
-        await self.hub.unregister(self.outbox)
-        logger.debug("Client disconnected with %s (%s in this process)", code, self.hub.current)
+        for task in (self._cut, self._resuming):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        self.hub.unregister(self.outbox)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self._closing or self.outbox is None:
@@ -158,7 +173,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             return
         try:
             frame = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # nesting deep enough to exhaust the stack
             self._reply_error("malformed JSON")
             return
         frame_type = frame.get("type") if isinstance(frame, dict) else None
@@ -168,38 +183,21 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
                 self._reply_error("hub.resume needs an integer last_id >= 0")
             elif not self.outbox.holding:  # one resume at a time
                 self.outbox.hold()
-                await self._resume(last_id)
+                self._start_resume(last_id)
         elif frame_type == "hub.ping":
             self.outbox.push_text(control_text("hub.pong", None, timezone.now()))
         else:
             self._reply_error(f"unknown frame type {frame_type!r}; clients cannot publish")
 
-    async def _resume(self, last_id: int) -> None:
+    def _start_resume(self, last_id: int) -> None:
         """
-        Replay history after ``last_id`` ahead of the live messages the outbox is
-        holding, then release those, skipping any id already replayed.
+        Replay history ahead of the live messages the outbox is holding, in a task of
+        its own, so that the client's frames (its close among them) are still read
+        while a long history streams at the client's pace.
         """
-        try:
-            replay = await database_sync_to_async(replay_after)(last_id, self.hub.last_id)
-        except Exception as exc:
-            logger.warning("Could not read history for a resuming client: %s", exc)
-            replay = None
-        now = timezone.now()
-        if replay is None:
-            self.outbox.push_text(
-                control_text("hub.reset", {"last_id": self.hub.last_id, "from": last_id}, now)
-            )
-            self.outbox.release(after_id=None)
-            return
-        for _, text in replay:
-            self.outbox.push_text(text)
-        newest = replay[-1][0] if replay else last_id
-        self.outbox.push_text(
-            control_text(
-                "hub.resumed", {"from": last_id, "count": len(replay), "last_id": newest}, now
-            )
+        self._resuming = asyncio.ensure_future(
+            resume(self.outbox, last_id, self.hub.last_id, SLOW_CLIENT_GRACE_SECONDS)
         )
-        self.outbox.release(after_id=newest)
 
     async def _authenticated(self) -> bool:
         """
@@ -249,8 +247,9 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         # The close frame waits behind the backlog; a client that reads it and
         # answers is closed cleanly, one that does not read is dropped after the grace.
         await asyncio.sleep(SLOW_CLIENT_GRACE_SECONDS)
-        if self.outbox in self.hub.clients:  # still connected
-            self.outbox.writer.abort()
+        writer = self.outbox.writer
+        if writer is not None and self.outbox in self.hub.clients:  # still connected
+            writer.abort()
 
     async def _close(self, code: int, reason: str, grace: float | None = None) -> bool:
         """

@@ -19,7 +19,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 
 from .conf import conf
 
-TYPE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+# \A and \Z, not ^ and $: "$" also matches before a final newline ("a\n").
+TYPE_RE = re.compile(r"\A[A-Za-z0-9_.:\-]{1,64}\Z")
 RESERVED_PREFIX = "hub."
 # The longest id the envelope can carry: sizes are checked against it so that an
 # envelope accepted at publish time never grows past the limit when its id is set.

@@ -18,17 +18,21 @@ from .conf import conf
 from .envelope import prepare
 from .models import Broadcast
 
+# Rows that hold a burnt id: their broadcast never reached the layer under that id.
+NOT_DELIVERED = (Broadcast.Status.FAILED, Broadcast.Status.RESENT)
+
 
 def newest_id() -> int:
     """The id of the newest broadcast that was (or is being) sent."""
-    sent = Broadcast.objects.exclude(status=Broadcast.Status.FAILED)
+    sent = Broadcast.objects.exclude(status__in=NOT_DELIVERED)
     return sent.aggregate(last=Max("seq"))["last"] or 0
 
 
-def replay_after(last_id: int, current_id: int) -> list[tuple[int, str]] | None:
+def replay_plan(last_id: int, current_id: int) -> list[int] | None:
     """
-    (id, envelope text) of every broadcast after ``last_id``, in order, or None when
+    The ids of every broadcast after ``last_id`` to replay, in order, or None when
     they are not all in history (too many, too old, or an id this hub never issued).
+    Only ids are read here; :func:`envelope_texts` reads the broadcasts page by page.
     """
     if last_id > current_id:
         return None  # ids from another history (the database was reset)
@@ -38,19 +42,37 @@ def replay_after(last_id: int, current_id: int) -> list[tuple[int, str]] | None:
     rows = list(
         Broadcast.objects.filter(seq__gt=last_id)
         .order_by("seq")
-        .only("seq", "type", "payload", "sent_at", "status")[: conf.BROADCAST_HISTORY_LIMIT + 1]
+        .values_list("seq", "sent_at", "status")[: conf.BROADCAST_HISTORY_LIMIT + 1]
     )
     if len(rows) > conf.BROADCAST_HISTORY_LIMIT:
         return None
-    if any(row.seq != last_id + 1 + index for index, row in enumerate(rows)):
+    if any(seq != last_id + 1 + index for index, (seq, _, _) in enumerate(rows)):
         return None
     if not rows and current_id > last_id:
         return None
     cutoff = timezone.now() - dt.timedelta(seconds=conf.BROADCAST_HISTORY_TTL)
-    if rows and rows[0].sent_at < cutoff:
+    if rows and rows[0][1] < cutoff:
         return None
+    return [seq for seq, _, status in rows if status not in NOT_DELIVERED]
+
+
+def envelope_texts(ids: list[int]) -> list[tuple[int, str]]:
+    """(id, envelope text) of the broadcasts with these ids that still exist, in order."""
+    rows = (
+        Broadcast.objects.filter(seq__in=ids)
+        .order_by("seq")
+        .only("seq", "type", "payload", "sent_at")
+    )
     return [
         (row.seq, prepare(row.type, row.payload, allow_reserved=True).text(row.seq, row.sent_at))
         for row in rows
-        if row.status != Broadcast.Status.FAILED
     ]
+
+
+def replay_after(last_id: int, current_id: int) -> list[tuple[int, str]] | None:
+    """Every broadcast after ``last_id`` at once (small ranges), or None as in replay_plan."""
+    ids = replay_plan(last_id, current_id)
+    if ids is None:
+        return None
+    texts = envelope_texts(ids)
+    return texts if len(texts) == len(ids) else None

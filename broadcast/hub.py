@@ -19,214 +19,30 @@ import logging
 import os
 import socket
 import time
-import types
 import weakref
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from . import metrics, tuning
+from . import metrics, shutdown, tuning
 from .conf import conf
 from .envelope import control_text
-from .transport import Writer, text_frame
+from .history import newest_id, replay_after
+from .models import ConnectionSample, HubProcess
+from .outbox import Outbox, Outgoing
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
 CLOSE_SERVICE_RESTART = 1012
 RELAY_PREFIX = "broadcast-relay"
-
-
-class Outbox:
-    """
-    One client's bounded send buffer (the Go hub's ``send`` channel and ``writePump``).
-
-    ``push`` never blocks the fan-out. With a direct writer (see
-    :mod:`broadcast.transport`), the prepared frame goes straight to the client's
-    transport, and what the transport holds unsent is the client's backlog. Without
-    one, the server's ASGI ``send`` runs to completion inside ``push`` while the
-    client keeps up (uvicorn's suspends only when the socket's buffer is over its
-    high-water mark); only a send that does suspend continues in a task, with later
-    frames queued behind it. Past ``max_pending`` bytes of backlog, the outbox closes
-    itself and calls ``on_overflow`` instead of growing.
-    """
-
-    __slots__ = (
-        "_send", "_writer", "_queue", "_pending", "_max_pending", "_on_overflow",
-        "_drainer", "_held", "_replayed_through", "closed",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        send: Send,
-        max_pending: int,
-        on_overflow: Callable[[], None],
-        writer: Writer | None = None,
-    ) -> None:
-        self._send = send
-        self._writer = writer
-        # Created when the client first falls behind: an empty deque is about 600
-        # bytes, and most clients never need one.
-        self._queue: deque[tuple[dict[str, Any], int]] | None = None
-        self._pending = 0
-        self._max_pending = max_pending
-        self._on_overflow = on_overflow
-        self._drainer: asyncio.Task | None = None
-        self._held: list[tuple[bytes, dict[str, Any], int, int | None]] | None = None
-        self._replayed_through = 0
-        self.closed = False
-
-    @property
-    def writer(self) -> Writer | None:
-        return self._writer
-
-    @property
-    def pending(self) -> int:
-        """Bytes accepted for this client but not yet taken by its socket."""
-        buffered = self._writer.buffered() if self._writer is not None else 0
-        return self._pending + buffered
-
-    def push_text(self, text: str) -> None:
-        data = text.encode()
-        self.push(text_frame(data), {"type": "websocket.send", "text": text}, len(data))
-
-    def push(
-        self, frame: bytes, event: dict[str, Any], size: int, msg_id: int | None = None
-    ) -> None:
-        """
-        Send one message: ``frame`` is it prepared for a direct writer, ``event`` the
-        same as an ASGI send event. Both are shared between clients, never mutated.
-        """
-        if self.closed:
-            return
-        if msg_id is not None and msg_id <= self._replayed_through:
-            return  # sent from history already; its live copy can arrive later still
-        if self._held is not None:
-            if self._reserve(size):
-                self._held.append((frame, event, size, msg_id))
-            return
-        writer = self._writer
-        if writer is not None and self._drainer is None:
-            buffered = writer.buffered()
-            if buffered + size > self._max_pending:
-                self._overflow()
-                return
-            if writer.write(frame, buffered):
-                return
-        if self._drainer is not None:
-            if self._reserve(size):
-                if self._queue is None:
-                    self._queue = deque()
-                self._queue.append((event, size))
-            return
-        coroutine = self._send(event)
-        try:
-            blocked_on = coroutine.send(None)
-        except StopIteration:
-            return  # written, with no task and no wake-up
-        except Exception as exc:
-            logger.debug("Send to a client failed (%s); dropping it", exc)
-            self.close()
-            return
-        self._pending += size
-        self._drainer = asyncio.ensure_future(self._drain(coroutine, blocked_on, size))
-
-    async def _drain(self, coroutine: Any, blocked_on: Any, size: int) -> None:
-        try:
-            await _finish(coroutine, blocked_on)
-            self._pending -= size
-            queue = self._queue  # no await between this read and the loop's test
-            while queue and not self.closed:
-                event, size = queue.popleft()
-                await self._send(event)
-                self._pending -= size
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.debug("Send to a client failed (%s); dropping it", exc)
-            self.close()
-        finally:
-            self._drainer = None
-
-    def _reserve(self, size: int) -> bool:
-        """Count ``size`` more bytes waiting here; past the bound, cut the client."""
-        self._pending += size
-        if self._pending > self._max_pending:
-            self._overflow()
-            return False
-        return True
-
-    def hold(self) -> None:
-        """Keep live messages back (while history is replayed ahead of them)."""
-        if self._held is None:
-            self._held = []
-
-    @property
-    def holding(self) -> bool:
-        return self._held is not None
-
-    def release(self, after_id: int | None) -> None:
-        """
-        Send what was held, and from now on skip ids up to ``after_id``: those were
-        replayed from history, and a live copy may still be on its way (an id is
-        committed before it is sent, so history can be ahead of the live stream).
-        """
-        if after_id is not None:
-            self._replayed_through = max(self._replayed_through, after_id)
-        held, self._held = self._held or [], None
-        for frame, event, size, msg_id in held:
-            self._pending -= size
-            self.push(frame, event, size, msg_id)
-
-    def _overflow(self) -> None:
-        on_overflow = self._on_overflow
-        self.close()
-        on_overflow()
-
-    def close(self) -> None:
-        self.closed = True
-        # The callback is usually a bound method of the consumer that holds this
-        # outbox: dropping it breaks that cycle, so a closed connection's objects are
-        # freed as soon as it ends instead of waiting for a full garbage collection.
-        self._on_overflow = _closed
-        if self._queue is not None:
-            self._queue.clear()
-        self._held = None
-        self._pending = 0
-        drainer = self._drainer
-        if drainer is not None and drainer is not _current_task():
-            drainer.cancel()
-
-
-def _closed() -> None:
-    pass
-
-
-def _current_task() -> asyncio.Task | None:
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
-
-
-@types.coroutine
-def _finish(coroutine: Any, blocked_on: Any) -> Any:
-    """
-    Finish a coroutine whose first step already ran and suspended on ``blocked_on``:
-    hand that future to the running task, as the coroutine's own ``await`` would
-    have, then resume the coroutine (the same steps an eagerly started task takes).
-    """
-    try:
-        yield blocked_on
-    except BaseException:
-        coroutine.close()
-        raise
-    return (yield from coroutine)
+# The relay's restart backoff after a failure (the layer unreachable, or a bug).
+RESTART_FIRST_DELAY, RESTART_MAX_DELAY = 0.5, 5.0
+# How long stopping waits for a cancelled task: channels-redis's receive can swallow
+# a cancellation inside redis-py's retry and carry on, and a stop must not hang on it.
+STOP_WAIT_SECONDS = 2.0
 
 
 class ProcessHub:
@@ -241,6 +57,8 @@ class ProcessHub:
         self.peak = 0
         self.total_accepted = 0
         self.slow_client_cuts = 0
+        self.relay_restarts = 0
+        self.relay_running = False
         self.started_at = timezone.now()
         self.row_id: int | None = None
         self._sampled_at: float | None = None
@@ -253,26 +71,41 @@ class ProcessHub:
     def current(self) -> int:
         return len(self.clients)
 
+    @property
+    def relay_state(self) -> str:
+        """idle (no client yet), running, restarting (after a failure) or stopped."""
+        if self._relay_task is None:
+            return "stopped" if self.stopping else "idle"
+        return "running" if self.relay_running else "restarting"
+
     # Register and unregister -------------------------------------------------
 
     async def register(
-        self, outbox: Outbox, welcome: Callable[[int], str], *, hold: bool = False
-    ) -> None:
+        self,
+        outbox: Outbox,
+        welcome: Callable[[int], str],
+        *,
+        hold: bool = False,
+        limit: int | None = None,
+    ) -> bool:
         """
-        Add a client. The first one in the process joins the group; then the client
-        gets its welcome frame (built by ``welcome(last_id)``) and every broadcast
-        relayed after it, with nothing in between.
+        Add a client, unless the process already has ``limit`` clients (False). The
+        first one in the process joins the group; then the client gets its welcome
+        frame (built by ``welcome(last_id)``) and every broadcast relayed after it,
+        with nothing in between.
         """
-        # The lock only matters while the process joins or leaves the group; a
-        # joined process registers without it (an uncontended asyncio.Lock still
-        # costs a few microseconds a connect, and a queue of waiters after a join).
-        if self._relay_task is None or self._membership.locked():
+        # The lock only matters while the process joins the group; a joined process
+        # registers without it (an uncontended asyncio.Lock still costs a few
+        # microseconds a connect, and a queue of waiters after a join).
+        if self._relay_task is None:
             async with self._membership:
                 if self._relay_task is None:
                     await self._join()
         self._ensure_heartbeat()
-        # No await from here on: the welcome's last id and the first relayed
-        # broadcast cannot be interleaved.
+        # No await from here on: the limit holds for a burst of connects, and the
+        # welcome's last id and the first relayed broadcast cannot be interleaved.
+        if limit is not None and len(self.clients) >= limit:
+            return False
         outbox.push_text(welcome(self.last_id))
         if hold:
             outbox.hold()
@@ -283,64 +116,74 @@ class ProcessHub:
         metrics.connections_accepted.inc()
         if len(self.clients) > self.peak:
             self.peak = len(self.clients)
+        return True
 
-    async def unregister(self, outbox: Outbox) -> None:
-        """Remove a client; the last one in the process leaves the group."""
+    def unregister(self, outbox: Outbox) -> None:
+        """
+        Remove a client. The process stays in the group when its last client leaves:
+        leaving would mean stopping a relay that may be inside the layer's receive,
+        and the next client would wait for that. A relay with no clients costs one
+        receive per broadcast.
+        """
         if outbox in self.clients:
             self.clients.remove(outbox)
             metrics.connections.dec()
             if not self.stopping:  # collecting garbage on the way out is wasted time
                 tuning.connection_closed(len(self.clients))
-        if self.clients:
-            return  # not the last one: the membership stays
-        async with self._membership:
-            if not self.clients and self._relay_task is not None:
-                await self._leave()
 
     async def _join(self) -> None:
         self.relay_channel = await self.layer.new_channel(prefix=RELAY_PREFIX)
         await self.layer.group_add(self.group, self.relay_channel)
         self._relay_task = asyncio.ensure_future(self._relay())
         # Read the last id only after joining, so that no broadcast falls between.
-        self.last_id = max(self.last_id, await _last_sent_id())
-
-    async def _leave(self) -> None:
-        task, self._relay_task = self._relay_task, None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        try:
-            await self.layer.group_discard(self.group, self.relay_channel)
-        except Exception as exc:  # the membership expires on its own in the layer
-            logger.warning("Could not leave group %r: %s", self.group, exc)
-        self.relay_channel = None
+        self.last_id = max(self.last_id, await database_sync_to_async(newest_id)())
 
     # Relay and fan-out -------------------------------------------------------
 
     async def _relay(self) -> None:
-        """Receive each broadcast once for this process and fan it out."""
-        delay, lost = 0.5, False
+        """
+        Receive each broadcast once for this process and fan it out, for as long as
+        the process serves. Supervised: a failure (the layer unreachable, or a bug)
+        is logged, the relay waits with a growing delay, joins the group again and
+        sends clients what they missed from the database, then goes on.
+        """
+        delay, lost = RESTART_FIRST_DELAY, False
         while True:
+            receiving = True
             try:
                 if lost:
                     await self._recover()
-                    lost, delay = False, 0.5
-                message = await self.layer.receive(self.relay_channel)
+                    lost = False
+                self._set_running(True)
+                while True:
+                    receiving = True
+                    message = await self.layer.receive(self.relay_channel)
+                    receiving, delay = False, RESTART_FIRST_DELAY
+                    msg_id = message.get("id")
+                    if isinstance(msg_id, int) and msg_id > self.last_id + 1:
+                        await self._fill_gap(msg_id)
+                    self.fan_out(message)
             except asyncio.CancelledError:
+                self._set_running(False)
                 raise
             except Exception as exc:
-                # The layer is unreachable (Redis down): keep the process up and retry.
-                logger.warning(
-                    "Relay cannot reach the channel layer (%s); retrying in %.1fs", exc, delay
-                )
+                self._set_running(False)
+                self.relay_restarts += 1
+                metrics.relay_restarts.inc()
+                if receiving:  # Redis down or restarting: expected, and retried
+                    logger.warning(
+                        "Relay cannot reach the channel layer (%s); retrying in %.1fs", exc, delay
+                    )
+                else:
+                    logger.exception("Relay failed; restarting in %.1fs", delay)
                 lost = True
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            msg_id = message.get("id")
-            if isinstance(msg_id, int) and msg_id > self.last_id + 1:
-                await self._fill_gap(msg_id)
-            self.fan_out(message)
+                delay = min(delay * 2, RESTART_MAX_DELAY)
+
+    def _set_running(self, running: bool) -> None:
+        if running != self.relay_running:
+            self.relay_running = running
+            metrics.relays_running.inc() if running else metrics.relays_running.dec()
 
     async def _fill_gap(self, msg_id: int) -> None:
         """
@@ -363,7 +206,7 @@ class ProcessHub:
                 exc,
             )
             return
-        if missed is not None and any(missed_id < msg_id for missed_id in missed):
+        if missed and any(missed_id < msg_id for missed_id in missed):
             logger.warning(
                 "Relay missed persisted broadcast(s) %s in the channel layer; sent them "
                 "from the database",
@@ -376,8 +219,6 @@ class ProcessHub:
         clients every persisted broadcast they missed while the relay was away.
         Ephemeral broadcasts from that time are gone: they were never stored.
         """
-        from .history import newest_id
-
         await self.layer.group_add(self.group, self.relay_channel)
         newest = await database_sync_to_async(newest_id)()
         missed = await self._catch_up(newest)
@@ -387,10 +228,8 @@ class ProcessHub:
     async def _catch_up(self, newest: int) -> list[int] | None:
         """
         Fan out every persisted broadcast after ``last_id`` from the database; the
-        ids sent, or None when they are beyond history and clients got hub.reset.
+        ids sent, or None when they were beyond history and clients got hub.reset.
         """
-        from .history import replay_after
-
         missed = await database_sync_to_async(replay_after)(self.last_id, newest)
         if missed is None:
             logger.warning("Relay missed broadcasts beyond history: hub.reset")
@@ -418,13 +257,18 @@ class ProcessHub:
             if msg_id <= self.last_id:
                 return  # already delivered (a catch-up overlapping the live stream)
             self.last_id = msg_id
+        else:
+            msg_id = None
         started = time.perf_counter()
-        # Framed once for every client in this process.
-        data = text.encode()
-        frame, event, size = text_frame(data), {"type": "websocket.send", "text": text}, len(data)
+        outgoing = Outgoing.of_text(text, msg_id)  # framed once for every client
         clients = tuple(self.clients)
         for outbox in clients:
-            outbox.push(frame, event, size, msg_id)
+            try:
+                outbox.push(outgoing)
+            except Exception:  # one client's failure must not cost the others
+                logger.exception("Delivery to a client failed; cutting it so it resumes")
+                with contextlib.suppress(Exception):
+                    outbox.cut()
         metrics.deliveries.inc(len(clients))
         metrics.fan_out_seconds.observe(time.perf_counter() - started)
 
@@ -453,8 +297,6 @@ class ProcessHub:
         await database_sync_to_async(self._write_counts)(stopped)
 
     def _write_counts(self, stopped: bool) -> None:
-        from .models import ConnectionSample, HubProcess
-
         # Counts are read when the write runs, not when it was queued, so that a
         # write waiting behind another never lands older figures over newer ones.
         now = timezone.now()
@@ -514,24 +356,22 @@ class ProcessHub:
             logger.warning("Could not mark this process stopped: %s", exc)
 
     async def close(self) -> None:
-        """Stop the relay and heartbeat (tests, and shutdown)."""
+        """Stop the relay and heartbeat (tests, and shutdown), without hanging on either."""
         relay, self._relay_task = self._relay_task, None
         heartbeat, self._heartbeat_task = self._heartbeat_task, None
-        for task in (heartbeat, relay):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = [task for task in (heartbeat, relay) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_WAIT_SECONDS)
+            if stuck:
+                logger.warning("%s hub task(s) did not stop when cancelled", len(stuck))
+        self._set_running(False)
         if relay is not None:
             with contextlib.suppress(Exception):
-                await self.layer.group_discard(self.group, self.relay_channel)
-
-
-@database_sync_to_async
-def _last_sent_id() -> int:
-    from .history import newest_id
-
-    return newest_id()
+                await asyncio.wait_for(
+                    self.layer.group_discard(self.group, self.relay_channel), STOP_WAIT_SECONDS
+                )
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ProcessHub] = (
@@ -545,8 +385,6 @@ def get_hub() -> ProcessHub:
     hub = _hubs.get(loop)
     if hub is None:
         hub = _hubs[loop] = ProcessHub()
-        from . import shutdown
-
         shutdown.install(hub)
     return hub
 

@@ -50,6 +50,15 @@ slow_client_cuts = Counter(
     "broadcast_slow_client_cuts",
     "Clients disconnected for falling more than BROADCAST_MAX_PENDING_BYTES behind.",
 )
+relays_running = Gauge(
+    "broadcast_relays_running",
+    "Server processes whose relay is receiving broadcasts (0 while one restarts).",
+    multiprocess_mode="livesum",
+)
+relay_restarts = Counter(
+    "broadcast_relay_restarts",
+    "Times a relay failed (channel layer unreachable, or an error) and restarted.",
+)
 backpressure_seconds = Counter(
     "broadcast_backpressure_seconds",
     "Time publishers waited for relays that were BROADCAST_MAX_RELAY_BACKLOG behind.",

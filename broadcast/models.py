@@ -13,19 +13,35 @@ from .conf import conf
 from .envelope import TYPE_RE
 
 
+class BroadcastQuerySet(models.QuerySet):
+    def unsent(self, *, stale_after: float = 60.0) -> BroadcastQuerySet:
+        """
+        Rows to send again: failed ones, and pending ones with no id that are older
+        than ``stale_after`` seconds (their publisher died between commit and send).
+        """
+        cutoff = timezone.now() - dt.timedelta(seconds=stale_after)
+        return self.filter(
+            models.Q(status=Broadcast.Status.FAILED)
+            | models.Q(status=Broadcast.Status.PENDING, seq__isnull=True, created_at__lt=cutoff)
+        )
+
+
 class Broadcast(models.Model):
     """
     A persisted broadcast: what was published, by whom, and whether it was sent.
 
     ``seq`` is the id clients see in the envelope. It is assigned when the broadcast
     is sent, under the send lock, so that delivery order and id order are the same
-    even with concurrent publishers (see DESIGN.md, "Resume and history").
+    even with concurrent publishers (docs/design-notes.md).
     """
 
     class Status(models.TextChoices):
         PENDING = "pending", "pending"
         SENT = "sent", "sent"
         FAILED = "failed", "failed"
+        # Failed with its id burnt, then sent again as a new row (a new id): the old
+        # row keeps its id so that history has no hole, and is never sent again.
+        RESENT = "resent", "resent as a new broadcast"
 
     seq = models.PositiveBigIntegerField(
         "delivery id", null=True, blank=True, unique=True, editable=False
@@ -49,6 +65,8 @@ class Broadcast(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = BroadcastQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]

@@ -91,7 +91,10 @@ def publish(
     def send_after_commit() -> None:
         envelope.update(send_row(row, prepared, layer=layer))
 
-    transaction.on_commit(send_after_commit)
+    # Inside atomic(), robust: a hook that raises would make Django skip every later
+    # hook of the transaction, leaving their rows pending with no id. Each failure
+    # is recorded on its row (failed, resendable) and logged instead.
+    transaction.on_commit(send_after_commit, robust=transaction.get_connection().in_atomic_block)
     return envelope
 
 
@@ -184,13 +187,19 @@ def send_saved_row(pk: int) -> None:
 
 def resend(row: Broadcast, *, created_by: Any = None) -> dict[str, Any]:
     """
-    Send a broadcast again. A failed (or never sent) row is retried in place and
-    keeps its row; a row that was already sent is published again as a new row,
-    because its old id has already been delivered.
+    Send a broadcast again. A row that never got an id is retried in place. A row
+    with an id is published again as a new row with a new id: a sent one because
+    clients have that id already, a failed one because its id is burnt (it stays
+    on the old row, marked resent, so that history keeps no hole to reset over).
     """
-    if row.status == Broadcast.Status.SENT:
-        return publish(row.type, row.payload, created_by=created_by or row.created_by)
-    return send_row(row)
+    if row.seq is None and row.status != Broadcast.Status.SENT:
+        return send_row(row)
+    envelope = publish(row.type, row.payload, created_by=created_by or row.created_by)
+    if row.status != Broadcast.Status.SENT:
+        note = f"resent as id {envelope['id']}"
+        Broadcast.objects.filter(pk=row.pk).update(status=Broadcast.Status.RESENT, error=note)
+        row.status, row.error = Broadcast.Status.RESENT, note
+    return envelope
 
 
 def _mark_failed(row: Broadcast, exc: BaseException) -> None:

@@ -121,7 +121,7 @@ async def test_ephemeral_broadcasts_have_a_null_id_and_no_row(hub):
     await client.disconnect()
 
 
-async def test_a_process_joins_the_group_once_whatever_its_client_count(hub):
+async def test_a_process_joins_the_group_once_and_stays_while_it_serves(hub):
     layer = get_channel_layer()
     clients = [await connect() for _ in range(4)]
     assert list(layer.groups["broadcast"]) == [hub.relay_channel]
@@ -129,7 +129,16 @@ async def test_a_process_joins_the_group_once_whatever_its_client_count(hub):
     for client in clients:
         await client.disconnect()
     assert hub.current == 0
-    assert "broadcast" not in layer.groups or not layer.groups["broadcast"]
+    # Emptied, the process keeps its membership and relay: the next client must not
+    # wait for a relay to stop inside the layer's receive.
+    assert list(layer.groups["broadcast"]) == [hub.relay_channel]
+    assert hub.relay_state == "running"
+    late = await connect()
+    sent = await apublish("news", None)
+    assert (await frame(late))["id"] == sent["id"]
+    await late.disconnect()
+    await hub.close()
+    assert not layer.groups.get("broadcast")
 
 
 async def test_consumers_have_no_channel_layer_queue_of_their_own(hub):

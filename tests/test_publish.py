@@ -1,11 +1,13 @@
 """The publish path: validation, persistence, commit timing, failures, order."""
 
 import asyncio
+import io
 import json
 import threading
 
 import pytest
 from channels.layers import channel_layers, get_channel_layer
+from django.core.management import call_command
 from django.db import connection, transaction
 
 from broadcast import InvalidType, PayloadTooLarge, PublishFailed, publish
@@ -206,3 +208,51 @@ def test_the_send_lock_is_shared_through_redis_on_the_pubsub_layer_too(settings,
     assert client.connection_pool.connection_kwargs["db"] == int(redis_url.rsplit("/", 1)[1])
     publish("via.pubsub", {"ok": True})
     assert Broadcast.objects.get().status == Broadcast.Status.SENT
+
+
+def test_every_publish_of_a_transaction_is_failed_not_pending_when_the_layer_is_down(
+    unreachable_layer, caplog
+):
+    with transaction.atomic():
+        for n in range(3):
+            publish("batch", {"n": n})
+    statuses = list(Broadcast.objects.order_by("pk").values_list("status", flat=True))
+    assert statuses == [Broadcast.Status.FAILED] * 3
+    assert list(Broadcast.objects.unsent().order_by("pk")) == list(Broadcast.objects.order_by("pk"))
+
+
+def test_resend_failed_also_takes_pending_rows_a_dead_publisher_left(observer):
+    from django.utils import timezone
+
+    def saved_by_a_publisher_that_died(type, minutes_ago):
+        row = Broadcast(
+            type=type, created_at=timezone.now() - timezone.timedelta(minutes=minutes_ago)
+        )
+        row._sent_by_publish = True  # as publish() saves it, before its on-commit send
+        row.save()
+
+    saved_by_a_publisher_that_died("orphan", 5)
+    saved_by_a_publisher_that_died("in.flight", 0)  # its publisher may still send it
+    call_command("broadcast", "--resend-failed", stdout=io.StringIO())
+    (message,) = observer.take(1)
+    assert json.loads(message["text"])["type"] == "orphan"
+    assert observer.nothing()
+
+
+def test_resending_a_row_whose_id_was_burnt_leaves_no_hole_in_history(observer):
+    from broadcast.history import replay_plan
+
+    first = publish("a", 1)
+    burnt = publish("b", 2)
+    Broadcast.objects.filter(seq=burnt["id"]).update(status=Broadcast.Status.FAILED)
+    row = Broadcast.objects.get(seq=burnt["id"])
+    again = resend(row)
+    row.refresh_from_db()
+    assert row.status == Broadcast.Status.RESENT and row.seq == burnt["id"]
+    assert again["id"] > burnt["id"]
+    # A client that saw the first id resumes across the burnt one without a reset.
+    assert replay_plan(first["id"], again["id"]) == [again["id"]]
+    assert [m["id"] for m in observer.take(3)] == [first["id"], burnt["id"], again["id"]]
+    out = io.StringIO()
+    call_command("broadcast", "--resend-failed", stdout=out)
+    assert "No failed broadcasts to resend." in out.getvalue()

@@ -6,7 +6,7 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from broadcast.hub import Outbox
+from broadcast.outbox import Outbox, Outgoing
 from broadcast.transport import text_frame
 
 
@@ -43,8 +43,8 @@ class BackpressuredSend:
         self.sent.append(event["text"])
 
 
-def push(outbox, text):
-    outbox.push(text_frame(text.encode()), {"type": "websocket.send", "text": text}, len(text))
+def push(outbox, text, msg_id=None):
+    outbox.push(Outgoing.of_text(text, msg_id))
 
 
 async def test_a_send_that_does_not_block_completes_inside_push():
@@ -100,12 +100,12 @@ async def test_ids_replayed_from_history_are_skipped_when_their_live_copy_arrive
     send, cuts = BackpressuredSend(), []
     outbox = Outbox(send, 10_000, lambda: cuts.append(1))
     outbox.hold()
-    outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "held 5"}, 6, 5)
-    outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "held 8"}, 6, 8)
+    push(outbox, "held 5", 5)
+    push(outbox, "held 8", 8)
     outbox.release(after_id=6)  # history went up to 6
-    outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "late 6"}, 6, 6)
-    outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "control"}, 7, None)
-    outbox.push(text_frame(b"x"), {"type": "websocket.send", "text": "live 9"}, 6, 9)
+    push(outbox, "late 6", 6)
+    push(outbox, "control")
+    push(outbox, "live 9", 9)
     assert send.sent == ["held 8", "control", "live 9"]
     assert outbox.pending == 0
 

@@ -36,7 +36,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--resend", type=int, metavar="ROW", help="Resend one Broadcast row.")
         parser.add_argument(
-            "--resend-failed", action="store_true", help="Resend every failed Broadcast row."
+            "--resend-failed",
+            action="store_true",
+            help="Resend every failed Broadcast row, and pending ones left by a publisher that died.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -103,7 +105,7 @@ class Command(BaseCommand):
             except Broadcast.DoesNotExist:
                 raise CommandError(f"No Broadcast row {options['resend']}.") from None
         else:
-            rows = list(Broadcast.objects.filter(status=Broadcast.Status.FAILED).order_by("pk"))
+            rows = list(Broadcast.objects.unsent().order_by("pk"))
             if not rows:
                 self.stdout.write("No failed broadcasts to resend.")
                 return

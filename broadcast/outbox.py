@@ -1,0 +1,270 @@
+"""
+One client's bounded send buffer: the Go hub's ``send`` channel and ``writePump``.
+
+The fan-out hands each client one :class:`Outgoing` message, framed once for every
+client of the process. ``Outbox.push`` never blocks the fan-out and never raises
+into it: a client whose write fails costs that client, not the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .transport import Writer, text_frame
+
+logger = logging.getLogger(__name__)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+# How often a paced writer looks at a client's backlog while it waits for it to drain.
+DRAIN_POLL_SECONDS = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message for clients: its frame for a direct writer, its ASGI event, its id."""
+
+    frame: bytes
+    event: dict[str, Any]
+    size: int
+    id: int | None = None
+
+    @classmethod
+    def of_text(cls, text: str, msg_id: int | None = None) -> Outgoing:
+        data = text.encode()
+        return cls(text_frame(data), {"type": "websocket.send", "text": text}, len(data), msg_id)
+
+
+class Outbox:
+    """
+    With a direct writer (see :mod:`broadcast.transport`), a message goes straight to
+    the client's transport, and what the transport holds unsent is the client's
+    backlog. Without one, the server's ASGI ``send`` runs to completion inside
+    ``push`` while the client keeps up; only a send that suspends continues in a
+    task, with later messages queued behind it. Past ``max_pending`` bytes of
+    backlog, the outbox closes itself and calls ``on_overflow`` instead of growing.
+
+    While a client resumes, live messages are *held* and history is written ahead of
+    them with :meth:`write_paced`, which waits for the client to read instead of
+    counting history against the slow-client bound.
+    """
+
+    __slots__ = (
+        "_send", "_writer", "_queue", "_pending", "_max_pending", "_on_overflow",
+        "_drainer", "_held", "_held_bytes", "_replayed_through", "closed",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        send: Send,
+        max_pending: int,
+        on_overflow: Callable[[], None],
+        writer: Writer | None = None,
+    ) -> None:
+        self._send = send
+        self._writer = writer
+        # Created when the client first falls behind: an empty deque is about 600
+        # bytes, and most clients never need one.
+        self._queue: deque[Outgoing] | None = None
+        self._pending = 0
+        self._max_pending = max_pending
+        self._on_overflow = on_overflow
+        self._drainer: asyncio.Task | None = None
+        self._held: list[Outgoing] | None = None
+        self._held_bytes = 0
+        self._replayed_through = 0
+        self.closed = False
+
+    @property
+    def writer(self) -> Writer | None:
+        return self._writer
+
+    @property
+    def pending(self) -> int:
+        """Bytes accepted for this client but not yet taken by its socket."""
+        return self._pending + self._buffered()
+
+    def push_text(self, text: str) -> None:
+        self.push(Outgoing.of_text(text))
+
+    def push(self, message: Outgoing) -> None:
+        """Send one message, or hold it while history is replayed ahead of it."""
+        if self.closed:
+            return
+        if message.id is not None and message.id <= self._replayed_through:
+            return  # sent from history already; its live copy can arrive later still
+        if self._held is not None:
+            self._held_bytes += message.size
+            if self._held_bytes > self._max_pending:
+                self._overflow()
+            else:
+                self._held.append(message)
+            return
+        self._write(message, bounded=True)
+
+    def _write(self, message: Outgoing, *, bounded: bool) -> None:
+        writer = self._writer
+        if writer is not None and self._drainer is None:
+            try:
+                buffered = writer.buffered()
+                if bounded and buffered + message.size > self._max_pending:
+                    self._overflow()
+                    return
+                if writer.write(message.frame, buffered):
+                    return
+            except Exception as exc:  # a server internal that changed under us
+                self._degrade(exc)
+        if self._drainer is not None:
+            self._pending += message.size
+            if bounded and self._pending > self._max_pending:
+                self._overflow()
+                return
+            if self._queue is None:
+                self._queue = deque()
+            self._queue.append(message)
+            return
+        coroutine = self._send(message.event)
+        try:
+            blocked_on = coroutine.send(None)
+        except StopIteration:
+            return  # written, with no task and no wake-up
+        except Exception as exc:
+            logger.debug("Send to a client failed (%s); dropping it", exc)
+            self.close()
+            return
+        self._pending += message.size
+        self._drainer = asyncio.ensure_future(self._drain(coroutine, blocked_on, message.size))
+
+    def _degrade(self, exc: Exception) -> None:
+        """A direct writer failed: this client goes on through the ASGI send."""
+        logger.warning(
+            "Direct write to a client failed (%s: %s); using the ASGI send for it",
+            type(exc).__name__,
+            exc,
+        )
+        self._writer = None
+
+    def _buffered(self) -> int:
+        if self._writer is None:
+            return 0
+        try:
+            return self._writer.buffered()
+        except Exception as exc:
+            self._degrade(exc)
+            return 0
+
+    async def _drain(self, coroutine: Any, blocked_on: Any, size: int) -> None:
+        try:
+            await _finish(coroutine, blocked_on)
+            self._pending -= size
+            queue = self._queue  # no await between this read and the loop's test
+            while queue and not self.closed:
+                message = queue.popleft()
+                await self._send(message.event)
+                self._pending -= message.size
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("Send to a client failed (%s); dropping it", exc)
+            self.close()
+        finally:
+            self._drainer = None
+
+    # Resume: history ahead of the live stream --------------------------------
+
+    def hold(self) -> None:
+        """Keep live messages back (while history is replayed ahead of them)."""
+        if self._held is None:
+            self._held = []
+            self._held_bytes = 0
+
+    @property
+    def holding(self) -> bool:
+        return self._held is not None
+
+    async def write_paced(self, message: Outgoing, deadline: float) -> bool:
+        """
+        Write a replayed message ahead of anything held, once the client's backlog
+        leaves room for it; False if the outbox closed or the client did not read
+        before ``deadline`` (the loop's clock).
+        """
+        room = max(self._max_pending - message.size, self._max_pending // 2)
+        loop = asyncio.get_running_loop()
+        while not self.closed and self.pending > room:
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        if self.closed:
+            return False
+        self._write(message, bounded=False)
+        return not self.closed
+
+    def release(self, after_id: int | None) -> None:
+        """
+        Send what was held, and from now on skip ids up to ``after_id``: those were
+        replayed from history, and a live copy may still be on its way (an id is
+        committed before it is sent, so history can be ahead of the live stream).
+        """
+        if after_id is not None:
+            self._replayed_through = max(self._replayed_through, after_id)
+        held, self._held = self._held or [], None
+        self._held_bytes = 0
+        for message in held:
+            self.push(message)
+
+    # Closing -------------------------------------------------------------------
+
+    def cut(self) -> None:
+        """Close as a slow client: the owner's ``on_overflow`` says so to the client."""
+        self._overflow()
+
+    def _overflow(self) -> None:
+        on_overflow = self._on_overflow
+        self.close()
+        on_overflow()
+
+    def close(self) -> None:
+        self.closed = True
+        # The callback is usually a bound method of the consumer that holds this
+        # outbox: dropping it breaks that cycle, so a closed connection's objects are
+        # freed as soon as it ends instead of waiting for a full garbage collection.
+        self._on_overflow = _closed
+        if self._queue is not None:
+            self._queue.clear()
+        self._held = None
+        self._pending = 0
+        drainer = self._drainer
+        if drainer is not None and drainer is not _current_task():
+            drainer.cancel()
+
+
+def _closed() -> None:
+    pass
+
+
+def _current_task() -> asyncio.Task | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
+
+@types.coroutine
+def _finish(coroutine: Any, blocked_on: Any) -> Any:
+    """
+    Finish a coroutine whose first step already ran and suspended on ``blocked_on``:
+    hand that future to the running task, as the coroutine's own ``await`` would
+    have, then resume the coroutine (the same steps an eagerly started task takes).
+    """
+    try:
+        yield blocked_on
+    except BaseException:
+        coroutine.close()
+        raise
+    return (yield from coroutine)

@@ -1,0 +1,79 @@
+"""
+Resume: what one client missed, written from history ahead of the live stream.
+
+The client's outbox holds live broadcasts while this runs. History is read a page at
+a time and written at the pace the client reads it (never counted against the
+slow-client bound: a long absence is not a slow client), then ``hub.resumed``, then
+what was held, skipping any id that history already gave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from .envelope import control_text
+from .history import envelope_texts, replay_plan
+from .outbox import Outbox, Outgoing
+
+logger = logging.getLogger(__name__)
+
+# Broadcasts read from the database at a time (each at most BROADCAST_MAX_MESSAGE_BYTES).
+PAGE = 50
+
+
+async def resume(outbox: Outbox, last_id: int, current_id: int, stall_seconds: float) -> None:
+    """
+    Replay to ``outbox`` every broadcast after ``last_id`` up to at least
+    ``current_id`` (the newest id the process had relayed when the outbox began
+    holding), or ``hub.reset`` when they are no longer all in history. A client that
+    reads nothing for ``stall_seconds`` is cut as a slow client.
+    """
+    try:
+        ids = await database_sync_to_async(replay_plan)(last_id, current_id)
+    except Exception as exc:
+        logger.warning("Could not read history for a resuming client: %s", exc)
+        ids = None
+    if ids is None:
+        await _reset(outbox, last_id, current_id, stall_seconds)
+        return
+    newest = last_id
+    for start in range(0, len(ids), PAGE):
+        page = ids[start : start + PAGE]
+        try:
+            texts = await database_sync_to_async(envelope_texts)(page)
+        except Exception as exc:
+            logger.warning("Could not read history for a resuming client: %s", exc)
+            texts = []
+        if [msg_id for msg_id, _ in texts] != page:  # pruned or deleted meanwhile
+            await _reset(outbox, newest, current_id, stall_seconds)
+            return
+        for msg_id, text in texts:
+            if not await _write(outbox, Outgoing.of_text(text, msg_id), stall_seconds):
+                return
+            newest = msg_id
+    resumed = control_text(
+        "hub.resumed", {"from": last_id, "count": len(ids), "last_id": newest}, timezone.now()
+    )
+    if await _write(outbox, Outgoing.of_text(resumed), stall_seconds):
+        outbox.release(after_id=newest)
+
+
+async def _reset(outbox: Outbox, last_id: int, current_id: int, stall_seconds: float) -> None:
+    text = control_text("hub.reset", {"last_id": current_id, "from": last_id}, timezone.now())
+    if await _write(outbox, Outgoing.of_text(text), stall_seconds):
+        outbox.release(after_id=None)
+
+
+async def _write(outbox: Outbox, message: Outgoing, stall_seconds: float) -> bool:
+    """Write ahead of the held stream; a client that stopped reading is cut."""
+    deadline = asyncio.get_running_loop().time() + stall_seconds
+    if await outbox.write_paced(message, deadline):
+        return True
+    if not outbox.closed:
+        logger.warning("A resuming client read nothing for %ss", stall_seconds)
+        outbox.cut()
+    return False

@@ -1,0 +1,172 @@
+"""
+State that one operation leaves for the next, through channels.testing: a handler
+that raises, a writer that fails, a relay that fails, a burst against the
+connection cap, a resume while broadcasts flow.
+"""
+
+import asyncio
+import json
+
+import pytest
+from channels.layers import get_channel_layer
+
+from broadcast import apublish
+from broadcast.consumers import BroadcastConsumer
+from broadcast.outbox import Outbox, Outgoing
+from tests.clients import connect, frame
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_a_deeply_nested_frame_is_malformed_json_not_a_crash(hub):
+    client = await connect()
+    await client.send_to(text_data="[" * 1500 + "]" * 1500)
+    reply = await frame(client)
+    assert reply["type"] == "hub.error" and reply["payload"] == {"error": "malformed JSON"}
+    assert hub.current == 1
+    await client.disconnect()
+    assert hub.current == 0
+
+
+async def test_a_handler_that_raises_closes_with_1011_and_frees_the_slot(hub, monkeypatch):
+    def broken(self, text_data=None, bytes_data=None):
+        raise RuntimeError("a bug in a handler")
+
+    client = await connect()
+    monkeypatch.setattr(BroadcastConsumer, "receive", broken)
+    await client.send_to(text_data='{"type": "hub.ping"}')
+    closed = await client.receive_output(timeout=2)
+    assert closed == {"type": "websocket.close", "code": 1011, "reason": "internal error"}
+    await client.wait(timeout=2)
+    assert hub.current == 0
+
+
+async def test_the_connection_cap_holds_for_a_burst_of_connects(hub, settings):
+    settings.BROADCAST_MAX_CONNECTIONS = 3
+    from channels.testing import WebsocketCommunicator
+
+    from tests.clients import PATH
+
+    communicators = [WebsocketCommunicator(BroadcastConsumer.as_asgi(), PATH) for _ in range(8)]
+    await asyncio.gather(*(c.connect() for c in communicators))
+    outputs = [await c.receive_output(timeout=2) for c in communicators]
+    welcomed = [o for o in outputs if o.get("text", "").find('"hub.welcome"') >= 0]
+    refused = [o for o in outputs if o.get("type") == "websocket.close"]
+    assert len(welcomed) == 3 and len(refused) == 5
+    assert all(o["code"] == 1013 for o in refused)
+    assert hub.current == 3
+    for c in communicators:
+        await c.disconnect()
+
+
+class FailingWriter:
+    """A direct writer whose server changed under it: every call raises."""
+
+    def write(self, frame, buffered):
+        raise AttributeError("'Protocol' object has no attribute 'state'")
+
+    def buffered(self):
+        raise AttributeError("'Transport' object has no attribute 'dataBuffer'")
+
+    def close(self, code, reason, grace=None):
+        raise AttributeError("gone")
+
+    def abort(self):
+        raise AttributeError("gone")
+
+
+async def test_a_failing_direct_writer_falls_back_to_the_asgi_send(caplog):
+    sent = []
+
+    async def send(event):
+        sent.append(event["text"])
+
+    outbox = Outbox(send, 10_000, lambda: None, FailingWriter())
+    outbox.push(Outgoing.of_text("a"))
+    outbox.push(Outgoing.of_text("b"))
+    assert sent == ["a", "b"] and not outbox.closed and outbox.writer is None
+    assert "using the ASGI send" in caplog.text
+
+
+async def test_a_relay_that_fails_restarts_and_delivers_again(hub, monkeypatch, caplog):
+    client = await connect()
+    real_fan_out, failures = hub.fan_out, []
+
+    def fan_out_failing_once(message):
+        if not failures:
+            failures.append(message)
+            raise RuntimeError("a bug in the fan-out")
+        real_fan_out(message)
+
+    monkeypatch.setattr(hub, "fan_out", fan_out_failing_once)
+    monkeypatch.setattr("broadcast.hub.RESTART_FIRST_DELAY", 0.05)
+    first = await apublish("news", {"n": 1})
+    second = await apublish("news", {"n": 2})
+    # The broadcast in hand when the relay failed is caught up from the database.
+    assert [(await frame(client))["id"] for _ in range(2)] == [first["id"], second["id"]]
+    assert hub.relay_restarts == 1 and hub.relay_state == "running"
+    assert "Relay failed; restarting" in caplog.text
+    await client.disconnect()
+
+
+async def test_a_resume_while_broadcasts_flow_gets_history_then_live_in_order(hub):
+    ids = [(await apublish("old", {"n": n}))["id"] for n in range(30)]
+    client = await connect(query="?last_id=0")
+    # Live broadcasts arrive while history is being read and written.
+    live = [(await apublish("live", {"n": n}))["id"] for n in range(10)]
+    got = []
+    while len(got) < len(ids) + len(live):
+        message = await frame(client)
+        if message["type"] != "hub.resumed":
+            got.append(message["id"])
+    assert got == ids + live
+    await client.disconnect()
+
+
+async def test_a_resume_longer_than_the_slow_client_bound_is_paced_not_cut(hub, settings):
+    settings.BROADCAST_MAX_PENDING_BYTES = 64 * 1024
+    ids = [(await apublish("big", "x" * 20_000))["id"] for _ in range(10)]
+    client = await connect(query="?last_id=0")
+    assert [(await frame(client))["id"] for _ in range(10)] == ids
+    assert (await frame(client))["type"] == "hub.resumed"
+    assert hub.current == 1
+    await client.disconnect()
+
+
+async def test_a_process_emptied_after_a_busy_period_serves_the_next_clients(hub):
+    clients = [await connect() for _ in range(5)]
+    for n in range(200):
+        await get_channel_layer().group_send(
+            "broadcast", {"type": "broadcast.message", "id": None, "text": json.dumps(n)}
+        )
+    for client in clients:
+        await client.disconnect()
+    late = await asyncio.wait_for(connect(), 2)
+    await apublish("after", None, persist=False)
+    assert (await frame(late))["type"] == "after"
+    await late.disconnect()
+
+
+async def test_the_last_client_leaving_never_waits_on_a_relay_stuck_in_the_layer(hub, monkeypatch):
+    # channels-redis's receive was seen swallowing a cancellation inside redis-py's
+    # retry and blocking on: a relay that will not stop must cost nobody anything.
+    layer = get_channel_layer()
+    real_receive, swallowing = layer.receive, [True]
+
+    async def receive_swallowing_cancellation(channel):
+        while True:
+            try:
+                return await real_receive(channel)
+            except asyncio.CancelledError:
+                if not swallowing:
+                    raise
+
+    monkeypatch.setattr(layer, "receive", receive_swallowing_cancellation)
+    clients = [await connect() for _ in range(3)]
+    for client in clients:
+        await asyncio.wait_for(client.disconnect(), 2)
+    late = await asyncio.wait_for(connect(), 2)
+    await apublish("after", None, persist=False)
+    assert (await frame(late))["type"] == "after"
+    await late.disconnect()
+    swallowing.clear()  # so that the hub can stop when the test ends
