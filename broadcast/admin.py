@@ -123,6 +123,8 @@ class HubProcessAdmin(admin.ModelAdmin):
         extra_context = {
             **(extra_context or {}),
             "title": "Broadcast hub",
-            "dashboard": dashboard_context(),
+            "dashboard": dashboard_context(
+                show_broadcasts=request.user.has_perm("broadcast.view_broadcast")
+            ),
         }
         return super().changelist_view(request, extra_context)

@@ -14,10 +14,11 @@ from channels.auth import get_user
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from . import metrics
+from . import metrics, singleprocess
 from .conf import conf
 from .envelope import control_text, welcome_text
 from .hub import CLOSE_SERVICE_RESTART, get_hub
@@ -66,6 +67,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         coroutine would stay alive, one more per idle connection, around this one.
         """
         channels_app = super().as_asgi(**initkwargs)
+        claim_single_process()
 
         def app(scope: dict, receive: Any, send: Any) -> Any:
             return cls(**initkwargs)(scope, receive, send)
@@ -270,6 +272,16 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             return True
         await self.close(code=code, reason=reason)
         return False
+
+
+def claim_single_process() -> None:
+    """A process that serves the hub on the in-memory layer must be the only one."""
+    try:
+        layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
+    except Exception:  # a bad layer setting: the system checks report it
+        return
+    if isinstance(layer, InMemoryChannelLayer):
+        singleprocess.claim()
 
 
 def _is_id(value: Any) -> bool:

@@ -110,8 +110,11 @@ def svg_chart(series: Series) -> str:
     )
 
 
-def dashboard_context(now: dt.datetime | None = None) -> dict:
-    """Everything the hub-process dashboard shows above the process list."""
+def dashboard_context(now: dt.datetime | None = None, *, show_broadcasts: bool = True) -> dict:
+    """
+    Everything the hub-process dashboard shows above the process list; the recent
+    broadcasts (their payloads) only for users who may view broadcasts.
+    """
     from .models import Broadcast, HubProcess
 
     now = now or timezone.now()
@@ -121,5 +124,7 @@ def dashboard_context(now: dt.datetime | None = None) -> dict:
         "live_total": HubProcess.objects.live_total(),
         "live_processes": list(HubProcess.objects.live().order_by("host", "pid")),
         "charts": [(hour, svg_chart(hour)), (day, svg_chart(day))],
-        "recent_broadcasts": list(Broadcast.objects.order_by("-pk")[:10]),
+        "recent_broadcasts": list(Broadcast.objects.order_by("-pk")[:10])
+        if show_broadcasts
+        else [],
     }

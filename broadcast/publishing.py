@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from . import backpressure, metrics
+from . import backpressure, metrics, singleprocess
 from .conf import conf
 from .envelope import BroadcastError, Prepared, prepare
 from .models import Broadcast
@@ -48,6 +48,15 @@ def get_layer() -> Any:
 def is_process_local(layer: Any) -> bool:
     """True when the layer cannot reach any other process (the in-memory layer)."""
     return isinstance(layer, InMemoryChannelLayer)
+
+
+def _check_reach(layer: Any) -> None:
+    """On the in-memory layer, refuse to publish where no client can be reached."""
+    if is_process_local(layer) and singleprocess.served_elsewhere():
+        raise ImproperlyConfigured(
+            "publish() in this process cannot reach the WebSocket clients of the server "
+            f"process that serves this database. {singleprocess.HINT}"
+        )
 
 
 def relay_message(text: str, msg_id: int | None) -> dict[str, Any]:
@@ -79,6 +88,7 @@ def publish(
     """
     prepared = prepare(type, payload)
     layer = get_layer()
+    _check_reach(layer)
     if not persist:
         return async_to_sync(_send_ephemeral)(prepared, layer)
 
@@ -108,7 +118,9 @@ async def apublish(
     """The async twin of :func:`publish`."""
     if not persist:
         # No database work: stay on the event loop instead of hopping to a thread.
-        return await _send_ephemeral(prepare(type, payload), get_layer())
+        prepared, layer = prepare(type, payload), get_layer()
+        _check_reach(layer)
+        return await _send_ephemeral(prepared, layer)
     # database_sync_to_async closes the thread's connection like a request would.
     return await database_sync_to_async(publish)(
         type, payload, persist=persist, created_by=created_by

@@ -20,11 +20,12 @@ def index(request):
     template), and the JS client resumes from the newest of them, so the feed has
     neither a gap nor a duplicate where the page load ends and the socket begins.
     """
-    recent = list(
-        Broadcast.objects.filter(status=Broadcast.Status.SENT, seq__isnull=False).order_by("-seq")[
-            :FEED_LENGTH
-        ]
-    )
+    recent = []
+    # The same rule as the socket: with BROADCAST_REQUIRE_AUTH, anonymous visitors
+    # see no broadcasts here either.
+    if not conf.BROADCAST_REQUIRE_AUTH or request.user.is_authenticated:
+        sent = Broadcast.objects.filter(status=Broadcast.Status.SENT, seq__isnull=False)
+        recent = list(sent.order_by("-seq")[:FEED_LENGTH])
     return render(
         request,
         "hubsite/index.html",

@@ -84,6 +84,22 @@ async def test_healthz_is_503_when_the_channel_layer_is_down(async_client, unrea
     assert body["status"] == "unavailable"
     assert body["database"]["ok"] is True
     assert body["channel_layer"]["ok"] is False and "Connection" in body["channel_layer"]["error"]
+    # Kinds of failure only: the exception's text (hosts, ports, users) stays in the log.
+    assert "127.0.0.1" not in response.content.decode()
+
+
+async def test_healthz_reports_this_processs_relay_and_fails_while_it_restarts(async_client, hub):
+    from tests.clients import connect
+
+    body = (await async_client.get("/healthz")).json()
+    assert body["relay"] == {"ok": True, "state": "idle", "restarts": 0}
+    client = await connect()
+    assert (await async_client.get("/healthz")).json()["relay"]["state"] == "running"
+    hub.relay_running = False  # as between a failure and the restart
+    response = await async_client.get("/healthz")
+    assert response.status_code == 503 and response.json()["relay"]["state"] == "restarting"
+    hub.relay_running = True
+    await client.disconnect()
 
 
 async def test_healthz_round_trips_through_redis(async_client, redis_layer):

@@ -119,3 +119,24 @@ def test_prunehub_keeps_what_is_recent_and_resumable(settings):
     settings.BROADCAST_HISTORY_TTL = 3 * 86400
     with pytest.raises(CommandError, match="BROADCAST_HISTORY_TTL"):
         call_command("prunehub", "--days", "1")
+
+
+def test_with_require_auth_anonymous_visitors_see_no_broadcasts_on_the_page(client, settings):
+    publish("news", {"text": "members only"})
+    settings.BROADCAST_REQUIRE_AUTH = True
+    assert "members only" not in client.get("/").content.decode()
+    client.force_login(User.objects.create_user("member", password="pw"))
+    assert "members only" in client.get("/").content.decode()
+
+
+def test_the_dashboard_shows_payloads_only_to_users_who_may_view_broadcasts(client):
+    publish("news", {"text": "internal payload"})
+    operator = User.objects.create_user("operator", password="pw", is_staff=True)
+    operator.user_permissions.add(Permission.objects.get(codename="view_hubprocess"))
+    client.force_login(operator)
+    url = reverse("admin:broadcast_hubprocess_changelist")
+    page = client.get(url).content.decode()
+    assert "Broadcast hub" in page and "internal payload" not in page
+    operator.user_permissions.add(Permission.objects.get(codename="view_broadcast"))
+    client.force_login(User.objects.get(pk=operator.pk))
+    assert "internal payload" in client.get(url).content.decode()

@@ -101,11 +101,13 @@ async def test_a_resume_larger_than_the_slow_client_bound_is_streamed(
 ):
     site = redis_site.with_env(BROADCAST_MAX_PENDING_BYTES=str(256 * 1024))
     server = start_server(site, kind)
+    probe = await server.client()
+    before = probe.welcome["payload"]["last_id"]
+    await probe.close()
     await asyncio.to_thread(site.shell, persist_code(30, 50_000))  # 1.5 MB of history
-    ws = await server.client("?last_id=0")
-    newest = ws.welcome["payload"]["last_id"]
+    ws = await server.client(f"?last_id={before}")
     replayed = await read_all(ws, 31, timeout=10)
-    assert [frame["id"] for frame in replayed[:30]] == list(range(newest - 29, newest + 1))
+    assert [frame["id"] for frame in replayed[:30]] == list(range(before + 1, before + 31))
     assert replayed[30]["type"] == "hub.resumed"
     await ws.close()
     assert "Dropped a slow client" not in server.log()
@@ -126,13 +128,16 @@ async def test_a_resume_while_broadcasts_flow_gets_history_first_then_live_in_or
     redis_site, start_server, kind
 ):
     server = start_server(redis_site, kind)
+    probe = await server.client()
+    before = probe.welcome["payload"]["last_id"]
+    await probe.close()
     await asyncio.to_thread(redis_site.shell, persist_code(300, 10))
     publishing = asyncio.ensure_future(
         asyncio.to_thread(redis_site.shell, RUNNING_PUBLISHER.format(count=300))
     )
     await asyncio.sleep(1.0)
     resumers = []
-    for last_id in (0, 100, 200):
+    for last_id in (before, before + 100, before + 200):
         ws = await server.client(f"?last_id={last_id}")
         resumers.append((last_id, ws))
         await asyncio.sleep(0.2)

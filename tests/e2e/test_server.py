@@ -86,3 +86,63 @@ def test_the_command_refuses_the_in_memory_layer_in_one_line(site):
         "process: set REDIS_URL (for example redis://127.0.0.1:6379/0) for both the server "
         "and this command."
     ]
+
+
+def test_probes_answer_plain_http_while_the_site_redirects_to_https(site, start_server):
+    import urllib.error
+    import urllib.request
+
+    production = site.with_env(DJANGO_DEBUG="0", DJANGO_SECRET_KEY="e2e-" + "k" * 50)
+    server = start_server(production, "uvicorn")
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+
+    def status(path: str) -> int:
+        try:
+            with opener.open(server.http + path, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert status("/") == 301
+    assert status("/healthz") == 200
+    assert status("/metrics") == 200
+
+
+def test_a_second_server_process_on_the_in_memory_layer_refuses_to_start(site, start_server):
+    first = start_server(site)
+    import subprocess
+
+    from tests.e2e.conftest import ROOT, SERVER_COMMANDS, free_port
+
+    second = subprocess.run(
+        SERVER_COMMANDS["uvicorn"](free_port()),
+        cwd=ROOT,
+        env=site.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode != 0
+    assert "Another server process already serves the broadcast hub" in second.stderr
+    assert first.process.poll() is None
+
+
+def test_publish_from_another_process_on_the_in_memory_layer_is_an_error(site, start_server):
+    server = start_server(site)
+    result = site.manage(
+        "shell",
+        "-c",
+        "from broadcast import publish\ntry:\n    publish('x', 1)\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)",
+    )
+    assert "ImproperlyConfigured" in result.stdout and "REDIS_URL" in result.stdout
+    assert server.process.poll() is None
+    rows = site.shell(
+        "from broadcast.models import Broadcast as B; print(B.objects.filter(type='x').count())"
+    )
+    assert rows.strip() == "0"  # refused before anything was stored

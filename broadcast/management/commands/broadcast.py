@@ -38,7 +38,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--resend-failed",
             action="store_true",
-            help="Resend every failed Broadcast row, and pending ones left by a publisher that died.",
+            help="Resend every failed Broadcast row, and pending ones a dead publisher left.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
