@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint venv bench
+.PHONY: run test lint venv bench faults
 
 venv: $(BIN)/.installed
 
@@ -32,3 +32,10 @@ test: lint
 # The load benchmark (see README.md, "Benchmark"): BENCH_ARGS="--scenarios A --servers uvicorn"
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The fault sequencer (see docs/reliability.md): FAULTS_SECONDS=1800 FAULTS_SEED=7
+FAULTS_SECONDS ?= 120
+FAULTS_SEED ?= 1
+FAULTS_SERVERS ?= daphne,uvicorn
+faults: venv
+	$(BIN)/python -m faults.run --seconds $(FAULTS_SECONDS) --seed $(FAULTS_SEED) --servers $(FAULTS_SERVERS)

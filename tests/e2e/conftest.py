@@ -6,6 +6,7 @@ manage.py run as separate processes against the same database and Redis.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import http.cookiejar
 import json
@@ -190,6 +191,24 @@ async def no_frame(ws, wait: float = 0.5) -> bool:
     except TimeoutError:
         return True
     return False
+
+
+def stuck_client(port: int) -> socket.socket:
+    """Completes the handshake with a tiny receive buffer, then reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /ws/broadcast/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Origin: http://127.0.0.1:{port}\r\n\r\n".encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert b" 101 " in response.split(b"\r\n")[0]
+    return sock
 
 
 class Browser:

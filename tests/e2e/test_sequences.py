@@ -11,8 +11,7 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.e2e.conftest import close_code, frames
-from tests.e2e.test_slow_client import stuck_client
+from tests.e2e.conftest import close_code, frames, stuck_client
 
 pytestmark = [pytest.mark.e2e]
 

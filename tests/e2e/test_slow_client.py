@@ -1,9 +1,7 @@
 """A client that stops reading is cut; nobody else notices. On daphne and uvicorn."""
 
 import asyncio
-import base64
 import json
-import os
 import socket
 import statistics
 import struct
@@ -12,7 +10,7 @@ import time
 import pytest
 
 from broadcast.consumers import SLOW_CLIENT_GRACE_SECONDS
-from tests.e2e.conftest import get_text
+from tests.e2e.conftest import get_text, stuck_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -49,24 +47,6 @@ async def timed_frames(ws, count):
         raw = await asyncio.wait_for(ws.recv(), 30)
         out.append((json.loads(raw), time.time()))
     return out
-
-
-def stuck_client(port: int) -> socket.socket:
-    """Completes the handshake with a tiny receive buffer, then reads nothing."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        f"GET /ws/broadcast/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Origin: http://127.0.0.1:{port}\r\n\r\n".encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    assert b" 101 " in response.split(b"\r\n")[0]
-    return sock
 
 
 def read_until_close(sock: socket.socket, timeout: float = 20) -> int | None:

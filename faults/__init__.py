@@ -1,0 +1,1 @@
+"""The fault sequencer (see docs/reliability.md): ``python -m faults.run``."""

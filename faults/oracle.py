@@ -1,0 +1,352 @@
+"""
+The sequencer's oracle: every client it connects reads all the time, and every frame
+is checked as it arrives; the end of a sequence checks what no single frame shows.
+
+- A client's persisted ids strictly increase. An id missing between two it got, or
+  after its welcome or resume point, must be a burnt id (a failed send) unless a
+  ``hub.reset`` explained it; at the end, every client has every sent id from its
+  start to the newest.
+- A server that closes a reading client (a restart, a slow-client cut) is answered
+  as a real client does: reconnect with ``?last_id`` of the last id seen, to either
+  process, and the checks go on across the reconnect.
+- Every connect gets its welcome within WELCOME_SECONDS.
+- At the end: counts on /metrics return to zero once clients leave, no row stays
+  pending, no traceback in any server's log, and memory is near its baseline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.e2e.conftest import ROOT, Server, Site
+
+WELCOME_SECONDS = 5.0
+SETTLE_SECONDS = 20.0
+MEMORY_GROWTH_LIMIT = 150 * 1024 * 1024
+LOG_FAULTS = re.compile(r"Traceback|Exception in ASGI application|took too long to shut down")
+PUBLISHERS = 3
+
+
+class Violation(AssertionError):
+    logs: list[str] = []
+
+
+class Client:
+    """One reading client, across its reconnects."""
+
+    def __init__(self, oracle: Oracle, server: Server, query: str) -> None:
+        self.oracle = oracle
+        self.server = server
+        self.query = query
+        self.ws: Any = None
+        self.task: asyncio.Task | None = None
+        self.last_seen: int | None = None  # the newest persisted id this client has
+        self.start: int | None = None  # ids after this one are owed to it
+        self.gaps: list[tuple[int, int]] = []  # (after, before): ids missing between
+        self.resets: list[tuple[int, int]] = []  # (from, to): ranges a reset excused
+        self.leaving = False
+        self.reconnects = 0
+
+    async def open(self) -> None:
+        requested = _requested_last_id(self.query)
+        started = time.monotonic()
+        try:
+            self.ws = await asyncio.wait_for(
+                connect(self.server.ws_url + self.query, origin=self.server.http, max_size=2**22),
+                WELCOME_SECONDS,
+            )
+            welcome = json.loads(await asyncio.wait_for(self.ws.recv(), WELCOME_SECONDS))
+        except (OSError, TimeoutError, ConnectionClosed) as exc:
+            raise Violation(
+                f"no welcome from {self.server.kind}:{self.server.port} within "
+                f"{WELCOME_SECONDS}s ({type(exc).__name__}: {exc})"
+            ) from None
+        if welcome.get("type") != "hub.welcome":
+            raise Violation(f"first frame was not a welcome: {welcome}")
+        took = time.monotonic() - started
+        if took > WELCOME_SECONDS:
+            raise Violation(f"welcome took {took:.1f}s")
+        welcome_id = welcome["payload"]["last_id"]
+        start = requested if requested is not None and requested <= welcome_id else welcome_id
+        if self.last_seen is None:
+            self.start = self.last_seen = start
+        self.task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                self.take(json.loads(raw))
+        except ConnectionClosed:
+            pass
+        if not self.leaving:
+            await self.oracle.reconnect(self)
+
+    def take(self, frame: dict) -> None:
+        kind, msg_id = frame.get("type"), frame.get("id")
+        if kind == "hub.reset":
+            to = frame["payload"]["last_id"]
+            self.resets.append((self.last_seen, to))
+            self.last_seen = max(self.last_seen, to)
+            return
+        if not isinstance(msg_id, int):
+            return
+        if msg_id <= self.last_seen:
+            self.oracle.fail(
+                f"client got id {msg_id} after {self.last_seen} (not increasing) on "
+                f"{self.server.kind}:{self.server.port}"
+            )
+            return
+        if msg_id > self.last_seen + 1:
+            self.gaps.append((self.last_seen, msg_id))
+        self.last_seen = msg_id
+
+    async def close(self) -> None:
+        self.leaving = True
+        if self.ws is not None:
+            await self.ws.close()
+        if self.task is not None:
+            await asyncio.wait([self.task], timeout=5)
+
+
+def _requested_last_id(query: str) -> int | None:
+    match = re.search(r"last_id=(\d+)$", query)
+    return int(match.group(1)) if match else None
+
+
+class Publishers:
+    """PUBLISHERS publisher processes (faults/publisher.py), used one request at a time."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.processes: list[subprocess.Popen] = []
+        self.free: asyncio.Queue[subprocess.Popen] = asyncio.Queue()
+
+    async def start(self) -> None:
+        for _ in range(PUBLISHERS):
+            process = subprocess.Popen(
+                [sys.executable, "-m", "faults.publisher"], cwd=ROOT, env=self.site.env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            self.processes.append(process)
+            self.free.put_nowait(process)
+
+    async def ask(self, request: dict) -> dict:
+        process = await self.free.get()
+        try:
+            return await asyncio.to_thread(_exchange, process, request)
+        finally:
+            self.free.put_nowait(process)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stdin.close()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _exchange(process: subprocess.Popen, request: dict) -> dict:
+    process.stdin.write(json.dumps(request) + "\n")
+    process.stdin.flush()
+    line = process.stdout.readline()
+    if not line:
+        raise Violation(f"the publisher process died on {request}")
+    return json.loads(line)
+
+
+class Oracle:
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.clients: list[Client] = []
+        self.servers: list[Server] = []
+        self.publishers = Publishers(site)
+        self.violations: list[str] = []
+        self.baseline_rss: dict[int, int] = {}
+        self.going: set[int] = set()
+
+    def fail(self, message: str) -> None:
+        self.violations.append(message)
+
+    async def baseline(self, servers: list[Server]) -> None:
+        self.servers = servers
+        await self.publishers.start()
+        for server in servers:
+            self.baseline_rss[server.process.pid] = _rss(server.process.pid)
+
+    async def check_step(self) -> None:
+        if self.violations:
+            raise Violation(self.violations[0])
+
+    # Clients --------------------------------------------------------------------
+
+    async def connect(self, server: Server, query: str = "", track: bool = True) -> Client:
+        client = Client(self, server, query)
+        await client.open()
+        if track:
+            self.clients.append(client)
+        else:
+            client.leaving = True
+        return client
+
+    async def disconnect(self, client: Client) -> None:
+        self.clients.remove(client)
+        await client.close()
+
+    async def reconnect(self, client: Client) -> None:
+        """What a real client does when the server closes it: resume, elsewhere if need be."""
+        if client not in self.clients:
+            return
+        for attempt in range(40):
+            live = [s for s in self.servers if s.process.poll() is None and id(s) not in self.going]
+            if live:
+                client.server = live[attempt % len(live)]
+                client.query = f"?last_id={client.last_seen}"
+                client.reconnects += 1
+                try:
+                    await client.open()
+                    return
+                except Violation:
+                    pass
+            await asyncio.sleep(0.25)
+        self.fail(
+            f"a client could not reconnect after its server closed it (last id {client.last_seen})"
+        )
+
+    async def server_going(self, server: Server) -> None:
+        self.going.add(id(server))
+        self.baseline_rss.pop(server.process.pid, None)
+
+    async def server_back(self, server: Server) -> None:
+        self.going.discard(id(server))
+
+    async def close_all(self) -> None:
+        for client in list(self.clients):
+            await self.disconnect(client)
+        self.publishers.stop()
+
+    async def hostile(self, server: Server, kind: str) -> None:
+        ws = await connect(server.ws_url, origin=server.http, max_size=2**22)
+        await asyncio.wait_for(ws.recv(), WELCOME_SECONDS)
+        try:
+            if kind == "nested":
+                await ws.send("[" * 1500 + "]" * 1500)
+            elif kind == "invalid_utf8":
+                await ws.send(b"\xff\xfe\xfd")  # binary: the client library will not send bad text
+            elif kind == "oversize":
+                await ws.send("x" * 100_000)
+            elif kind == "binary":
+                await ws.send(b"\x00\x01")
+            elif kind == "flood":
+                for _ in range(80):
+                    await ws.send('{"type": "hub.ping"}')
+            elif kind == "resume_storm":
+                for _ in range(30):
+                    await ws.send('{"type": "hub.resume", "last_id": 0}')
+            await asyncio.wait_for(_drain(ws), 2)
+        except (ConnectionClosed, TimeoutError):
+            pass
+        await ws.close()
+
+    # Publishing and the database --------------------------------------------------
+
+    async def publish(self, count: int, *, persist: bool, size: int, may_fail: bool = False):
+        answer = await self.publishers.ask(
+            {"op": "publish", "count": count, "persist": persist, "size": size}
+        )
+        if answer["failures"] and not may_fail:
+            self.fail(f"{answer['failures']} of {count} publishes failed with every service up")
+        return answer["ids"]
+
+    async def newest_id(self) -> int:
+        return (await self.publishers.ask({"op": "newest"}))["newest"]
+
+    async def await_redis(self) -> None:
+        await asyncio.sleep(0.5)
+
+    # The end of a sequence -----------------------------------------------------------
+
+    async def check_end(self, servers: list[Server], killed_publishers: int) -> None:
+        await self.check_step()
+        (marker,) = await self.publish(1, persist=True, size=1)
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while any(c.last_seen < marker for c in self.clients) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        rows = (await self.publishers.ask({"op": "rows"}))["rows"]
+        delivered = {seq for seq, status, _ in rows if seq is not None and status == "sent"}
+        for client in self.clients:
+            if client.last_seen < marker:
+                raise Violation(
+                    f"a client is stuck at id {client.last_seen}; the newest is {marker} "
+                    f"({client.server.kind}:{client.server.port}, {client.reconnects} reconnects)"
+                )
+            for after, before in client.gaps:
+                excused = any(lo <= after and before - 1 <= hi for lo, hi in client.resets)
+                lost = sorted(i for i in range(after + 1, before) if i in delivered)
+                if lost and not excused:
+                    raise Violation(
+                        f"a client never got sent id(s) {lost[:10]} (between {after} and "
+                        f"{before}; it connected with {client.query!r} from id {client.start}, "
+                        f"{client.reconnects} reconnects, resets {client.resets})"
+                    )
+        pending = [row for row in rows if row[1] == "pending" and row[2] != "killed.publisher"]
+        if pending:
+            raise Violation(f"{len(pending)} row(s) stayed pending: {pending[:5]}")
+        await self.close_all()
+        for server in servers:
+            await _wait_for_zero_connections(server)
+            fault = LOG_FAULTS.search(server.log())
+            if fault:
+                raise Violation(f"{server.kind}:{server.port} logged {fault.group(0)!r}")
+            before = self.baseline_rss.get(server.process.pid)
+            if before is not None and _rss(server.process.pid) - before > MEMORY_GROWTH_LIMIT:
+                grown = (_rss(server.process.pid) - before) // 2**20
+                raise Violation(f"{server.kind}:{server.port} grew by {grown} MiB")
+
+
+async def _drain(ws) -> None:
+    async for _ in ws:
+        pass
+
+
+async def _wait_for_zero_connections(server: Server) -> None:
+    deadline = time.monotonic() + SETTLE_SECONDS
+    value = None
+    while time.monotonic() < deadline:
+        text = await asyncio.to_thread(_get, server.http + "/metrics")
+        match = re.search(r"^broadcast_connections ([0-9.e+-]+)$", text, re.MULTILINE)
+        value = float(match.group(1)) if match else None
+        if value == 0:
+            return
+        await asyncio.sleep(0.2)
+    raise Violation(f"{server.kind}:{server.port} still counts {value} connections after all left")
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+__all__ = ["Client", "Oracle", "Violation", "os"]

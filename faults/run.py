@@ -1,0 +1,112 @@
+"""
+Run the fault sequencer for a time, on one or both servers, from a seed.
+
+    python -m faults.run --seconds 120 --seed 1 --servers daphne,uvicorn
+    make faults FAULTS_SECONDS=1800 FAULTS_SEED=7
+
+Each sequence of ``--ops`` operations runs on two fresh server processes of one
+kind, sharing a private Redis and a fresh database. Sequence ``i`` of a run uses the
+seed ``seed + i``, so every sequence can be run again alone. A violation prints the
+seed and the shortest sequence that still fails, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsite.settings")
+
+
+def make_site(tmp: Path):
+    from tests.e2e.conftest import Site, _fresh_database
+
+    url, drop = _fresh_database(tmp)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"REDIS_URL", "DJANGO_SETTINGS_MODULE", "DATABASE_URL"}
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="hubsite.settings",
+        DATABASE_URL=url,
+        BROADCAST_HEARTBEAT_SECONDS="0.5",
+        PYTHONUNBUFFERED="1",
+    )
+    site = Site(env, tmp)
+    site.manage("migrate", "--no-input")
+    return site, drop
+
+
+async def run(seconds: float, seed: int, kinds: list[str], ops: int, shrink_budget: float) -> int:
+    from faults.sequencer import generate, run_sequence, shrink
+
+    deadline = time.monotonic() + seconds
+    totals = {kind: [0, 0] for kind in kinds}  # sequences, operations
+    index = 0
+    while time.monotonic() < deadline:
+        for kind in kinds:
+            sequence_seed = seed + index
+            sequence = generate(sequence_seed, ops)
+            with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
+                site, drop = make_site(Path(tmp))
+                try:
+                    done, violation = await run_sequence(kind, sequence, site, log=_quiet)
+                    if violation is None:
+                        totals[kind][0] += 1
+                        totals[kind][1] += done
+                        print(
+                            f"{kind} seed {sequence_seed}: {done} operations, no violation "
+                            f"({totals[kind][0]} sequences, {totals[kind][1]} operations so far)",
+                            flush=True,
+                        )
+                        continue
+                    print(f"\nVIOLATION on {kind}, seed {sequence_seed}, after {done} operations:")
+                    print(f"  {violation}", flush=True)
+                    failing = sequence[:done]
+                    print(f"Shrinking {len(failing)} operations (up to {shrink_budget:.0f}s)...")
+                    shortest = await shrink(kind, failing, site, shrink_budget, log=print)
+                    print(f"Shortest failing sequence, seed {sequence_seed}:")
+                    for op in shortest:
+                        print(f"  {op}")
+                    for number, log in enumerate(violation.logs):
+                        print(f"--- server {number} log (last 40 lines) ---")
+                        print("\n".join(log.splitlines()[-40:]))
+                    return 1
+                finally:
+                    drop()
+        index += 1
+    for kind, (sequences, operations) in totals.items():
+        print(f"{kind}: {sequences} sequences, {operations} operations, no violation")
+    return 0
+
+
+def _quiet(*args: object) -> None:
+    pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--seconds", type=float, default=float(os.environ.get("FAULTS_SECONDS", 120))
+    )
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("FAULTS_SEED", 1)))
+    parser.add_argument("--servers", default=os.environ.get("FAULTS_SERVERS", "daphne,uvicorn"))
+    parser.add_argument("--ops", type=int, default=40, help="operations per sequence")
+    parser.add_argument("--shrink-seconds", type=float, default=600)
+    args = parser.parse_args()
+    kinds = [kind for kind in args.servers.split(",") if kind]
+    unknown = set(kinds) - {"daphne", "uvicorn"}
+    if unknown:
+        parser.error(f"unknown server(s) {sorted(unknown)}; choose daphne and/or uvicorn")
+    print(f"Fault sequencer: seed {args.seed}, {args.seconds:.0f}s, servers {', '.join(kinds)}")
+    sys.exit(asyncio.run(run(args.seconds, args.seed, kinds, args.ops, args.shrink_seconds)))
+
+
+if __name__ == "__main__":
+    main()

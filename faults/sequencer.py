@@ -1,0 +1,264 @@
+"""
+The fault sequencer: seeded random sequences of operations against real server
+processes (two at once, sharing a private Redis and a database), with an oracle that
+checks every client after every step.
+
+A sequence is a list of operations with concrete arguments drawn from the seed, so
+a failing sequence can be run again, and shrunk, without the seed's randomness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from faults.oracle import Oracle, Violation
+from tests.e2e.conftest import ROOT, Server, Site, free_port, stuck_client
+from tests.e2e.test_redis_outage import PrivateRedis
+
+# Operation name -> weight. Connects and publishes dominate, as in production.
+WEIGHTS = {
+    "connect": 14,
+    "resume": 6,
+    "burst": 2,
+    "disconnect": 8,
+    "disconnect_all": 2,
+    "publish": 14,
+    "publish_ephemeral": 5,
+    "publish_large": 3,
+    "publish_concurrent": 3,
+    "stuck_client": 2,
+    "hostile": 5,
+    "redis_pause": 1,
+    "redis_restart": 1,
+    "kill_publisher": 1,
+    "server_restart": 1,
+    "server_kill": 1,
+}
+
+
+@dataclass
+class Op:
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in self.args.items())})"
+
+
+def generate(seed: int, count: int) -> list[Op]:
+    """``count`` operations drawn from ``seed``: the same seed, the same sequence."""
+    rng = random.Random(seed)
+    names, weights = zip(*WEIGHTS.items(), strict=True)
+    ops = []
+    for _ in range(count):
+        name = rng.choices(names, weights)[0]
+        args: dict[str, Any] = {"server": rng.randrange(2), "seed": rng.randrange(2**31)}
+        if name == "connect":
+            args["count"] = rng.randint(1, 4)
+        elif name == "resume":
+            args["last_id"] = rng.choice(["zero", "current", "behind", "beyond", "garbage"])
+        elif name == "burst":
+            args["count"] = rng.randint(50, 200)
+        elif name.startswith("publish"):
+            args["count"] = rng.randint(1, 30)
+        elif name == "hostile":
+            args["kind"] = rng.choice(
+                ["nested", "invalid_utf8", "oversize", "binary", "flood", "resume_storm"]
+            )
+        elif name == "server_restart":
+            args["signal"] = "SIGTERM"
+        ops.append(Op(name, args))
+    return ops
+
+
+class Run:
+    """One sequence against two fresh server processes of one kind."""
+
+    def __init__(self, kind: str, site: Site, redis: PrivateRedis, log=print) -> None:
+        self.kind = kind
+        self.site = site
+        self.redis = redis
+        self.log = log
+        self.servers: list[Server] = []
+        self.oracle = Oracle(site)
+        self.stuck: list[socket.socket] = []
+        self.killed_publishers = 0
+
+    async def start(self) -> None:
+        for _ in range(2):
+            self.servers.append(await asyncio.to_thread(Server(self.site, self.kind).start))
+
+    async def stop(self) -> None:
+        await self.oracle.close_all()
+        for sock in self.stuck:
+            sock.close()
+        for server in self.servers:
+            await asyncio.to_thread(server.stop)
+
+    async def step(self, op: Op) -> None:
+        rng = random.Random(op.args["seed"])
+        server = self.servers[op.args["server"]]
+        await getattr(self, f"op_{op.name}")(server, rng, **_extra(op.args))
+        await self.oracle.check_step()
+
+    # Operations ---------------------------------------------------------------
+
+    async def op_connect(self, server: Server, rng: random.Random, count: int) -> None:
+        for _ in range(count):
+            await self.oracle.connect(server)
+
+    async def op_resume(self, server: Server, rng: random.Random, last_id: str) -> None:
+        newest = await self.oracle.newest_id()
+        value = {
+            "zero": "0",
+            "current": str(newest),
+            "behind": str(max(0, newest - rng.randint(1, 40))),
+            "beyond": str(newest + 1000),
+            "garbage": "x1",
+        }[last_id]
+        await self.oracle.connect(server, f"?last_id={value}")
+
+    async def op_burst(self, server: Server, rng: random.Random, count: int) -> None:
+        clients = await asyncio.gather(
+            *(self.oracle.connect(server, track=False) for _ in range(count))
+        )
+        await asyncio.sleep(rng.random() * 0.5)
+        await asyncio.gather(*(client.close() for client in clients if client))
+
+    async def op_disconnect(self, server: Server, rng: random.Random) -> None:
+        mine = [client for client in self.oracle.clients if client.server is server]
+        for client in rng.sample(mine, k=min(len(mine), rng.randint(1, 3))):
+            await self.oracle.disconnect(client)
+
+    async def op_disconnect_all(self, server: Server, rng: random.Random) -> None:
+        for client in [c for c in self.oracle.clients if c.server is server]:
+            await self.oracle.disconnect(client)
+
+    async def op_publish(self, server: Server, rng: random.Random, count: int) -> None:
+        await self.oracle.publish(count, persist=True, size=rng.randint(1, 500))
+
+    async def op_publish_ephemeral(self, server: Server, rng: random.Random, count: int) -> None:
+        await self.oracle.publish(count, persist=False, size=rng.randint(1, 500))
+
+    async def op_publish_large(self, server: Server, rng: random.Random, count: int) -> None:
+        await self.oracle.publish(min(count, 10), persist=rng.random() < 0.7, size=50_000)
+
+    async def op_publish_concurrent(self, server: Server, rng: random.Random, count: int) -> None:
+        await asyncio.gather(*(self.oracle.publish(count, persist=True, size=10) for _ in range(3)))
+
+    async def op_stuck_client(self, server: Server, rng: random.Random) -> None:
+        self.stuck.append(await asyncio.to_thread(stuck_client, server.port))
+
+    async def op_hostile(self, server: Server, rng: random.Random, kind: str) -> None:
+        await self.oracle.hostile(server, kind)
+
+    async def op_redis_pause(self, server: Server, rng: random.Random) -> None:
+        client = self.redis_client()
+        await asyncio.to_thread(client.execute_command, "CLIENT", "PAUSE", 1500, "WRITE")
+        await self.oracle.publish(3, persist=True, size=10, may_fail=True)
+
+    async def op_redis_restart(self, server: Server, rng: random.Random) -> None:
+        await asyncio.to_thread(self.redis.stop)
+        await self.oracle.publish(2, persist=True, size=10, may_fail=True)
+        await asyncio.sleep(rng.random())
+        await asyncio.to_thread(self.redis.start)
+        await self.oracle.await_redis()
+
+    async def op_kill_publisher(self, server: Server, rng: random.Random) -> None:
+        code = (
+            "from broadcast import publish\n"
+            "for n in range(1000):\n    publish('killed.publisher', n)\n"
+        )
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "shell", "-c", code],
+            cwd=ROOT, env=self.site.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        await asyncio.sleep(1.0 + rng.random())
+        process.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(process.wait)
+        self.killed_publishers += 1
+
+    async def op_server_restart(self, server: Server, rng: random.Random, signal: str) -> None:
+        await self.oracle.server_going(server)
+        await asyncio.to_thread(server.stop)
+        await self._restart(server)
+
+    async def op_server_kill(self, server: Server, rng: random.Random) -> None:
+        await self.oracle.server_going(server)
+        server.process.kill()
+        await asyncio.to_thread(server.process.wait)
+        await self._restart(server)
+
+    async def _restart(self, server: Server) -> None:
+        server.port = free_port()
+        await asyncio.to_thread(server.start)
+        await self.oracle.server_back(server)
+
+    def redis_client(self):
+        import redis
+
+        return redis.Redis.from_url(self.redis.url)
+
+
+def _extra(args: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in args.items() if key not in {"server", "seed"}}
+
+
+async def run_sequence(
+    kind: str, ops: list[Op], site: Site, log=print
+) -> tuple[int, Violation | None]:
+    """Run ``ops`` on fresh servers; (operations done, the first violation or None)."""
+    redis = PrivateRedis()
+    redis.start()
+    run_site = site.with_redis(redis.url).with_env(
+        BROADCAST_MAX_PENDING_BYTES=str(256 * 1024), BROADCAST_SEND_LOCK_TIMEOUT="5"
+    )
+    run = Run(kind, run_site, redis, log)
+    done = 0
+    try:
+        await run.start()
+        await run.oracle.baseline(run.servers)
+        for done, op in enumerate(ops, 1):
+            log(f"  {done:4d} {op}")
+            await run.step(op)
+        for sock in run.stuck:  # stuck clients leave too: counts must return to zero
+            sock.close()
+        run.stuck.clear()
+        await run.oracle.check_end(run.servers, run.killed_publishers)
+        return done, None
+    except Violation as violation:
+        violation.logs = [server.log() for server in run.servers]
+        return done, violation
+    finally:
+        await run.stop()
+        if redis.process.poll() is None:
+            redis.stop()
+
+
+async def shrink(kind: str, ops: list[Op], site: Site, budget: float, log=print) -> list[Op]:
+    """The shortest sequence (by removing chunks, then single ops) that still fails."""
+    deadline = time.monotonic() + budget
+    quiet = lambda *args: None  # noqa: E731
+    chunk = max(1, len(ops) // 2)
+    while chunk >= 1 and time.monotonic() < deadline:
+        index, shrunk = 0, False
+        while index < len(ops) and time.monotonic() < deadline:
+            candidate = ops[:index] + ops[index + chunk :]
+            if candidate:
+                _, violation = await run_sequence(kind, candidate, site, quiet)
+                if violation is not None:
+                    ops, shrunk = candidate, True
+                    log(f"  shrunk to {len(ops)} operations")
+                    continue
+            index += chunk
+        if not shrunk:
+            chunk //= 2
+    return ops
