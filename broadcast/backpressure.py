@@ -63,11 +63,12 @@ def relay_backlogs(client: Any, layer: Any, now: float) -> dict[str, tuple[int, 
     return backlogs
 
 
-def wait_for_relays(client: Any, layer: Any) -> float:
+def wait_for_relays(client: Any, layer: Any, budget: float | None = None) -> float:
     """
-    Block until no live relay has BROADCAST_MAX_RELAY_BACKLOG broadcasts queued;
-    returns the seconds waited. Never raises for a slow relay: one that stays behind
-    for BROADCAST_RELAY_STALL_SECONDS is no longer waited for.
+    Block until no live relay has BROADCAST_MAX_RELAY_BACKLOG broadcasts queued, or
+    for ``budget`` seconds at most; returns the seconds waited. Never raises for a
+    slow relay: one that stays behind for BROADCAST_RELAY_STALL_SECONDS is no longer
+    waited for.
     """
     limit = conf.BROADCAST_MAX_RELAY_BACKLOG
     stall = conf.BROADCAST_RELAY_STALL_SECONDS
@@ -92,7 +93,8 @@ def wait_for_relays(client: Any, layer: Any) -> float:
                     _reported[key] = time.monotonic()
                 continue
             behind.append(count)
-        if not behind:
-            return time.monotonic() - started
+        waited = time.monotonic() - started
+        if not behind or (budget is not None and waited >= budget):
+            return waited
         time.sleep(delay)
         delay = min(delay * 2, 0.02)

@@ -9,6 +9,7 @@ recorded on the row and raised to the caller.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -64,8 +65,14 @@ def relay_message(text: str, msg_id: int | None) -> dict[str, Any]:
     return {"type": MESSAGE_TYPE, "id": msg_id, "text": text}
 
 
-def _group_send(layer: Any, text: str, msg_id: int | None) -> None:
-    async_to_sync(layer.group_send)(conf.BROADCAST_GROUP, relay_message(text, msg_id))
+def _group_send(layer: Any, text: str, msg_id: int | None, timeout: float) -> None:
+    async_to_sync(_bounded_group_send)(layer, relay_message(text, msg_id), timeout)
+
+
+async def _bounded_group_send(layer: Any, message: dict[str, Any], seconds: float) -> None:
+    # Cancelled at the deadline, redis-py drops the connection, and a command Redis
+    # had not run yet (a CLIENT PAUSE) is never run: failed means not delivered.
+    await asyncio.wait_for(layer.group_send(conf.BROADCAST_GROUP, message), seconds)
 
 
 def publish(
@@ -127,11 +134,11 @@ async def apublish(
     )
 
 
-def _wait_for_relays(layer: Any) -> None:
+def _wait_for_relays(layer: Any, budget: float | None = None) -> None:
     """Backpressure (broadcast/backpressure.py), where the layer allows it."""
     if conf.BROADCAST_MAX_RELAY_BACKLOG is None or not backpressure.applies_to(layer):
         return
-    waited = backpressure.wait_for_relays(redis_client(layer), layer)
+    waited = backpressure.wait_for_relays(redis_client(layer), layer, budget)
     if waited >= 0.001:
         metrics.backpressure_seconds.inc(waited)
 
@@ -166,8 +173,9 @@ def send_row(row: Broadcast, prepared: Prepared | None = None, *, layer: Any = N
             _mark_failed(row, exc)
             raise
     try:
-        with send_lock(layer):
-            _wait_for_relays(layer)
+        with send_lock(layer) as held:
+            # Pacing gets half of the lock's time at most; the send needs the rest.
+            _wait_for_relays(layer, held.remaining() / 2)
             now = timezone.now()
             with transaction.atomic():
                 last = Broadcast.objects.aggregate(last=Max("seq"))["last"] or 0
@@ -175,7 +183,7 @@ def send_row(row: Broadcast, prepared: Prepared | None = None, *, layer: Any = N
                 Broadcast.objects.filter(pk=row.pk).update(
                     seq=seq, status=Broadcast.Status.PENDING, sent_at=now, error=""
                 )
-            _group_send(layer, prepared.text(seq, now), seq)
+            _group_send(layer, prepared.text(seq, now), seq, held.check())
     except Exception as exc:
         _mark_failed(row, exc)
         metrics.publish_failures.inc()

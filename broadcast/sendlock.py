@@ -9,12 +9,18 @@ order in which they are sent, across every publisher that shares the hub:
 - in-memory layer: every publisher is in this process, so a threading lock;
 - Redis layer: publishers live in many processes, so a Redis lock (redis-py's
   ``Lock``, with an expiry in case its holder dies) on the layer's own server.
+
+The lock expires LOCK_EXPIRY_SECONDS after it is taken, so everything done under it
+is bounded by a deadline short of that (:class:`Held`): a stalled Redis (``CLIENT
+PAUSE``, a failover) or database makes the publish fail and be recorded, never
+outlive the lock and send an id after a later one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,8 +30,14 @@ from django.core.exceptions import ImproperlyConfigured
 from .conf import conf
 
 LOCK_NAME = "broadcast:send-lock"
-# A holder that dies keeps the lock at most this long; sends take milliseconds.
-LOCK_EXPIRY_SECONDS = 30
+# A holder that dies keeps the lock at most this long; sends take milliseconds. Under
+# BROADCAST_SEND_LOCK_TIMEOUT's default (10 s), so the next publisher gets it in time.
+LOCK_EXPIRY_SECONDS = 8.0
+# Left unused at the end of the expiry: the margin for the last step's own round trip.
+LOCK_MARGIN_SECONDS = 1.0
+# The lock's Redis commands (and backpressure's reads) must fail inside the expiry,
+# whatever socket timeout the layer's own connections have.
+LOCK_SOCKET_TIMEOUT = 3.0
 
 _local_lock = threading.Lock()
 _clients: dict[str, redis.Redis] = {}
@@ -34,6 +46,32 @@ _clients_lock = threading.Lock()
 
 class SendLockTimeout(TimeoutError):
     pass
+
+
+class SendLockLost(TimeoutError):
+    """The work under the lock outlived its deadline; what was not sent stays unsent."""
+
+
+class Held:
+    """The send lock, held: how long is left, and whether it still is ours."""
+
+    def __init__(self, lock: Any = None) -> None:
+        self._lock = lock
+        self._deadline = time.monotonic() + LOCK_EXPIRY_SECONDS - LOCK_MARGIN_SECONDS
+
+    def remaining(self) -> float:
+        """Seconds left for work under the lock; raises SendLockLost when none are."""
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise SendLockLost("The send lock's deadline passed before the broadcast was sent.")
+        return left
+
+    def check(self) -> float:
+        """``remaining()``, and for a Redis lock, that Redis still holds it for us."""
+        left = self.remaining()
+        if self._lock is not None and not self._lock.owned():
+            raise SendLockLost("The send lock expired in Redis before the broadcast was sent.")
+        return left
 
 
 def redis_hosts(layer: Any) -> list[dict[str, Any]] | None:
@@ -65,6 +103,9 @@ def redis_client(layer: Any) -> redis.Redis | None:
 def _make_client(host: dict[str, Any]) -> redis.Redis:
     # Same host forms as channels_redis.utils.create_pool, in redis-py's sync API.
     host.pop("max_connections", None)
+    host["socket_timeout"] = min(
+        host.get("socket_timeout") or LOCK_SOCKET_TIMEOUT, LOCK_SOCKET_TIMEOUT
+    )
     if "address" in host:
         return redis.Redis.from_url(host.pop("address"), **host)
     if "master_name" in host:
@@ -83,7 +124,7 @@ def _make_client(host: dict[str, Any]) -> redis.Redis:
 
 
 @contextlib.contextmanager
-def send_lock(layer: Any) -> Iterator[None]:
+def send_lock(layer: Any) -> Iterator[Held]:
     """Hold the hub-wide send lock; raises SendLockTimeout or redis errors."""
     timeout = conf.BROADCAST_SEND_LOCK_TIMEOUT
     client = redis_client(layer)
@@ -91,7 +132,7 @@ def send_lock(layer: Any) -> Iterator[None]:
         if not _local_lock.acquire(timeout=timeout):
             raise SendLockTimeout(f"Timed out after {timeout}s waiting for the send lock.")
         try:
-            yield
+            yield Held()
         finally:
             _local_lock.release()
         return
@@ -99,7 +140,7 @@ def send_lock(layer: Any) -> Iterator[None]:
     if not lock.acquire():
         raise SendLockTimeout(f"Timed out after {timeout}s waiting for the send lock in Redis.")
     try:
-        yield
+        yield Held(lock)
     finally:
-        with contextlib.suppress(redis.exceptions.LockError):
+        with contextlib.suppress(redis.exceptions.RedisError):
             lock.release()

@@ -256,3 +256,72 @@ def test_resending_a_row_whose_id_was_burnt_leaves_no_hole_in_history(observer):
     out = io.StringIO()
     call_command("broadcast", "--resend-failed", stdout=out)
     assert "No failed broadcasts to resend." in out.getvalue()
+
+
+@pytest.mark.slow
+def test_a_publisher_stalled_under_the_lock_fails_undelivered_and_the_next_proceeds(
+    observer, redis_url, monkeypatch
+):
+    import time
+
+    import redis
+
+    from broadcast import publishing, sendlock
+
+    first = publish("before", 1)
+    monkeypatch.setattr(sendlock, "LOCK_EXPIRY_SECONDS", 3.0)
+    admin = redis.Redis.from_url(redis_url)
+    real_wait = publishing._wait_for_relays
+
+    def pause_redis_then_wait(layer, budget=None):
+        admin.execute_command("CLIENT", "PAUSE", 4000, "WRITE")  # a stall, with the lock held
+        real_wait(layer, budget)
+
+    monkeypatch.setattr(publishing, "_wait_for_relays", pause_redis_then_wait)
+    paused = time.monotonic()
+    with pytest.raises(PublishFailed):
+        publish("stalled", 2)
+    monkeypatch.setattr(publishing, "_wait_for_relays", real_wait)
+    stalled = Broadcast.objects.get(type="stalled")
+    assert stalled.status == Broadcast.Status.FAILED
+    time.sleep(max(0.0, 4.5 - (time.monotonic() - paused)))  # until the pause is over
+    after = publish("after", 3)
+    assert after["id"] > stalled.seq
+    # Failed means not delivered: the stalled send never reached the group.
+    assert [m["id"] for m in observer.take(2, timeout=10)] == [first["id"], after["id"]]
+    assert observer.nothing()
+
+
+@pytest.mark.slow
+def test_a_publisher_killed_holding_the_lock_delays_the_next_only_until_it_expires(
+    observer, redis_url
+):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from broadcast.sendlock import LOCK_EXPIRY_SECONDS
+    from tests.e2e.conftest import ROOT
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import django, time; django.setup()\n"
+            "from broadcast.publishing import get_layer\n"
+            "from broadcast.sendlock import send_lock\n"
+            "with send_lock(get_layer()):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(60)\n"
+        )],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "hubsite.settings", "REDIS_URL": redis_url},
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    started = time.monotonic()
+    sent = publish("next", 1)
+    waited = time.monotonic() - started
+    assert LOCK_EXPIRY_SECONDS - 3 < waited < LOCK_EXPIRY_SECONDS + 1
+    assert [m["id"] for m in observer.take(1)] == [sent["id"]]
