@@ -94,10 +94,11 @@ class ProcessHub:
         frame (built by ``welcome(last_id)``) and every broadcast relayed after it,
         with nothing in between.
         """
-        # The lock only matters while the process joins the group; a joined process
-        # registers without it (an uncontended asyncio.Lock still costs a few
-        # microseconds a connect, and a queue of waiters after a join).
-        if self._relay_task is None:
+        # The lock only matters while the process joins the group, which ends with
+        # reading the last id: a client that came meanwhile waits for it. A joined
+        # process registers without it (an uncontended asyncio.Lock still costs a
+        # few microseconds a connect, and a queue of waiters after a join).
+        if self._relay_task is None or self._membership.locked():
             async with self._membership:
                 if self._relay_task is None:
                     await self._join()

@@ -26,6 +26,17 @@ PAGE = 50
 
 
 async def resume(outbox: Outbox, last_id: int, current_id: int, stall_seconds: float) -> None:
+    """See :func:`_resume`; a failure cuts the client (it resumes again) instead of
+    leaving its outbox holding the live stream for ever."""
+    try:
+        await _resume(outbox, last_id, current_id, stall_seconds)
+    except Exception:
+        logger.exception("Resume failed; cutting the client so that it resumes again")
+        if not outbox.closed:
+            outbox.cut()
+
+
+async def _resume(outbox: Outbox, last_id: int, current_id: int, stall_seconds: float) -> None:
     """
     Replay to ``outbox`` every broadcast after ``last_id`` up to at least
     ``current_id`` (the newest id the process had relayed when the outbox began

@@ -57,6 +57,8 @@ class Client:
         self.resets: list[tuple[int, int]] = []  # (from, to): ranges a reset excused
         self.leaving = False
         self.reconnects = 0
+        # What a violation report shows: each (re)connect and the frames that followed.
+        self.history: list[str] = []
 
     async def open(self) -> None:
         requested = _requested_last_id(self.query)
@@ -78,6 +80,9 @@ class Client:
         if took > WELCOME_SECONDS:
             raise Violation(f"welcome took {took:.1f}s")
         welcome_id = welcome["payload"]["last_id"]
+        self.history.append(
+            f"connect {self.server.kind}:{self.server.port}{self.query} welcome {welcome_id}"
+        )
         start = requested if requested is not None and requested <= welcome_id else welcome_id
         if self.last_seen is None:
             self.start = self.last_seen = start
@@ -94,6 +99,10 @@ class Client:
 
     def take(self, frame: dict) -> None:
         kind, msg_id = frame.get("type"), frame.get("id")
+        if len(self.history) < 200:
+            self.history.append(
+                f"{kind} {msg_id} {frame.get('payload') if kind.startswith('hub.') else ''}"
+            )
         if kind == "hub.reset":
             to = frame["payload"]["last_id"]
             self.resets.append((self.last_seen, to))
@@ -298,7 +307,8 @@ class Oracle:
                     raise Violation(
                         f"a client never got sent id(s) {lost[:10]} (between {after} and "
                         f"{before}; it connected with {client.query!r} from id {client.start}, "
-                        f"{client.reconnects} reconnects, resets {client.resets})"
+                        f"{client.reconnects} reconnects, resets {client.resets})\n    "
+                        + "\n    ".join(client.history[:80])
                     )
         pending = [row for row in rows if row[1] == "pending" and row[2] != "killed.publisher"]
         if pending:

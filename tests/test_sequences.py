@@ -170,3 +170,21 @@ async def test_the_last_client_leaving_never_waits_on_a_relay_stuck_in_the_layer
     assert (await frame(late))["type"] == "after"
     await late.disconnect()
     swallowing.clear()  # so that the hub can stop when the test ends
+
+
+async def test_a_client_registering_while_the_process_joins_gets_the_true_last_id(hub, monkeypatch):
+    # Found by the fault sequencer (daphne, seed 3): a client that connected while the
+    # process's first client was still reading the last id was welcomed with 0, and
+    # every broadcast already sent looked missed to it.
+    import time as clock
+
+    def slow_newest_id():
+        clock.sleep(0.3)
+        return 41
+
+    monkeypatch.setattr("broadcast.hub.newest_id", slow_newest_id)
+    first, second = await asyncio.gather(connect(), connect())
+    assert first.welcome["payload"] == {"last_id": 41}
+    assert second.welcome["payload"] == {"last_id": 41}
+    await first.disconnect()
+    await second.disconnect()
