@@ -4,7 +4,7 @@ environment (like an app server or a worker that publishes), driven by one JSON
 request a line on stdin, one JSON answer a line on stdout.
 
     {"op": "publish", "count": 5, "persist": true, "size": 100}
-    {"op": "newest"}        {"op": "rows"}
+    {"op": "newest"}        {"op": "rows"}        {"op": "live_total"}
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def main() -> None:
     django.setup()
     from broadcast import BroadcastError, publish
     from broadcast.history import newest_id
-    from broadcast.models import Broadcast
+    from broadcast.models import Broadcast, HubProcess
 
     for line in sys.stdin:
         request = json.loads(line)
@@ -39,6 +39,8 @@ def main() -> None:
             answer = {"ids": ids, "failures": failures}
         elif request["op"] == "newest":
             answer = {"newest": newest_id()}
+        elif request["op"] == "live_total":
+            answer = {"live_total": HubProcess.objects.live_total()}
         elif request["op"] == "rows":
             answer = {
                 "rows": list(Broadcast.objects.order_by("pk").values_list("seq", "status", "type"))

@@ -24,7 +24,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsite.settings")
 
 
 def make_site(tmp: Path):
-    from tests.e2e.conftest import Site, _fresh_database
+    from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, Site, _fresh_database
 
     url, drop = _fresh_database(tmp)
     env = {
@@ -40,6 +40,10 @@ def make_site(tmp: Path):
     )
     site = Site(env, tmp)
     site.manage("migrate", "--no-input")
+    site.shell(
+        "from django.contrib.auth.models import User;"
+        f"User.objects.create_superuser({ADMIN_USER!r}, 'admin@example.com', {ADMIN_PASSWORD!r})"
+    )
     return site, drop
 
 

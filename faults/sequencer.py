@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faults.oracle import Oracle, Violation
-from tests.e2e.conftest import ROOT, Server, Site, free_port, stuck_client
+from tests.e2e.conftest import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    ROOT,
+    Browser,
+    Server,
+    Site,
+    free_port,
+    stuck_client,
+)
 from tests.e2e.test_redis_outage import PrivateRedis
 
 # Operation name -> weight. Connects and publishes dominate, as in production.
@@ -34,6 +43,7 @@ WEIGHTS = {
     "publish_ephemeral": 5,
     "publish_large": 3,
     "publish_concurrent": 3,
+    "publish_admin": 2,
     "stuck_client": 2,
     "hostile": 5,
     "redis_pause": 1,
@@ -98,6 +108,7 @@ class Run:
 
     async def stop(self) -> None:
         await self.oracle.close_all()
+        self.oracle.stop()
         for sock in self.stuck:
             sock.close()
         for server in self.servers:
@@ -154,6 +165,10 @@ class Run:
     async def op_publish_concurrent(self, server: Server, rng: random.Random, count: int) -> None:
         await asyncio.gather(*(self.oracle.publish(count, persist=True, size=10) for _ in range(3)))
 
+    async def op_publish_admin(self, server: Server, rng: random.Random, count: int) -> None:
+        """Inside the server: a staff user saves broadcasts in the admin."""
+        await asyncio.to_thread(_admin_publish, server, min(count, 5))
+
     async def op_stuck_client(self, server: Server, rng: random.Random) -> None:
         self.stuck.append(await asyncio.to_thread(stuck_client, server.port))
 
@@ -206,6 +221,17 @@ class Run:
         import redis
 
         return redis.Redis.from_url(self.redis.url)
+
+
+def _admin_publish(server: Server, count: int) -> None:
+    browser = Browser(server.http)
+    browser.login(ADMIN_USER, ADMIN_PASSWORD)
+    for n in range(count):
+        status, _ = browser.post(
+            "/admin/broadcast/broadcast/add/", {"type": "fault.admin", "payload": f'{{"n": {n}}}'}
+        )
+        if status != 200:  # the admin redirects, and the opener follows to the list
+            raise Violation(f"saving a broadcast in the admin answered {status}")
 
 
 def _extra(args: dict[str, Any]) -> dict[str, Any]:
