@@ -24,27 +24,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsite.settings")
 
 
 def make_site(tmp: Path):
-    from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, Site, _fresh_database
+    from tests.e2e.conftest import make_site as make_e2e_site
 
-    url, drop = _fresh_database(tmp)
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"REDIS_URL", "DJANGO_SETTINGS_MODULE", "DATABASE_URL"}
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="hubsite.settings",
-        DATABASE_URL=url,
-        BROADCAST_HEARTBEAT_SECONDS="0.5",
-        PYTHONUNBUFFERED="1",
-    )
-    site = Site(env, tmp)
-    site.manage("migrate", "--no-input")
-    site.shell(
-        "from django.contrib.auth.models import User;"
-        f"User.objects.create_superuser({ADMIN_USER!r}, 'admin@example.com', {ADMIN_PASSWORD!r})"
-    )
-    return site, drop
+    return make_e2e_site(tmp, heartbeat=0.5)
 
 
 async def run(seconds: float, seed: int, kinds: list[str], ops: int, shrink_budget: float) -> int:

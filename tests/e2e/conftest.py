@@ -266,10 +266,9 @@ def _fresh_database(tmp_path: Path) -> tuple[str, callable]:
     return urllib.parse.urlunsplit(parts._replace(path=f"/{name}")), drop
 
 
-@pytest.fixture(scope="session")
-def site(tmp_path_factory) -> Site:
-    """A migrated database with an admin user, and the environment to reach it."""
-    tmp = tmp_path_factory.mktemp("e2e")
+def make_site(tmp: Path, heartbeat: float = 0.3) -> tuple[Site, callable]:
+    """A migrated database with an admin user, and the environment to reach it; and
+    the function that drops that database."""
     url, drop = _fresh_database(tmp)
     env = {
         key: value
@@ -279,7 +278,7 @@ def site(tmp_path_factory) -> Site:
     env.update(
         DJANGO_SETTINGS_MODULE="hubsite.settings",
         DATABASE_URL=url,
-        BROADCAST_HEARTBEAT_SECONDS="0.3",
+        BROADCAST_HEARTBEAT_SECONDS=str(heartbeat),
         PYTHONUNBUFFERED="1",
     )
     instance = Site(env, tmp)
@@ -288,6 +287,12 @@ def site(tmp_path_factory) -> Site:
         "from django.contrib.auth.models import User;"
         f"User.objects.create_superuser({ADMIN_USER!r}, 'admin@example.com', {ADMIN_PASSWORD!r})"
     )
+    return instance, drop
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Site:
+    instance, drop = make_site(tmp_path_factory.mktemp("e2e"))
     yield instance
     drop()
 
