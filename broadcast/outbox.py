@@ -205,6 +205,22 @@ class Outbox:
         self._write(message, bounded=False)
         return not self.closed
 
+    async def release_paced(self, after_id: int | None, deadline: float) -> bool:
+        """
+        :meth:`release` once the client's backlog leaves room for all that was held
+        (history written ahead of it may still be in flight); False if the outbox
+        closed or the client did not read before ``deadline``.
+        """
+        loop = asyncio.get_running_loop()
+        while not self.closed and self.pending + self._held_bytes > self._max_pending:
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        if self.closed:
+            return False
+        self.release(after_id)
+        return True
+
     def release(self, after_id: int | None) -> None:
         """
         Send what was held, and from now on skip ids up to ``after_id``: those were

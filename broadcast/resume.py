@@ -70,21 +70,29 @@ async def _resume(outbox: Outbox, last_id: int, current_id: int, stall_seconds: 
         "hub.resumed", {"from": last_id, "count": len(ids), "last_id": newest}, timezone.now()
     )
     if await _write(outbox, Outgoing.of_text(resumed), stall_seconds):
-        outbox.release(after_id=newest)
+        await _release(outbox, newest, stall_seconds)
 
 
 async def _reset(outbox: Outbox, last_id: int, current_id: int, stall_seconds: float) -> None:
     text = control_text("hub.reset", {"last_id": current_id, "from": last_id}, timezone.now())
     if await _write(outbox, Outgoing.of_text(text), stall_seconds):
-        outbox.release(after_id=None)
+        await _release(outbox, None, stall_seconds)
 
 
 async def _write(outbox: Outbox, message: Outgoing, stall_seconds: float) -> bool:
     """Write ahead of the held stream; a client that stopped reading is cut."""
     deadline = asyncio.get_running_loop().time() + stall_seconds
-    if await outbox.write_paced(message, deadline):
-        return True
-    if not outbox.closed:
+    return _or_cut(outbox, await outbox.write_paced(message, deadline), stall_seconds)
+
+
+async def _release(outbox: Outbox, after_id: int | None, stall_seconds: float) -> None:
+    """Hand over to the live stream once the held broadcasts fit in the client's bound."""
+    deadline = asyncio.get_running_loop().time() + stall_seconds
+    _or_cut(outbox, await outbox.release_paced(after_id, deadline), stall_seconds)
+
+
+def _or_cut(outbox: Outbox, done: bool, stall_seconds: float) -> bool:
+    if not done and not outbox.closed:
         logger.warning("A resuming client read nothing for %ss", stall_seconds)
         outbox.cut()
-    return False
+    return done

@@ -169,3 +169,31 @@ async def test_uvicorn_close_sends_the_code_and_is_a_no_op_once_the_client_is_go
             break
         await asyncio.sleep(0.01)
     assert writer.close(1012, "service restart") is False
+
+
+async def test_held_messages_are_released_only_when_they_fit_behind_the_replay():
+    send, cuts = BackpressuredSend(), []
+    outbox = Outbox(send, 500, lambda: cuts.append(1))
+    outbox.hold()
+    for n in range(3):
+        push(outbox, f"live {n}".ljust(100), 10 + n)  # 300 bytes held
+    send.writable.clear()  # the client stops reading while history is written
+    loop = asyncio.get_running_loop()
+    for n in range(3):
+        assert await outbox.write_paced(Outgoing.of_text(f"old {n}".ljust(100), n), loop.time() + 1)
+    assert outbox.pending == 300
+    release = asyncio.ensure_future(outbox.release_paced(2, loop.time() + 1))
+    await asyncio.sleep(0.05)
+    assert not release.done()  # 300 in flight + 300 held would pass the 500 bound
+    send.writable.set()
+    assert await release
+    await asyncio.sleep(0.01)
+    assert [text.strip() for text in send.sent] == [
+        "old 0",
+        "old 1",
+        "old 2",
+        "live 0",
+        "live 1",
+        "live 2",
+    ]
+    assert cuts == [] and not outbox.closed
