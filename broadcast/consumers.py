@@ -94,8 +94,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             logger.exception("Closed a client after an unexpected error")
             with contextlib.suppress(Exception):
                 await self._close(CLOSE_INTERNAL_ERROR, "internal error")
-        finally:
-            self._forget()
+        # Not on cancellation: a server cancels an instance at its shutdown (daphne
+        # kills them all before the hub's paced shutdown runs, which closes this
+        # client with 1012), or after the disconnect that already unregistered it.
+        self._forget()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels 4.2+ runs aclose_old_connections on a shared thread before every

@@ -86,6 +86,7 @@ class Client:
         took = time.monotonic() - started
         if took > WELCOME_SECONDS:
             raise Violation(f"welcome took {took:.1f}s")
+        self.port = self.server.port
         welcome_id = welcome["payload"]["last_id"]
         self.history.append(
             f"connect {self.server.kind}:{self.server.port}{self.query} welcome {welcome_id}"
@@ -101,8 +102,15 @@ class Client:
                 self.take(json.loads(raw))
         except ConnectionClosed:
             pass
-        if not self.leaving:
-            await self.oracle.reconnect(self)
+        if self.leaving:
+            return
+        expected = self.oracle.expected_close.get(self.port)
+        if expected is not None and self.ws.close_code != expected:
+            self.oracle.fail(
+                f"a client of {self.server.kind}:{self.port}, stopped with SIGTERM, got close "
+                f"code {self.ws.close_code}, not {expected}"
+            )
+        await self.oracle.reconnect(self)
 
     def take(self, frame: dict) -> None:
         kind, msg_id = frame.get("type"), frame.get("id")
@@ -191,6 +199,8 @@ class Oracle:
         self.violations: list[str] = []
         self.baseline_rss: dict[int, int] = {}
         self.going: set[int] = set()
+        # Port of a server being stopped -> the close code its clients must get.
+        self.expected_close: dict[int, int] = {}
 
     def fail(self, message: str) -> None:
         self.violations.append(message)
@@ -240,8 +250,10 @@ class Oracle:
             f"a client could not reconnect after its server closed it (last id {client.last_seen})"
         )
 
-    async def server_going(self, server: Server) -> None:
+    async def server_going(self, server: Server, close_code: int | None = None) -> None:
         self.going.add(id(server))
+        if close_code is not None:
+            self.expected_close[server.port] = close_code
         self.baseline_rss.pop(server.process.pid, None)
 
     async def server_back(self, server: Server) -> None:

@@ -202,7 +202,7 @@ class Run:
         self.killed_publishers += 1
 
     async def op_server_restart(self, server: Server, rng: random.Random, signal: str) -> None:
-        await self.oracle.server_going(server)
+        await self.oracle.server_going(server, close_code=1012)  # the paced shutdown
         await asyncio.to_thread(server.stop)
         await self._restart(server)
 
