@@ -134,21 +134,30 @@ class ProcessHub:
 
     async def _join(self) -> None:
         self.relay_channel = await self.layer.new_channel(prefix=RELAY_PREFIX)
-        await self.layer.group_add(self.group, self.relay_channel)
-        self._relay_task = asyncio.ensure_future(self._relay())
-        # Read the last id only after joining, so that no broadcast falls between.
-        self.last_id = max(self.last_id, await database_sync_to_async(newest_id)())
+        try:
+            await self.layer.group_add(self.group, self.relay_channel)
+            joined = True
+        except Exception as exc:
+            # Redis away, or a pooled connection it closed when it restarted: the
+            # relay joins when it can and sends clients what they missed meanwhile.
+            logger.warning("Could not join group %r yet (%s); the relay retries", self.group, exc)
+            joined = False
+        if not joined:  # the relay catches up from this id once it has joined
+            self.last_id = max(self.last_id, await database_sync_to_async(newest_id)())
+        self._relay_task = asyncio.ensure_future(self._relay(joined=joined))
+        if joined:  # read only after joining, so that no broadcast falls between
+            self.last_id = max(self.last_id, await database_sync_to_async(newest_id)())
 
     # Relay and fan-out -------------------------------------------------------
 
-    async def _relay(self) -> None:
+    async def _relay(self, *, joined: bool = True) -> None:
         """
         Receive each broadcast once for this process and fan it out, for as long as
         the process serves. Supervised: a failure (the layer unreachable, or a bug)
         is logged, the relay waits with a growing delay, joins the group again and
         sends clients what they missed from the database, then goes on.
         """
-        delay, lost = RESTART_FIRST_DELAY, False
+        delay, lost = RESTART_FIRST_DELAY, not joined
         while True:
             receiving = True
             try:

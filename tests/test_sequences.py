@@ -188,3 +188,25 @@ async def test_a_client_registering_while_the_process_joins_gets_the_true_last_i
     assert second.welcome["payload"] == {"last_id": 41}
     await first.disconnect()
     await second.disconnect()
+
+
+async def test_a_first_client_is_welcomed_when_joining_fails_and_gets_what_the_relay_missed(
+    hub, monkeypatch, caplog
+):
+    layer = get_channel_layer()
+    real_group_add, failures = layer.group_add, []
+
+    async def group_add_failing_once(group, channel):
+        if not failures:
+            failures.append(channel)
+            raise ConnectionError("Connection closed by server.")
+        await real_group_add(group, channel)
+
+    monkeypatch.setattr(layer, "group_add", group_add_failing_once)
+    monkeypatch.setattr("broadcast.hub.RESTART_FIRST_DELAY", 0.05)
+    client = await asyncio.wait_for(connect(), 2)  # welcomed, not closed with 1011
+    assert "the relay retries" in caplog.text
+    sent = await apublish("news", {"n": 1})
+    assert (await frame(client))["id"] == sent["id"]
+    assert hub.relay_state == "running"
+    await client.disconnect()

@@ -22,3 +22,25 @@ async def test_the_fault_sequencer_finds_no_violation(kind, capsys):
     report = capsys.readouterr().out
     assert status == 0, report
     assert "no violation" in report
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_first_client_after_a_redis_restart_is_welcomed(kind, tmp_path):
+    # Shrunk by the sequencer (daphne, seed 115): the process had used Redis (an admin
+    # publish), Redis restarted, and its first WebSocket client then failed with 1011
+    # because joining the group hit a pooled connection Redis had closed.
+    from faults.run import make_site
+    from faults.sequencer import Op, run_sequence
+
+    site, drop = make_site(tmp_path)
+    sequence = [
+        Op("publish_admin", {"server": 1, "seed": 1607433449, "count": 14}),
+        Op("redis_restart", {"server": 0, "seed": 1023719173}),
+        Op("connect", {"server": 1, "seed": 2093340989, "count": 2}),
+    ]
+    try:
+        done, violation = await run_sequence(kind, sequence, site, log=lambda *args: None)
+    finally:
+        drop()
+    assert violation is None, violation
+    assert done == 3
