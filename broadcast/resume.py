@@ -26,8 +26,10 @@ PAGE = 50
 
 
 async def resume(outbox: Outbox, last_id: int, current_id: int, stall_seconds: float) -> None:
-    """See :func:`_resume`; a failure cuts the client (it resumes again) instead of
-    leaving its outbox holding the live stream for ever."""
+    """
+    :func:`_resume`, guarded: a failure cuts the client (which then resumes again)
+    instead of leaving its outbox holding the live stream for ever.
+    """
     try:
         await _resume(outbox, last_id, current_id, stall_seconds)
     except Exception:
