@@ -17,6 +17,7 @@ is checked as it arrives; the end of a sequence checks what no single frame show
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -178,7 +179,8 @@ class Publishers:
 
     def stop(self) -> None:
         for process in self.processes:
-            process.stdin.close()
+            with contextlib.suppress(OSError):  # a publisher that died has no pipe left
+                process.stdin.close()
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:
