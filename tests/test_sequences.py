@@ -22,7 +22,9 @@ async def test_a_deeply_nested_frame_is_malformed_json_not_a_crash(hub):
     client = await connect()
     await client.send_to(text_data="[" * 1500 + "]" * 1500)
     reply = await frame(client)
-    assert reply["type"] == "hub.error" and reply["payload"] == {"error": "malformed JSON"}
+    # Python 3.11 and 3.12 stop at this depth (malformed JSON); 3.13 parses it (a
+    # list, so an unknown frame type). Either way an error frame, not a crash.
+    assert reply["type"] == "hub.error"
     assert hub.current == 1
     await client.disconnect()
     assert hub.current == 0
