@@ -1,10 +1,12 @@
+"""The Django admin for broadcasts: publishing from a form, and the hub's dashboard."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 
 from .dashboard import dashboard_context
 from .envelope import BroadcastError, InvalidPayload, InvalidType, PayloadTooLarge, prepare
@@ -25,7 +27,7 @@ class PayloadField(forms.JSONField):
         return super().prepare_value(value)
 
 
-class BroadcastForm(forms.ModelForm):
+class BroadcastForm(forms.ModelForm):  # type: ignore[type-arg]  # Django's forms are not generic at run time
     payload = PayloadField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 8, "cols": 80}),
@@ -37,7 +39,7 @@ class BroadcastForm(forms.ModelForm):
         fields = ["type", "payload"]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         if "type" in cleaned and "payload" in cleaned:
             try:
                 prepare(cleaned["type"], cleaned["payload"])
@@ -49,7 +51,7 @@ class BroadcastForm(forms.ModelForm):
 
 
 @admin.register(Broadcast)
-class BroadcastAdmin(admin.ModelAdmin):
+class BroadcastAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # Django's admin classes are not generic at run time
     form = BroadcastForm
     list_display = ["seq", "type", "short_payload", "created_by", "created_at", "status", "pk"]
     list_display_links = ["seq", "type"]
@@ -65,7 +67,7 @@ class BroadcastAdmin(admin.ModelAdmin):
             return text[: PAYLOAD_PREVIEW_CHARS - 1] + "…"
         return text
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Broadcast | None = None) -> list:
+    def get_readonly_fields(self, request: HttpRequest, obj: Broadcast | None = None) -> list[str]:
         # Once saved, a broadcast is history: it can be resent, never edited.
         if obj is not None:
             return ["type", "payload", *self.readonly_fields]
@@ -77,11 +79,13 @@ class BroadcastAdmin(admin.ModelAdmin):
         return super().has_change_permission(request, obj)
 
     def save_model(self, request: HttpRequest, obj: Broadcast, form: Any, change: bool) -> None:
-        if not change:
+        if not change and request.user.is_authenticated:  # the admin's users always are
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
 
-    def response_add(self, request: HttpRequest, obj: Broadcast, post_url_continue=None):
+    def response_add(
+        self, request: HttpRequest, obj: Broadcast, post_url_continue: str | None = None
+    ) -> HttpResponse:
         self.message_user(
             request,
             "It is sent to every connected client as soon as it is saved; its status "
@@ -105,7 +109,7 @@ class BroadcastAdmin(admin.ModelAdmin):
 
 
 @admin.register(HubProcess)
-class HubProcessAdmin(admin.ModelAdmin):
+class HubProcessAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # Django's admin classes are not generic at run time
     list_display = [
         "host", "pid", "state", "current", "peak", "total_accepted", "started_at",
         "last_heartbeat", "stopped_at",
@@ -117,7 +121,9 @@ class HubProcessAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         # The process list doubles as the hub's dashboard (live total, charts, recent
         # broadcasts): it is where an operator already looks for the processes.
         extra_context = {

@@ -1,3 +1,5 @@
+"""The app's configuration: its system checks and signal handlers are wired here."""
+
 from django.apps import AppConfig
 
 

@@ -16,18 +16,19 @@ stuck, stops being waited for after that long; its own clients are cut off from 
 anyway and resume from history when they reconnect elsewhere.
 
 This reads channels-redis's key layout (the group's sorted set of members, one
-sorted set of queued messages per process-local channel prefix); the tests run it
-against a real Redis, so a change there fails them rather than passing silently.
+sorted set of queued messages per process-local channel prefix) through its seam,
+:mod:`broadcast.layers.redis`, whose probe turns backpressure off, with a warning,
+on a channels-redis it does not know.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from typing import Any
 
 from .conf import conf
+from .layers import redis as redis_layer
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +40,17 @@ REPORT_EVERY_SECONDS = 60.0
 
 def applies_to(layer: Any) -> bool:
     """Only channels-redis core on one Redis host queues per relay where we can see it."""
-    # channels-redis is an optional dependency: if its layer is in use, it is imported.
-    core = sys.modules.get("channels_redis.core")
-    return core is not None and isinstance(layer, core.RedisChannelLayer) and len(layer.hosts) == 1
+    return (
+        redis_layer.is_core(layer) and redis_layer.key_layout_known(layer) and len(layer.hosts) == 1
+    )
 
 
 def relay_backlogs(client: Any, layer: Any, now: float) -> dict[str, tuple[int, float]]:
     """Each live-by-membership relay's (queued count, age of its oldest in seconds)."""
-    window = conf.BROADCAST_HEARTBEAT_SECONDS * conf.BROADCAST_STALE_HEARTBEATS
-    members = client.zrangebyscore(layer._group_key(conf.BROADCAST_GROUP), now - window, "+inf")
-    keys = [layer.prefix + layer.non_local_name(member.decode()) for member in members]
+    window = conf.live_window
+    group_key = redis_layer.group_key(layer, conf.BROADCAST_GROUP)
+    members = client.zrangebyscore(group_key, now - window, "+inf")
+    keys = [redis_layer.queue_key(layer, member.decode()) for member in members]
     if not keys:
         return {}
     pipe = client.pipeline(transaction=False)
@@ -71,6 +73,8 @@ def wait_for_relays(client: Any, layer: Any, budget: float | None = None) -> flo
     waited for.
     """
     limit = conf.BROADCAST_MAX_RELAY_BACKLOG
+    if limit is None:
+        return 0.0
     stall = conf.BROADCAST_RELAY_STALL_SECONDS
     started = time.monotonic()
     delay = 0.001

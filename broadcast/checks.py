@@ -2,39 +2,30 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from .conf import conf
-
-# Channels accepts group names of ASCII letters, digits, hyphens, underscores and
-# periods, shorter than 100 characters.
-GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9_.\-]{1,99}$")
-
-
-def _positive_number(value: Any, *, integer: bool) -> bool:
-    kinds = (int,) if integer else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool) and value > 0
+from .conf import Settings, conf
 
 
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Each setting against the rule it is declared with (:mod:`broadcast.conf`)."""
     errors: list[Error] = []
-    group = conf.BROADCAST_GROUP
-    if not isinstance(group, str) or not GROUP_NAME_RE.match(group):
-        errors.append(
-            Error(
-                f"BROADCAST_GROUP must be 1-99 characters of letters, digits, '-', '_' "
-                f"or '.', got {group!r}.",
-                id="broadcast.E001",
+    for setting in Settings.declared():
+        value = getattr(conf, setting.name)
+        if not setting.rule.test(value):
+            errors.append(
+                Error(
+                    f"{setting.name} must {setting.rule.must}, got {value!r}.",
+                    id=setting.rule.error_id,
+                )
             )
-        )
     layers = getattr(settings, "CHANNEL_LAYERS", {})
     alias = conf.BROADCAST_CHANNEL_LAYER
-    if alias not in layers:
+    if isinstance(alias, str) and alias not in layers:
         errors.append(
             Error(
                 f"BROADCAST_CHANNEL_LAYER is {alias!r}, which is not a key of "
@@ -43,61 +34,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="broadcast.E002",
             )
         )
-    for name, integer, error_id in [
-        ("BROADCAST_MAX_MESSAGE_BYTES", True, "broadcast.E003"),
-        ("BROADCAST_MAX_PENDING_BYTES", True, "broadcast.E004"),
-        ("BROADCAST_HEARTBEAT_SECONDS", False, "broadcast.E005"),
-        ("BROADCAST_STALE_HEARTBEATS", True, "broadcast.E006"),
-        ("BROADCAST_SEND_LOCK_TIMEOUT", False, "broadcast.E007"),
-        ("BROADCAST_HISTORY_LIMIT", True, "broadcast.E009"),
-        ("BROADCAST_HISTORY_TTL", False, "broadcast.E010"),
-        ("BROADCAST_MAX_INCOMING_BYTES", True, "broadcast.E011"),
-        ("BROADCAST_MAX_INCOMING_RATE", False, "broadcast.E012"),
-        ("BROADCAST_SHUTDOWN_TIMEOUT", False, "broadcast.E014"),
-        ("BROADCAST_SAMPLE_SECONDS", False, "broadcast.E015"),
-        ("BROADCAST_RETENTION_DAYS", False, "broadcast.E016"),
-        ("BROADCAST_RELAY_STALL_SECONDS", False, "broadcast.E022"),
-    ]:
-        value = getattr(conf, name)
-        if not _positive_number(value, integer=integer):
-            kind = "a positive integer" if integer else "a positive number"
-            errors.append(Error(f"{name} must be {kind}, got {value!r}.", id=error_id))
-    for name, error_id in [
-        ("BROADCAST_MAX_CONNECTIONS", "broadcast.E013"),
-        ("BROADCAST_MAX_RELAY_BACKLOG", "broadcast.E021"),
-    ]:
-        value = getattr(conf, name)
-        if value is not None and not _positive_number(value, integer=True):
-            errors.append(
-                Error(f"{name} must be None or a positive integer, got {value!r}.", id=error_id)
-            )
-    for name, error_id in [
-        ("BROADCAST_REQUIRE_AUTH", "broadcast.E008"),
-        ("BROADCAST_METRICS_ENABLED", "broadcast.E017"),
-        ("BROADCAST_HEALTHZ_ENABLED", "broadcast.E018"),
-    ]:
-        value = getattr(conf, name)
-        if not isinstance(value, bool):
-            errors.append(Error(f"{name} must be True or False, got {value!r}.", id=error_id))
-    token = conf.BROADCAST_METRICS_TOKEN
-    if token is not None and not (isinstance(token, str) and token):
-        errors.append(
-            Error(
-                f"BROADCAST_METRICS_TOKEN must be None or a non-empty string, got {token!r}.",
-                id="broadcast.E019",
-            )
-        )
     retention = conf.BROADCAST_RETENTION_DAYS
-    ttl = conf.BROADCAST_HISTORY_TTL
     if (
-        _positive_number(retention, integer=False)
-        and _positive_number(ttl, integer=False)
-        and retention * 86400 < ttl
+        Settings.BROADCAST_RETENTION_DAYS.rule.test(retention)
+        and Settings.BROADCAST_HISTORY_TTL.rule.test(conf.BROADCAST_HISTORY_TTL)
+        and conf.cuts_into_history(retention)
     ):
         errors.append(
             Error(
                 f"BROADCAST_RETENTION_DAYS ({retention}) keeps broadcasts for less than "
-                f"BROADCAST_HISTORY_TTL ({ttl} s): pruning would cut into resumable history.",
+                f"BROADCAST_HISTORY_TTL ({conf.BROADCAST_HISTORY_TTL} s): pruning would cut "
+                "into resumable history.",
                 id="broadcast.E020",
             )
         )
@@ -109,13 +56,17 @@ def check_send_lock(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     """Ids stay in delivery order across processes only with a lock they all share."""
     from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-    from .sendlock import redis_hosts
+    from .layers.redis import hosts_of
 
     try:
         layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
     except Exception:  # reported by check_settings (E002) or by the layer itself
         return []
-    if layer is None or isinstance(layer, InMemoryChannelLayer) or redis_hosts(layer):
+    if (
+        layer is None
+        or isinstance(layer, InMemoryChannelLayer)
+        or hosts_of(layer, conf.BROADCAST_CHANNEL_LAYER)
+    ):
         return []
     return [
         Warning(

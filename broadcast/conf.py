@@ -1,166 +1,205 @@
 """
-The app's settings: flat ``BROADCAST_*`` names in the Django settings.
+The app's settings: flat ``BROADCAST_*`` names in the Django settings, each declared
+once below with its default, its rule (checked by :mod:`broadcast.checks`, with the
+error id given) and the line the settings reference shows.
 
 Values are cached after the first read and the cache is dropped on Django's
-``setting_changed`` signal, so ``override_settings`` still works. The cache is
-there because the connect path reads several settings that are usually unset, and
-``getattr(settings, name, default)`` pays for an AttributeError on each of those
-(about 7 us a read, measured; a fifth of the hub's own connect cost). Bad values
-are reported by the system checks in :mod:`broadcast.checks`.
+``setting_changed`` signal, so ``override_settings`` still works. The connect path
+reads several settings that are usually unset, and ``getattr(settings, name,
+default)`` pays for an AttributeError on each of those.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
 
 from django.conf import settings
 from django.core.signals import setting_changed
 
-DEFAULTS: dict[str, Any] = {
-    "BROADCAST_GROUP": "broadcast",
-    "BROADCAST_CHANNEL_LAYER": "default",
-    "BROADCAST_MAX_MESSAGE_BYTES": 64 * 1024,
-    "BROADCAST_MAX_PENDING_BYTES": 1024 * 1024,
-    "BROADCAST_HEARTBEAT_SECONDS": 5.0,
-    "BROADCAST_STALE_HEARTBEATS": 3,
-    "BROADCAST_SEND_LOCK_TIMEOUT": 10.0,
-    "BROADCAST_REQUIRE_AUTH": False,
-    "BROADCAST_HISTORY_LIMIT": 1000,
-    "BROADCAST_HISTORY_TTL": 24 * 60 * 60,
-    "BROADCAST_MAX_INCOMING_BYTES": 4096,
-    "BROADCAST_MAX_INCOMING_RATE": 10.0,
-    "BROADCAST_MAX_CONNECTIONS": None,
-    "BROADCAST_SHUTDOWN_TIMEOUT": 10.0,
-    "BROADCAST_SAMPLE_SECONDS": 60.0,
-    "BROADCAST_MAX_RELAY_BACKLOG": 1,
-    "BROADCAST_RELAY_STALL_SECONDS": 2.0,
-    "BROADCAST_RETENTION_DAYS": 30,
-    "BROADCAST_METRICS_ENABLED": True,
-    "BROADCAST_METRICS_TOKEN": None,
-    "BROADCAST_HEALTHZ_ENABLED": True,
+T = TypeVar("T")
+
+# Channels accepts group names of ASCII letters, digits, hyphens, underscores and
+# periods, shorter than 100 characters.
+GROUP_NAME_RE = re.compile(r"\A[a-zA-Z0-9_.\-]{1,99}\Z")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting's value must be: ``test(value)``, or the error ``must`` describes."""
+
+    must: str
+    error_id: str
+
+    def test(self, value: Any) -> bool:
+        return RULES[self.must](value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+RULES: dict[str, Callable[[Any], bool]] = {
+    "be a positive number": _number,
+    "be a positive integer": _integer,
+    "be None or a positive integer": lambda value: value is None or _integer(value),
+    "be True or False": lambda value: isinstance(value, bool),
+    "be None or a non-empty string": lambda value: (
+        value is None or (isinstance(value, str) and bool(value))
+    ),
+    "be 1-99 characters of letters, digits, '-', '_' or '.'": lambda value: (
+        isinstance(value, str) and bool(GROUP_NAME_RE.match(value))
+    ),
+    "be a string": lambda value: isinstance(value, str),
 }
+
+
+class Setting(Generic[T]):
+    """One ``BROADCAST_*`` setting: its default, its rule and its one-line description."""
+
+    name: str
+
+    def __init__(self, default: T, must: str, error_id: str, doc: str) -> None:
+        self.default = default
+        self.rule = Rule(must, error_id)
+        self.doc = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Setting[T]: ...
+    @overload
+    def __get__(self, instance: Settings, owner: type) -> T: ...
+    def __get__(self, instance: Settings | None, owner: type) -> T | Setting[T]:
+        if instance is None:
+            return self
+        try:
+            value: T = instance.cache[self.name]
+        except KeyError:
+            value = instance.cache[self.name] = getattr(settings, self.name, self.default)
+        return value
 
 
 class Settings:
     """Typed access to the app's settings, with their defaults."""
 
-    def __init__(self) -> None:
-        self._cache: dict[str, Any] = {}
+    BROADCAST_GROUP = Setting[str](
+        "broadcast", "be 1-99 characters of letters, digits, '-', '_' or '.'", "broadcast.E001",
+        "The channel-layer group every server process's relay joins.",
+    )  # fmt: skip
+    BROADCAST_CHANNEL_LAYER = Setting[str](
+        "default", "be a string", "broadcast.E002",
+        "The alias in CHANNEL_LAYERS that carries broadcasts between processes.",
+    )  # fmt: skip
+    BROADCAST_MAX_MESSAGE_BYTES = Setting[int](
+        64 * 1024, "be a positive integer", "broadcast.E003",
+        "Largest serialised envelope, in UTF-8 bytes, that publish() accepts.",
+    )  # fmt: skip
+    BROADCAST_MAX_PENDING_BYTES = Setting[int](
+        1024 * 1024, "be a positive integer", "broadcast.E004",
+        "Bytes queued for one client before it is dropped as a slow client.",
+    )  # fmt: skip
+    BROADCAST_HEARTBEAT_SECONDS = Setting[float](
+        5.0, "be a positive number", "broadcast.E005",
+        "How often each server process writes its connection-count row.",
+    )  # fmt: skip
+    BROADCAST_STALE_HEARTBEATS = Setting[int](
+        3, "be a positive integer", "broadcast.E006",
+        "Missed heartbeats after which a process no longer counts as live.",
+    )  # fmt: skip
+    BROADCAST_SEND_LOCK_TIMEOUT = Setting[float](
+        10.0, "be a positive number", "broadcast.E007",
+        "Seconds a publisher waits for the send lock that keeps ids in order.",
+    )  # fmt: skip
+    BROADCAST_REQUIRE_AUTH = Setting[bool](
+        False, "be True or False", "broadcast.E008",
+        "Refuse WebSocket clients that are not logged in (403 at the handshake).",
+    )  # fmt: skip
+    BROADCAST_HISTORY_LIMIT = Setting[int](
+        1000, "be a positive integer", "broadcast.E009",
+        "Most broadcasts replayed to one resuming client; beyond it, hub.reset.",
+    )  # fmt: skip
+    BROADCAST_HISTORY_TTL = Setting[float](
+        24 * 60 * 60, "be a positive number", "broadcast.E010",
+        "Seconds a broadcast stays replayable; an older gap gets hub.reset.",
+    )  # fmt: skip
+    BROADCAST_MAX_INCOMING_BYTES = Setting[int](
+        4096, "be a positive integer", "broadcast.E011",
+        "Largest text frame a client may send; larger ones close with 1009.",
+    )  # fmt: skip
+    BROADCAST_MAX_INCOMING_RATE = Setting[float](
+        10.0, "be a positive number", "broadcast.E012",
+        "Frames per second a client may send (bursts of twice that); more: 1008.",
+    )  # fmt: skip
+    BROADCAST_MAX_CONNECTIONS = Setting[int | None](
+        None, "be None or a positive integer", "broadcast.E013",
+        "Clients one server process accepts; the excess is closed with 1013.",
+    )  # fmt: skip
+    BROADCAST_SHUTDOWN_TIMEOUT = Setting[float](
+        10.0, "be a positive number", "broadcast.E014",
+        "Seconds a stopping server takes to close its clients with 1012 (paced).",
+    )  # fmt: skip
+    BROADCAST_SAMPLE_SECONDS = Setting[float](
+        60.0, "be a positive number", "broadcast.E015",
+        "How often each process records its connection count for the dashboard chart.",
+    )  # fmt: skip
+    BROADCAST_RETENTION_DAYS = Setting[float](
+        30, "be a positive number", "broadcast.E016",
+        "Days `manage.py prunehub` keeps broadcasts, samples and stopped process rows.",
+    )  # fmt: skip
+    BROADCAST_METRICS_ENABLED = Setting[bool](
+        True, "be True or False", "broadcast.E017",
+        "Serve /metrics (Prometheus text format); off: 404.",
+    )  # fmt: skip
+    BROADCAST_HEALTHZ_ENABLED = Setting[bool](
+        True, "be True or False", "broadcast.E018",
+        "Serve /healthz (JSON; 503 when the database or channel layer is down).",
+    )  # fmt: skip
+    BROADCAST_METRICS_TOKEN = Setting[str | None](
+        None, "be None or a non-empty string", "broadcast.E019",
+        "When set, /metrics needs the header ``Authorization: Bearer <token>``.",
+    )  # fmt: skip
+    BROADCAST_MAX_RELAY_BACKLOG = Setting[int | None](
+        1, "be None or a positive integer", "broadcast.E021",
+        "Broadcasts a relay may have queued in Redis before publishers wait; None: off.",
+    )  # fmt: skip
+    BROADCAST_RELAY_STALL_SECONDS = Setting[float](
+        2.0, "be a positive number", "broadcast.E022",
+        "How long publishers wait for a relay that is behind before ignoring it.",
+    )  # fmt: skip
+    BROADCAST_FAST_PATH = Setting[bool](
+        True, "be True or False", "broadcast.E023",
+        "Write prepared frames to daphne's and uvicorn's transports; off: the ASGI send.",
+    )  # fmt: skip
 
-    def _get(self, name: str) -> Any:
-        try:
-            return self._cache[name]
-        except KeyError:
-            value = self._cache[name] = getattr(settings, name, DEFAULTS[name])
-            return value
+    def __init__(self) -> None:
+        self.cache: dict[str, Any] = {}
 
     def reload(self, **kwargs: Any) -> None:
-        self._cache.clear()
+        self.cache.clear()
+
+    @classmethod
+    def declared(cls) -> Iterator[Setting[Any]]:
+        """Every setting, in the order declared."""
+        for value in vars(cls).values():
+            if isinstance(value, Setting):
+                yield value
 
     @property
-    def BROADCAST_GROUP(self) -> str:
-        """The channel-layer group every server process's relay joins."""
-        return self._get("BROADCAST_GROUP")
+    def live_window(self) -> float:
+        """Seconds after its last heartbeat that a process or relay still counts as live."""
+        return self.BROADCAST_HEARTBEAT_SECONDS * self.BROADCAST_STALE_HEARTBEATS
 
-    @property
-    def BROADCAST_CHANNEL_LAYER(self) -> str:
-        """The alias in CHANNEL_LAYERS that carries broadcasts between processes."""
-        return self._get("BROADCAST_CHANNEL_LAYER")
-
-    @property
-    def BROADCAST_MAX_MESSAGE_BYTES(self) -> int:
-        """Largest serialised envelope, in UTF-8 bytes, that publish() accepts."""
-        return self._get("BROADCAST_MAX_MESSAGE_BYTES")
-
-    @property
-    def BROADCAST_MAX_PENDING_BYTES(self) -> int:
-        """Bytes queued for one client before it is dropped as a slow client."""
-        return self._get("BROADCAST_MAX_PENDING_BYTES")
-
-    @property
-    def BROADCAST_HEARTBEAT_SECONDS(self) -> float:
-        """How often each server process writes its connection-count row."""
-        return self._get("BROADCAST_HEARTBEAT_SECONDS")
-
-    @property
-    def BROADCAST_STALE_HEARTBEATS(self) -> int:
-        """Missed heartbeats after which a process no longer counts as live."""
-        return self._get("BROADCAST_STALE_HEARTBEATS")
-
-    @property
-    def BROADCAST_SEND_LOCK_TIMEOUT(self) -> float:
-        """Seconds a publisher waits for the send lock that keeps ids in order."""
-        return self._get("BROADCAST_SEND_LOCK_TIMEOUT")
-
-    @property
-    def BROADCAST_REQUIRE_AUTH(self) -> bool:
-        """Refuse WebSocket clients that are not logged in (403 at the handshake)."""
-        return self._get("BROADCAST_REQUIRE_AUTH")
-
-    @property
-    def BROADCAST_HISTORY_LIMIT(self) -> int:
-        """Most broadcasts replayed to one resuming client; beyond it, hub.reset."""
-        return self._get("BROADCAST_HISTORY_LIMIT")
-
-    @property
-    def BROADCAST_HISTORY_TTL(self) -> float:
-        """Seconds a broadcast stays replayable; an older gap gets hub.reset."""
-        return self._get("BROADCAST_HISTORY_TTL")
-
-    @property
-    def BROADCAST_MAX_INCOMING_BYTES(self) -> int:
-        """Largest text frame a client may send; larger ones close with 1009."""
-        return self._get("BROADCAST_MAX_INCOMING_BYTES")
-
-    @property
-    def BROADCAST_MAX_INCOMING_RATE(self) -> float:
-        """Frames per second a client may send (bursts of twice that); more: 1008."""
-        return self._get("BROADCAST_MAX_INCOMING_RATE")
-
-    @property
-    def BROADCAST_MAX_CONNECTIONS(self) -> int | None:
-        """Clients one server process accepts; the excess is closed with 1013."""
-        return self._get("BROADCAST_MAX_CONNECTIONS")
-
-    @property
-    def BROADCAST_SHUTDOWN_TIMEOUT(self) -> float:
-        """Seconds a stopping server takes to close its clients with 1012 (paced)."""
-        return self._get("BROADCAST_SHUTDOWN_TIMEOUT")
-
-    @property
-    def BROADCAST_MAX_RELAY_BACKLOG(self) -> int | None:
-        """Broadcasts a relay may have queued in Redis before publishers wait; None: off."""
-        return self._get("BROADCAST_MAX_RELAY_BACKLOG")
-
-    @property
-    def BROADCAST_RELAY_STALL_SECONDS(self) -> float:
-        """How long publishers wait for a relay that is behind before ignoring it."""
-        return self._get("BROADCAST_RELAY_STALL_SECONDS")
-
-    @property
-    def BROADCAST_SAMPLE_SECONDS(self) -> float:
-        """How often each process records its connection count for the dashboard chart."""
-        return self._get("BROADCAST_SAMPLE_SECONDS")
-
-    @property
-    def BROADCAST_RETENTION_DAYS(self) -> float:
-        """Days `manage.py prunehub` keeps broadcasts, samples and stopped process rows."""
-        return self._get("BROADCAST_RETENTION_DAYS")
-
-    @property
-    def BROADCAST_METRICS_ENABLED(self) -> bool:
-        """Serve /metrics (Prometheus text format); off: 404."""
-        return self._get("BROADCAST_METRICS_ENABLED")
-
-    @property
-    def BROADCAST_METRICS_TOKEN(self) -> str | None:
-        """When set, /metrics needs the header ``Authorization: Bearer <token>``."""
-        return self._get("BROADCAST_METRICS_TOKEN")
-
-    @property
-    def BROADCAST_HEALTHZ_ENABLED(self) -> bool:
-        """Serve /healthz (JSON; 503 when the database or channel layer is down)."""
-        return self._get("BROADCAST_HEALTHZ_ENABLED")
+    def cuts_into_history(self, days: float) -> bool:
+        """Whether keeping ``days`` of broadcasts would prune history clients can resume."""
+        return days * 86400 < self.BROADCAST_HISTORY_TTL
 
 
 conf = Settings()

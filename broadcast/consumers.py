@@ -14,17 +14,17 @@ from channels.auth import get_user
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
 from . import metrics, singleprocess
 from .conf import conf
 from .envelope import control_text, welcome_text
-from .hub import CLOSE_SERVICE_RESTART, get_hub
-from .outbox import Outbox
+from .hub import get_hub
+from .outbox import Outbox, close_through_send
 from .resume import resume
-from .transport import direct_writer, server_send
+from .servers import Scope, Writer, direct_writer, mark_single_callable, server_send
+from .shutdown import CLOSE_SERVICE_RESTART
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
     groups = ()
 
     outbox: Outbox | None = None
-    _cut: asyncio.Task | None = None
-    _resuming: asyncio.Task | None = None
+    _cut: asyncio.Task[None] | None = None
+    _resuming: asyncio.Task[None] | None = None
     _closing = False
     _tokens = 0.0
     _refilled = 0.0
@@ -67,16 +67,16 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         coroutine would stay alive, one more per idle connection, around this one.
         """
         channels_app = super().as_asgi(**initkwargs)
-        claim_single_process()
+        singleprocess.claim_for_layer()
 
-        def app(scope: dict, receive: Any, send: Any) -> Any:
+        def app(scope: Scope, receive: Any, send: Any) -> Any:
             return cls(**initkwargs)(scope, receive, send)
 
         functools.update_wrapper(app, channels_app)
-        app._asgi_single_callable = True  # for asgiref's and Channels' checks
+        mark_single_callable(app)
         return app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         # Channels' AsyncConsumer.__call__ feeds every consumer through
         # await_many_dispatch, which keeps a Task and asyncio.wait() bookkeeping alive
         # per idle connection to multiplex client and layer input. This consumer has
@@ -142,7 +142,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         if error:
             self._reply_error(error)
         if last_id is not None:
-            self._start_resume(last_id)
+            self._start_resume(outbox, last_id)
         logger.debug("Client connected (%s in this process)", self.hub.current)
 
     async def disconnect(self, code: int) -> None:
@@ -161,9 +161,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         self.hub.unregister(self.outbox)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self._closing or self.outbox is None:
+        outbox = self.outbox
+        if self._closing or outbox is None:
             return  # frames still arriving after the hub decided to close
-        if bytes_data is not None:
+        if bytes_data is not None or text_data is None:
             await self._close(CLOSE_UNSUPPORTED_DATA, "binary frames are not accepted")
             return
         if len(text_data) > conf.BROADCAST_MAX_INCOMING_BYTES or (
@@ -185,22 +186,22 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             last_id = frame.get("last_id")
             if not _is_id(last_id):
                 self._reply_error("hub.resume needs an integer last_id >= 0")
-            elif not self.outbox.holding:  # one resume at a time
-                self.outbox.hold()
-                self._start_resume(last_id)
+            elif not outbox.holding:  # one resume at a time
+                outbox.hold()
+                self._start_resume(outbox, last_id)
         elif frame_type == "hub.ping":
-            self.outbox.push_text(control_text("hub.pong", None, timezone.now()))
+            outbox.push_text(control_text("hub.pong", None, timezone.now()))
         else:
             self._reply_error(f"unknown frame type {frame_type!r}; clients cannot publish")
 
-    def _start_resume(self, last_id: int) -> None:
+    def _start_resume(self, outbox: Outbox, last_id: int) -> None:
         """
         Replay history ahead of the live messages the outbox is holding, in a task of
         its own, so that the client's frames (its close among them) are still read
         while a long history streams at the client's pace.
         """
         self._resuming = asyncio.ensure_future(
-            resume(self.outbox, last_id, self.hub.last_id, SLOW_CLIENT_GRACE_SECONDS)
+            resume(outbox, last_id, self.hub.last_id, SLOW_CLIENT_GRACE_SECONDS)
         )
 
     async def _authenticated(self) -> bool:
@@ -233,10 +234,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         return True
 
     def _reply_error(self, reason: str) -> None:
-        self.outbox.push_text(control_text("hub.error", {"error": reason}, timezone.now()))
+        if self.outbox is not None:
+            self.outbox.push_text(control_text("hub.error", {"error": reason}, timezone.now()))
 
     def _on_overflow(self) -> None:
-        self.hub.slow_client_cuts += 1
         metrics.slow_client_cuts.inc()
         logger.warning(
             "Dropped a slow client (close %s): over %s bytes pending",
@@ -246,51 +247,46 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         self._cut = asyncio.ensure_future(self._cut_slow_client())
 
     async def _cut_slow_client(self) -> None:
-        if not await self._close(CLOSE_SLOW_CLIENT, "slow client", SLOW_CLIENT_GRACE_SECONDS):
+        writer = await self._close(CLOSE_SLOW_CLIENT, "slow client", SLOW_CLIENT_GRACE_SECONDS)
+        if writer is None:
             return
         # The close frame waits behind the backlog; a client that reads it and
         # answers is closed cleanly, one that does not read is dropped after the grace.
         await asyncio.sleep(SLOW_CLIENT_GRACE_SECONDS)
-        writer = self.outbox.writer
-        if writer is not None and self.outbox in self.hub.clients:  # still connected
+        if self.outbox in self.hub.clients:  # still connected
             writer.abort()
 
-    async def _close(self, code: int, reason: str, grace: float | None = None) -> bool:
+    async def _close(self, code: int, reason: str, grace: float | None = None) -> Writer | None:
         """
-        Close an accepted connection once; True if the close went through a direct
-        writer. daphne's ASGI close hands the code to autobahn's sendClose, which
-        refuses everything but 1000 and 3000-4999 (1003, 1008, 1009, 1013 among them),
-        and drops the reason; the writers use the protocols' own frame-level calls.
+        Close an accepted connection, once. Returns the direct writer that queued the
+        close frame (it can still drop the connection), or None: the close went
+        through the ASGI send, or was under way already. daphne's ASGI close refuses
+        most codes this hub uses and drops the reason (see ``close_through_send``);
+        the writers use the protocols' own frame-level calls.
         """
         if self._closing:
-            return False
+            return None
         self._closing = True
         writer = self.outbox.writer if self.outbox is not None else None
         if writer is None:
             writer = direct_writer(server_send(self.base_send))
         if self.outbox is not None:
             self.outbox.close()
-        if writer is not None and writer.close(code, reason, grace):
-            return True
-        await self.close(code=code, reason=reason)
-        return False
-
-
-def claim_single_process() -> None:
-    """A process that serves the hub on the in-memory layer must be the only one."""
-    try:
-        layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
-    except Exception:  # a bad layer setting: the system checks report it
-        return
-    if isinstance(layer, InMemoryChannelLayer):
-        singleprocess.claim()
+        if writer is not None:
+            try:
+                if writer.close(code, reason, grace):
+                    return writer
+            except Exception as exc:  # a server internal that changed under us
+                logger.warning("Direct close failed (%s); closing through the ASGI send", exc)
+        await close_through_send(self.base_send, code, reason)
+        return None
 
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _last_id_from_query(scope: dict) -> tuple[int | None, str | None]:
+def _last_id_from_query(scope: Scope) -> tuple[int | None, str | None]:
     """(last_id, error) from ``?last_id=N``; both None when it is absent."""
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("last_id")
     if not values:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -110,7 +111,9 @@ def svg_chart(series: Series) -> str:
     )
 
 
-def dashboard_context(now: dt.datetime | None = None, *, show_broadcasts: bool = True) -> dict:
+def dashboard_context(
+    now: dt.datetime | None = None, *, show_broadcasts: bool = True
+) -> dict[str, Any]:
     """
     Everything the hub-process dashboard shows above the process list; the recent
     broadcasts (their payloads) only for users who may view broadcasts.

@@ -72,8 +72,8 @@ def dumps(value: Any) -> str:
 def format_timestamp(moment: dt.datetime) -> str:
     """RFC 3339 UTC with milliseconds, e.g. ``2026-11-25T18:41:28.123Z``."""
     m = moment.astimezone(dt.UTC)
-    # By hand rather than strftime: 1.5 against 2.1 us, and it runs for every frame
-    # built; strftime also leaves years before 1000 unpadded, which RFC 3339 forbids.
+    # By hand rather than strftime: faster, for a step that runs for every frame built,
+    # and strftime leaves years before 1000 unpadded, which RFC 3339 forbids.
     return (
         f"{m.year:04d}-{m.month:02d}-{m.day:02d}T"
         f"{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond // 1000:03d}Z"

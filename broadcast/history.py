@@ -51,9 +51,10 @@ def replay_plan(last_id: int, current_id: int) -> list[int] | None:
     if not rows and current_id > last_id:
         return None
     cutoff = timezone.now() - dt.timedelta(seconds=conf.BROADCAST_HISTORY_TTL)
-    if rows and rows[0][1] < cutoff:
+    oldest_sent = rows[0][1] if rows else None
+    if oldest_sent is not None and oldest_sent < cutoff:
         return None
-    return [seq for seq, _, status in rows if status not in NOT_DELIVERED]
+    return [seq for seq, _, status in rows if seq is not None and status not in NOT_DELIVERED]
 
 
 def envelope_texts(ids: list[int]) -> list[tuple[int, str]]:
@@ -66,6 +67,7 @@ def envelope_texts(ids: list[int]) -> list[tuple[int, str]]:
     return [
         (row.seq, prepare(row.type, row.payload, allow_reserved=True).text(row.seq, row.sent_at))
         for row in rows
+        if row.seq is not None and row.sent_at is not None  # both are set with the id
     ]
 
 

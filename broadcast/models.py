@@ -1,3 +1,5 @@
+"""The hub's records: broadcasts with their delivery ids, server processes, connection samples."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,7 +15,7 @@ from .conf import conf
 from .envelope import TYPE_RE
 
 
-class BroadcastQuerySet(models.QuerySet):
+class BroadcastQuerySet(models.QuerySet["Broadcast"]):
     def unsent(self, *, stale_after: float = 60.0) -> BroadcastQuerySet:
         """
         Rows to send again: failed ones, and pending ones with no id that are older
@@ -66,6 +68,10 @@ class Broadcast(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     sent_at = models.DateTimeField(null=True, blank=True, editable=False)
 
+    # Not a field: publish() sets it on the rows it sends itself, so that the
+    # post_save receiver (which sends rows saved elsewhere, the admin's) skips them.
+    sent_by_publish = False
+
     objects = BroadcastQuerySet.as_manager()
 
     class Meta:
@@ -84,10 +90,10 @@ class Broadcast(models.Model):
         )
 
 
-class HubProcessQuerySet(models.QuerySet):
+class HubProcessQuerySet(models.QuerySet["HubProcess"]):
     def live(self) -> HubProcessQuerySet:
         """Rows of processes that are running: not stopped, heartbeat still fresh."""
-        window = conf.BROADCAST_HEARTBEAT_SECONDS * conf.BROADCAST_STALE_HEARTBEATS
+        window = conf.live_window
         cutoff = timezone.now() - dt.timedelta(seconds=window)
         return self.filter(stopped_at__isnull=True, last_heartbeat__gte=cutoff)
 
@@ -129,7 +135,7 @@ class HubProcess(models.Model):
     def is_live(self) -> bool:
         if self.stopped_at is not None:
             return False
-        window = conf.BROADCAST_HEARTBEAT_SECONDS * conf.BROADCAST_STALE_HEARTBEATS
+        window = conf.live_window
         return self.last_heartbeat >= timezone.now() - dt.timedelta(seconds=window)
 
     @property

@@ -9,19 +9,22 @@ into it: a client whose write fails costs that client, not the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import types
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from .transport import Writer, text_frame
+from .frames import text_frame
+from .servers import Writer
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
+Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
+CLOSE_NORMAL = 1000
 # How often a paced writer looks at a client's backlog while it waits for it to drain.
 DRAIN_POLL_SECONDS = 0.005
 
@@ -43,7 +46,7 @@ class Outgoing:
 
 class Outbox:
     """
-    With a direct writer (see :mod:`broadcast.transport`), a message goes straight to
+    With a direct writer (see :mod:`broadcast.servers`), a message goes straight to
     the client's transport, and what the transport holds unsent is the client's
     backlog. Without one, the server's ASGI ``send`` runs to completion inside
     ``push`` while the client keeps up; only a send that suspends continues in a
@@ -75,7 +78,7 @@ class Outbox:
         self._pending = 0
         self._max_pending = max_pending
         self._on_overflow = on_overflow
-        self._drainer: asyncio.Task | None = None
+        self._drainer: asyncio.Task[None] | None = None
         self._held: list[Outgoing] | None = None
         self._held_bytes = 0
         self._replayed_through = 0
@@ -236,6 +239,11 @@ class Outbox:
 
     # Closing -------------------------------------------------------------------
 
+    async def close_through_send(self, code: int, reason: str) -> None:
+        """Close the outbox, then the connection through the ASGI ``send``."""
+        self.close()
+        await close_through_send(self._send, code, reason)
+
     def cut(self) -> None:
         """Close as a slow client: the owner's ``on_overflow`` says so to the client."""
         self._overflow()
@@ -260,11 +268,29 @@ class Outbox:
             drainer.cancel()
 
 
+async def close_through_send(send: Send, code: int, reason: str) -> None:
+    """
+    Close a connection through the ASGI ``send`` (the public path). daphne refuses
+    codes that autobahn's public close does not allow (anything but 1000 and
+    3000-4999): those clients get 1000 rather than no close at all.
+    """
+    event = {"type": "websocket.close", "code": code, "reason": reason}
+    try:
+        await send(event)
+    except Exception as exc:
+        if code == CLOSE_NORMAL:
+            logger.debug("Could not close a client (%s)", exc)
+            return
+        logger.debug("The server refused close code %s (%s); closing with 1000", code, exc)
+        with contextlib.suppress(Exception):
+            await send({**event, "code": CLOSE_NORMAL})
+
+
 def _closed() -> None:
     pass
 
 
-def _current_task() -> asyncio.Task | None:
+def _current_task() -> asyncio.Task[Any] | None:
     try:
         return asyncio.current_task()
     except RuntimeError:

@@ -101,7 +101,7 @@ def publish(
 
     row = Broadcast(type=prepared.type, payload=payload, created_by=_user_or_none(created_by))
     # Tells the post_save receiver that this row is sent here, not by the signal.
-    row._sent_by_publish = True
+    row.sent_by_publish = True
     row.save()
     envelope = prepared.envelope(None, row.created_at)
 
@@ -129,9 +129,10 @@ async def apublish(
         _check_reach(layer)
         return await _send_ephemeral(prepared, layer)
     # database_sync_to_async closes the thread's connection like a request would.
-    return await database_sync_to_async(publish)(
+    envelope: dict[str, Any] = await database_sync_to_async(publish)(
         type, payload, persist=persist, created_by=created_by
     )
+    return envelope
 
 
 def _wait_for_relays(layer: Any, budget: float | None = None) -> None:
@@ -158,7 +159,9 @@ async def _send_ephemeral(prepared: Prepared, layer: Any) -> dict[str, Any]:
     return prepared.envelope(None, now)
 
 
-def send_row(row: Broadcast, prepared: Prepared | None = None, *, layer: Any = None) -> dict:
+def send_row(
+    row: Broadcast, prepared: Prepared | None = None, *, layer: Any = None
+) -> dict[str, Any]:
     """
     Send a persisted broadcast: assign its delivery id and hand it to the layer.
 

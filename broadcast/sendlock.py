@@ -22,12 +22,15 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
 from django.core.exceptions import ImproperlyConfigured
 
 from .conf import conf
+from .layers import redis as redis_layer
+
+if TYPE_CHECKING:  # redis-py comes with channels-redis, the only layer that needs it
+    import redis
 
 LOCK_NAME = "broadcast:send-lock"
 # A holder that dies keeps the lock at most this long; sends take milliseconds. Under
@@ -74,21 +77,9 @@ class Held:
         return left
 
 
-def redis_hosts(layer: Any) -> list[dict[str, Any]] | None:
-    """The Redis hosts of a channels-redis layer (core or pub/sub), else None."""
-    if not type(layer).__module__.startswith("channels_redis"):
-        return None
-    from channels_redis.utils import decode_hosts
-
-    hosts = layer.__dict__.get("hosts")  # core; the pub/sub proxy keeps its kwargs
-    if hosts is None:
-        hosts = decode_hosts(layer.__dict__.get("_kwargs", {}).get("hosts"))
-    return hosts
-
-
 def redis_client(layer: Any) -> redis.Redis | None:
     """A sync Redis client on the layer's first host, or None for a non-Redis layer."""
-    hosts = redis_hosts(layer)
+    hosts = redis_layer.hosts_of(layer, conf.BROADCAST_CHANNEL_LAYER)
     if not hosts:
         return None
     key = repr(sorted(hosts[0].items()))
@@ -106,21 +97,26 @@ def _make_client(host: dict[str, Any]) -> redis.Redis:
     host["socket_timeout"] = min(
         host.get("socket_timeout") or LOCK_SOCKET_TIMEOUT, LOCK_SOCKET_TIMEOUT
     )
+    import redis
+
+    client: redis.Redis
     if "address" in host:
-        return redis.Redis.from_url(host.pop("address"), **host)
-    if "master_name" in host:
+        client = redis.Redis.from_url(host.pop("address"), **host)
+    elif "master_name" in host:
         from redis.sentinel import Sentinel
 
         master = host.pop("master_name")
         sentinel = Sentinel(
             host.pop("sentinels"), sentinel_kwargs=host.pop("sentinel_kwargs", None)
         )
-        return sentinel.master_for(master, **host)
-    if "host" in host:
-        return redis.Redis(**host)
-    raise ImproperlyConfigured(
-        f"Cannot derive a Redis connection from channel layer host {host!r}."
-    )
+        client = sentinel.master_for(master, **host)
+    elif "host" in host:
+        client = redis.Redis(**host)
+    else:
+        raise ImproperlyConfigured(
+            f"Cannot derive a Redis connection from channel layer host {host!r}."
+        )
+    return client
 
 
 @contextlib.contextmanager
@@ -142,5 +138,5 @@ def send_lock(layer: Any) -> Iterator[Held]:
     try:
         yield Held(lock)
     finally:
-        with contextlib.suppress(redis.exceptions.RedisError):
+        with contextlib.suppress(Exception):  # expired, or Redis away: it expires anyway
             lock.release()

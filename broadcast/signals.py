@@ -28,7 +28,7 @@ def on_broadcast_requested(
 
 
 def on_broadcast_saved(sender: Any, instance: Any, created: bool, raw: bool, **kwargs: Any) -> None:
-    if raw or not created or getattr(instance, "_sent_by_publish", False):
+    if raw or not created or instance.sent_by_publish:
         return
     from .publishing import send_saved_row
 

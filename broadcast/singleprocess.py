@@ -21,8 +21,11 @@ import hashlib
 import os
 import tempfile
 
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+from .conf import conf
 
 HINT = (
     "The in-memory channel layer reaches one process only; set REDIS_URL (channels-redis) "
@@ -56,6 +59,16 @@ def claim() -> None:
         ) from None
     os.set_inheritable(fd, False)
     _held[path] = fd
+
+
+def claim_for_layer() -> None:
+    """:func:`claim`, if this process serves the hub on the in-memory layer."""
+    try:
+        layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
+    except Exception:  # a bad layer setting: the system checks report it
+        return
+    if isinstance(layer, InMemoryChannelLayer):
+        claim()
 
 
 def served_elsewhere() -> bool:

@@ -1,31 +1,26 @@
 """
-Process tuning a project may opt into from its ASGI module (hubsite/asgi.py does).
+Garbage-collector tuning a project may opt into from its ASGI module (hubsite/asgi.py
+does): the collector, not the hub, dominates the cost of accepting WebSocket clients.
 
-Garbage collection dominates the cost of accepting WebSocket clients, in the hub and
-in a raw ASGI app alike. Measured on uvicorn over 10,000 connects (gc.callbacks
-timing in the server, 2026-11-26): the raw app spent 1.55 s of its 3.4 s in 9 full
-collections, the hub 2.09 s of 4.1 s in 11. Every connection leaves 70 to 80
-long-lived objects the collector tracks (most of them the server's own), and each
-full collection walks all of them again while clients pile up: about 190 ms each by
-10,000 clients. Two things take that away:
+Every connection leaves long-lived objects the collector tracks (most of them the
+server's own), and each full collection walks all of them again while clients pile
+up. Two things take that away:
 
 - ``gc.freeze()`` after import: Django leaves about 100,000 long-lived objects behind,
   never garbage, that every full collection would walk too.
 - Full collections paced by closed connections during a connect burst. A burst
   creates no garbage worth a full collection; closed connections do (the servers' own
-  reference cycles: 29 objects per closed connection on uvicorn, 65 on daphne; the
-  hub's own leave none). While connections open faster than BURST_OPENS a second,
-  Python's automatic full collections are ten times rarer and the hub asks for one
-  itself as connections close: every 1,000 closes, or a quarter of the open
-  connections if that is more (a full collection's cost grows with them, as in
-  Python's own rule for the oldest generation). A quiet second ends the burst and
-  Python's own schedule resumes, so garbage from anything else (HTTP requests served
-  by the same process) is not kept longer. 10,000 connects on uvicorn: about 2.5 s
-  instead of 4.1 s; under churn (16,000 clients in 30 s) RSS grows no more than with
-  Python's own schedule.
+  reference cycles; the hub's own leave none). While connections open faster than
+  BURST_OPENS a second, Python's automatic full collections are ten times rarer and
+  the hub asks for one itself as connections close: every 1,000 closes, or a quarter
+  of the open connections if that is more (a full collection's cost grows with them,
+  as in Python's own rule for the oldest generation). A quiet second ends the burst
+  and Python's own schedule resumes, so garbage from anything else (HTTP requests
+  served by the same process) is not kept longer.
 
 Collecting the young generation less often (``young_generation=7000``) also speeds up
-connect bursts, at a memory cost under churn (docs/design-notes.md); it stays opt-in.
+connect bursts, at a memory cost under churn; it stays opt-in. The measurements behind
+all three are in docs/design-notes.md and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -154,6 +149,17 @@ def tune_gc(
         _, middle, old = gc.get_threshold()
         gc.set_threshold(young_generation, middle, old)
     _pacer = GarbagePacer(closes_per_collection) if pace_full_collections else None
+
+
+def current_pacer() -> GarbagePacer | None:
+    """The pacer the hub reports connections to, if :func:`tune_gc` installed one."""
+    return _pacer
+
+
+def use_pacer(pacer: GarbagePacer | None) -> None:
+    """Report connections to ``pacer`` (one built with other thresholds), or to none."""
+    global _pacer
+    _pacer = pacer
 
 
 def connection_opened() -> None:

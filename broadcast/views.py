@@ -10,15 +10,16 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import connection
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from . import metrics
 from .conf import conf
-from .hub import RELAY_PREFIX, existing_hub
+from .hub import running_hub
 from .models import HubProcess
 from .publishing import get_layer
+from .relay import RELAY_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ LAYER_TIMEOUT = 3.0
 
 @never_cache
 @require_GET
-def metrics_view(request):
+def metrics_view(request: HttpRequest) -> HttpResponse:
     if not conf.BROADCAST_METRICS_ENABLED:
         raise Http404("Metrics are switched off (BROADCAST_METRICS_ENABLED).")
     token = conf.BROADCAST_METRICS_TOKEN
@@ -82,11 +83,11 @@ async def _check_layer_with_retry() -> dict[str, Any]:
 
 def _check_relay() -> dict[str, Any]:
     """This process's relay: failing while it restarts after an error."""
-    hub = existing_hub()
+    hub = running_hub()
     if hub is None:
         return {"ok": True, "state": "idle", "restarts": 0}
     state = hub.relay_state
-    return {"ok": state != "restarting", "state": state, "restarts": hub.relay_restarts}
+    return {"ok": state != "restarting", "state": state, "restarts": hub.relay.restarts}
 
 
 def _ms(started: float) -> float:
@@ -103,7 +104,7 @@ def _failure(exc: BaseException, check: str) -> dict[str, Any]:
 
 @never_cache
 @require_GET
-async def healthz(request):
+async def healthz(request: HttpRequest) -> JsonResponse:
     """200 when the database and the channel layer answer, 503 otherwise."""
     if not conf.BROADCAST_HEALTHZ_ENABLED:
         raise Http404("The health check is switched off (BROADCAST_HEALTHZ_ENABLED).")

@@ -34,6 +34,18 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
 
 
+def env_number(
+    name: str, cast: type[int] | type[float], none_words: frozenset[str] | set[str] = frozenset()
+) -> int | float | None:
+    value = os.environ[name]
+    if value.strip().lower() in none_words:
+        return None
+    try:
+        return cast(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+
+
 DEBUG = env_bool("DJANGO_DEBUG", True)
 
 _DEV_SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"
@@ -240,31 +252,33 @@ LOGGING = {
     },
 }
 
-# App settings: every BROADCAST_* name the app reads is documented in the README.
-# These may also come from the environment (deployments, the tests, the benchmark).
-for _name, _cast in [
-    ("BROADCAST_HEARTBEAT_SECONDS", float),
-    ("BROADCAST_MAX_PENDING_BYTES", int),
-    ("BROADCAST_MAX_CONNECTIONS", int),
-    ("BROADCAST_SHUTDOWN_TIMEOUT", float),
-    ("BROADCAST_SAMPLE_SECONDS", float),
-    ("BROADCAST_RETENTION_DAYS", float),
-    ("BROADCAST_REQUIRE_AUTH", bool),
-    ("BROADCAST_METRICS_ENABLED", bool),
-    ("BROADCAST_HEALTHZ_ENABLED", bool),
-    ("BROADCAST_METRICS_TOKEN", str),
-    ("BROADCAST_MAX_RELAY_BACKLOG", int),
-    ("BROADCAST_RELAY_STALL_SECONDS", float),
-]:
-    if not os.environ.get(_name):
-        continue
-    if _cast is bool:
-        globals()[_name] = env_bool(_name, False)
-        continue
-    if _name == "BROADCAST_MAX_RELAY_BACKLOG" and os.environ[_name].lower() in {"off", "none"}:
-        globals()[_name] = None
-        continue
-    try:
-        globals()[_name] = _cast(os.environ[_name])
-    except ValueError:
-        raise ImproperlyConfigured(f"{_name} must be a number, got {os.environ[_name]!r}") from None
+# App settings (docs: the README's "Settings" section) that deployments, the tests and
+# the benchmark set from the environment; an unset variable leaves the app's default.
+if os.environ.get("BROADCAST_HEARTBEAT_SECONDS"):
+    BROADCAST_HEARTBEAT_SECONDS = env_number("BROADCAST_HEARTBEAT_SECONDS", float)
+if os.environ.get("BROADCAST_MAX_PENDING_BYTES"):
+    BROADCAST_MAX_PENDING_BYTES = env_number("BROADCAST_MAX_PENDING_BYTES", int)
+if os.environ.get("BROADCAST_MAX_CONNECTIONS"):
+    BROADCAST_MAX_CONNECTIONS = env_number("BROADCAST_MAX_CONNECTIONS", int)
+if os.environ.get("BROADCAST_SHUTDOWN_TIMEOUT"):
+    BROADCAST_SHUTDOWN_TIMEOUT = env_number("BROADCAST_SHUTDOWN_TIMEOUT", float)
+if os.environ.get("BROADCAST_SAMPLE_SECONDS"):
+    BROADCAST_SAMPLE_SECONDS = env_number("BROADCAST_SAMPLE_SECONDS", float)
+if os.environ.get("BROADCAST_RETENTION_DAYS"):
+    BROADCAST_RETENTION_DAYS = env_number("BROADCAST_RETENTION_DAYS", float)
+if os.environ.get("BROADCAST_REQUIRE_AUTH"):
+    BROADCAST_REQUIRE_AUTH = env_bool("BROADCAST_REQUIRE_AUTH", False)
+if os.environ.get("BROADCAST_METRICS_ENABLED"):
+    BROADCAST_METRICS_ENABLED = env_bool("BROADCAST_METRICS_ENABLED", False)
+if os.environ.get("BROADCAST_HEALTHZ_ENABLED"):
+    BROADCAST_HEALTHZ_ENABLED = env_bool("BROADCAST_HEALTHZ_ENABLED", False)
+if os.environ.get("BROADCAST_FAST_PATH"):
+    BROADCAST_FAST_PATH = env_bool("BROADCAST_FAST_PATH", False)
+if os.environ.get("BROADCAST_METRICS_TOKEN"):
+    BROADCAST_METRICS_TOKEN = os.environ["BROADCAST_METRICS_TOKEN"]
+if os.environ.get("BROADCAST_MAX_RELAY_BACKLOG"):
+    BROADCAST_MAX_RELAY_BACKLOG = env_number(
+        "BROADCAST_MAX_RELAY_BACKLOG", int, none_words={"off", "none"}
+    )
+if os.environ.get("BROADCAST_RELAY_STALL_SECONDS"):
+    BROADCAST_RELAY_STALL_SECONDS = env_number("BROADCAST_RELAY_STALL_SECONDS", float)

@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 from django.db import connections
 
-from broadcast.hub import existing_hub
+from broadcast.hub import running_hub
 
 # A database of its own, so that tests never touch a developer's data in db 0.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -46,7 +46,7 @@ async def hub():
 @pytest.fixture(autouse=True)
 async def _close_hub_after_test():
     yield
-    instance = existing_hub()
+    instance = running_hub()
     if instance is not None:
         await instance.close()
     # Django's async ORM runs queries on asgiref's thread-sensitive thread, whose

@@ -10,7 +10,7 @@ from channels.layers import channel_layers, get_channel_layer
 
 from broadcast import apublish, publish
 from broadcast.backpressure import relay_backlogs
-from broadcast.hub import existing_hub
+from broadcast.hub import running_hub
 from tests.clients import connect, frame
 from tests.conftest import redis_layers
 from tests.test_publish import Observer
@@ -103,7 +103,7 @@ async def test_a_relay_stuck_past_capacity_loses_nothing_persisted(redis_layer, 
     publisher.start()
     publisher.join(30)  # on the event loop's thread: the relay reads nothing meanwhile
     assert len(sent) == 12
-    relay = existing_hub().relay_channel
+    relay = running_hub().relay.channel
     # Read with the loop still blocked (an await would let the relay drain the queue).
     assert backlog(get_channel_layer(), relay) == 5  # capacity: the other 7 were dropped
 

@@ -61,9 +61,9 @@ async def test_a_broadcast_the_layer_lost_is_sent_from_the_database_before_the_n
     # The relay misses the next one, as when channels-redis drops a message past its
     # capacity for a relay that fell behind: it is sent while the relay is not a member.
     layer = get_channel_layer()
-    await layer.group_discard("broadcast", hub.relay_channel)
+    await layer.group_discard("broadcast", hub.relay.channel)
     lost = await apublish("news", {"n": 2})
-    await layer.group_add("broadcast", hub.relay_channel)
+    await layer.group_add("broadcast", hub.relay.channel)
     assert await client.receive_nothing(timeout=0.1)
 
     after = await apublish("news", {"n": 3})
@@ -124,14 +124,14 @@ async def test_ephemeral_broadcasts_have_a_null_id_and_no_row(hub):
 async def test_a_process_joins_the_group_once_and_stays_while_it_serves(hub):
     layer = get_channel_layer()
     clients = [await connect() for _ in range(4)]
-    assert list(layer.groups["broadcast"]) == [hub.relay_channel]
+    assert list(layer.groups["broadcast"]) == [hub.relay.channel]
     assert hub.current == 4
     for client in clients:
         await client.disconnect()
     assert hub.current == 0
     # Emptied, the process keeps its membership and relay: the next client must not
     # wait for a relay to stop inside the layer's receive.
-    assert list(layer.groups["broadcast"]) == [hub.relay_channel]
+    assert list(layer.groups["broadcast"]) == [hub.relay.channel]
     assert hub.relay_state == "running"
     late = await connect()
     sent = await apublish("news", None)
@@ -144,11 +144,11 @@ async def test_a_process_joins_the_group_once_and_stays_while_it_serves(hub):
 async def test_consumers_have_no_channel_layer_queue_of_their_own(hub):
     layer = get_channel_layer()
     clients = [await connect() for _ in range(3)]
-    assert list(layer.channels) == [hub.relay_channel]  # one for the process, none per client
+    assert list(layer.channels) == [hub.relay.channel]  # one for the process, none per client
     await apublish("x", None, persist=False)
     for client in clients:
         assert (await frame(client))["type"] == "x"
-    assert set(layer.channels) <= {hub.relay_channel}
+    assert set(layer.channels) <= {hub.relay.channel}
     for client in clients:
         await client.disconnect()
 
@@ -206,13 +206,13 @@ async def test_counts_are_written_on_the_heartbeat_not_per_connect(hub):
     from broadcast.models import HubProcess
 
     clients = [await connect() for _ in range(3)]
-    await hub.write_counts()
+    await hub.counts.write()
     row = await HubProcess.objects.aget()
     assert (row.current, row.peak, row.total_accepted) == (3, 3, 3)
     await clients[0].disconnect()
     row = await HubProcess.objects.aget()
     assert row.current == 3  # not written on disconnect
-    await hub.write_counts()
+    await hub.counts.write()
     row = await HubProcess.objects.aget()
     assert (row.current, row.peak, row.total_accepted) == (2, 3, 3)
     assert await sync_to_async(HubProcess.objects.live_total)() == 2

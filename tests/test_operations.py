@@ -95,10 +95,10 @@ async def test_healthz_reports_this_processs_relay_and_fails_while_it_restarts(a
     assert body["relay"] == {"ok": True, "state": "idle", "restarts": 0}
     client = await connect()
     assert (await async_client.get("/healthz")).json()["relay"]["state"] == "running"
-    hub.relay_running = False  # as between a failure and the restart
+    hub.relay.running = False  # as between a failure and the restart
     response = await async_client.get("/healthz")
     assert response.status_code == 503 and response.json()["relay"]["state"] == "restarting"
-    hub.relay_running = True
+    hub.relay.running = True
     await client.disconnect()
 
 

@@ -54,6 +54,10 @@ USE_IT = textwrap.dedent(
     from django.template.loader import get_template
 
     assert "site-packages" in broadcast.__file__, broadcast.__file__
+    import importlib.util
+    # Without extras: no server and no Redis client, and the in-memory hub works.
+    for optional in ("daphne", "twisted", "uvicorn", "redis", "channels_redis"):
+        assert importlib.util.find_spec(optional) is None, f"{optional} came without its extra"
     call_command("migrate", verbosity=0)
     call_command("check", fail_level="WARNING")
     assert finders.find("broadcast/broadcast.js"), "the JS client is not in the wheel"

@@ -228,7 +228,7 @@ def test_resend_failed_also_takes_pending_rows_a_dead_publisher_left(observer):
         row = Broadcast(
             type=type, created_at=timezone.now() - timezone.timedelta(minutes=minutes_ago)
         )
-        row._sent_by_publish = True  # as publish() saves it, before its on-commit send
+        row.sent_by_publish = True  # as publish() saves it, before its on-commit send
         row.save()
 
     saved_by_a_publisher_that_died("orphan", 5)

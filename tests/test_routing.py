@@ -27,7 +27,7 @@ def test_the_verdict_is_channels_own(settings, origin):
     settings.ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
     channels_check = AllowedHostsOriginValidator(None)
     parsed = urlparse(origin.decode("latin1")) if origin is not None else None
-    assert AllowedOrigins(None)._judge(origin) is channels_check.valid_origin(parsed)
+    assert AllowedOrigins(None).judge(origin) is channels_check.valid_origin(parsed)
 
 
 async def connect(application, origin):
@@ -53,4 +53,4 @@ def test_what_it_remembers_is_bounded():
     for n in range(AllowedOrigins.MAX_REMEMBERED * 3):
         scope = {"type": "websocket", "headers": [(b"origin", f"http://h{n}.example".encode())]}
         check(scope, None, None).close()  # the denier's coroutine, never run
-    assert len(check._verdicts) <= AllowedOrigins.MAX_REMEMBERED
+    assert check.remembered <= AllowedOrigins.MAX_REMEMBERED

@@ -101,12 +101,12 @@ async def test_a_relay_that_fails_restarts_and_delivers_again(hub, monkeypatch, 
         real_fan_out(message)
 
     monkeypatch.setattr(hub, "fan_out", fan_out_failing_once)
-    monkeypatch.setattr("broadcast.hub.RESTART_FIRST_DELAY", 0.05)
+    monkeypatch.setattr("broadcast.relay.RESTART_FIRST_DELAY", 0.05)
     first = await apublish("news", {"n": 1})
     second = await apublish("news", {"n": 2})
     # The broadcast in hand when the relay failed is caught up from the database.
     assert [(await frame(client))["id"] for _ in range(2)] == [first["id"], second["id"]]
-    assert hub.relay_restarts == 1 and hub.relay_state == "running"
+    assert hub.relay.restarts == 1 and hub.relay_state == "running"
     assert "Relay failed; restarting" in caplog.text
     await client.disconnect()
 
@@ -184,7 +184,7 @@ async def test_a_client_registering_while_the_process_joins_gets_the_true_last_i
         clock.sleep(0.3)
         return 41
 
-    monkeypatch.setattr("broadcast.hub.newest_id", slow_newest_id)
+    monkeypatch.setattr("broadcast.relay.newest_id", slow_newest_id)
     first, second = await asyncio.gather(connect(), connect())
     assert first.welcome["payload"] == {"last_id": 41}
     assert second.welcome["payload"] == {"last_id": 41}
@@ -205,7 +205,7 @@ async def test_a_first_client_is_welcomed_when_joining_fails_and_gets_what_the_r
         await real_group_add(group, channel)
 
     monkeypatch.setattr(layer, "group_add", group_add_failing_once)
-    monkeypatch.setattr("broadcast.hub.RESTART_FIRST_DELAY", 0.05)
+    monkeypatch.setattr("broadcast.relay.RESTART_FIRST_DELAY", 0.05)
     client = await asyncio.wait_for(connect(), 2)  # welcomed, not closed with 1011
     assert "the relay retries" in caplog.text
     sent = await apublish("news", {"n": 1})

@@ -6,8 +6,9 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
+from broadcast.frames import text_frame
 from broadcast.outbox import Outbox, Outgoing
-from broadcast.transport import text_frame
+from tests.clients import uvicorn_connection
 
 
 def parse(data: bytes) -> Frame:
@@ -110,48 +111,11 @@ async def test_ids_replayed_from_history_are_skipped_when_their_live_copy_arrive
     assert outbox.pending == 0
 
 
-async def _uvicorn_connection():
-    """
-    A real uvicorn websockets-sansio protocol on one end of a socket pair, past the
-    handshake; returns (the ASGI send it gave the app, the client's socket end).
-    """
-    import socket
-
-    from uvicorn.config import Config
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-    from uvicorn.server import ServerState
-
-    accepted = asyncio.get_running_loop().create_future()
-
-    async def app(scope, receive, send):
-        await receive()
-        await send({"type": "websocket.accept"})
-        accepted.set_result(send)
-        await receive()  # until the disconnect
-
-    config = Config(app=app, ws="websockets-sansio", lifespan="off", log_level="critical")
-    config.load()
-    server_end, client_end = socket.socketpair()
-    loop = asyncio.get_running_loop()
-    await loop.connect_accepted_socket(
-        lambda: WebSocketsSansIOProtocol(config, ServerState(), {}), server_end
-    )
-    client_end.setblocking(False)
-    await loop.sock_sendall(
-        client_end,
-        b"GET /ws/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    send = await asyncio.wait_for(accepted, 5)
-    assert b"101 Switching Protocols" in await loop.sock_recv(client_end, 4096)
-    return send, client_end
-
-
 async def test_uvicorn_close_sends_the_code_and_is_a_no_op_once_the_client_is_gone():
-    from broadcast.transport import direct_writer
+    from broadcast.servers import direct_writer
 
     loop = asyncio.get_running_loop()
-    send, client = await _uvicorn_connection()
+    send, client = await uvicorn_connection()
     writer = direct_writer(send)
     assert type(writer).__name__ == "SansioWriter"
     assert writer.close(1012, "service restart")
@@ -161,7 +125,7 @@ async def test_uvicorn_close_sends_the_code_and_is_a_no_op_once_the_client_is_go
 
     # The client vanished before the app heard of it (a shutdown racing a disconnect):
     # closing it must not raise into the shutdown that closes everyone else.
-    send, client = await _uvicorn_connection()
+    send, client = await uvicorn_connection()
     writer = direct_writer(send)
     client.close()
     for _ in range(100):

@@ -26,13 +26,13 @@ def cyclic_garbage() -> weakref.ref:
 @pytest.fixture(autouse=True)
 def restore_gc():
     thresholds = gc.get_threshold()
-    pacer = tuning._pacer
+    pacer = tuning.current_pacer()
     gc.disable()  # only explicit collections in these tests
     yield
     gc.enable()
     gc.unfreeze()
     gc.set_threshold(*thresholds)
-    tuning._pacer = pacer
+    tuning.use_pacer(pacer)
 
 
 def bursting_pacer(**kwargs) -> GarbagePacer:
@@ -122,17 +122,17 @@ async def test_outside_a_burst_closes_leave_collections_to_python():
 
 
 def test_tune_gc_freezes_and_installs_the_pacer():
-    tuning._pacer = None
+    tuning.use_pacer(None)
     tuning.tune_gc()
     assert gc.get_freeze_count() > 0
-    assert tuning._pacer is not None
+    assert tuning.current_pacer() is not None
 
 
 def test_tune_gc_without_pacing_keeps_pythons_schedule():
     gc.set_threshold(700, 10, 10)
     tuning.tune_gc(young_generation=7000, pace_full_collections=False)
     assert gc.get_threshold() == (7000, 10, 10)
-    assert tuning._pacer is None
+    assert tuning.current_pacer() is None
     tuning.connection_opened()  # nothing to pace: no-ops
     tuning.connection_closed(still_open=0)
 
@@ -140,7 +140,7 @@ def test_tune_gc_without_pacing_keeps_pythons_schedule():
 @pytest.mark.django_db(transaction=True)
 async def test_the_hub_reports_every_opened_and_closed_client(hub, monkeypatch):
     pacer = GarbagePacer(closes_per_collection=2, burst_opens=3)
-    monkeypatch.setattr(tuning, "_pacer", pacer)
+    tuning.use_pacer(pacer)
     clients = [await connect() for _ in range(3)]
     assert pacer.bursting
     await clients[0].disconnect()

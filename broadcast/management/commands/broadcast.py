@@ -1,3 +1,5 @@
+"""``manage.py broadcast``: publish one broadcast from the command line."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,3 +1,5 @@
+"""``manage.py hubstatus``: the live server processes and their connection counts."""
+
 from __future__ import annotations
 
 import datetime as dt

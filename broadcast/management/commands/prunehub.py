@@ -1,3 +1,5 @@
+"""``manage.py prunehub``: delete what is older than the retention period."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -31,7 +33,7 @@ class Command(BaseCommand):
         days = options["days"] if options["days"] is not None else conf.BROADCAST_RETENTION_DAYS
         if days <= 0:
             raise CommandError("--days must be a positive number of days.")
-        if days * 86400 < conf.BROADCAST_HISTORY_TTL:
+        if conf.cuts_into_history(days):
             raise CommandError(
                 f"Keeping {days:g} day(s) would delete broadcasts that clients can still "
                 f"resume from (BROADCAST_HISTORY_TTL is {conf.BROADCAST_HISTORY_TTL:g} s)."

@@ -1,0 +1,202 @@
+"""
+The relay: this process's one member of the broadcast group, which receives each
+broadcast once and hands it to the hub's fan-out, for as long as the process serves.
+
+It is supervised (a failure is logged, retried with a growing delay, and followed by
+a catch-up from the database), and it fills gaps: persisted ids reach the layer in
+order under the send lock, so a jump in ids means broadcasts the layer lost, which it
+reads from the database before it fans out the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from channels.db import database_sync_to_async
+from django.utils import timezone
+
+from . import metrics
+from .envelope import control_text
+from .history import newest_id, replay_after
+
+logger = logging.getLogger("broadcast.hub")
+
+RELAY_PREFIX = "broadcast-relay"
+# The restart backoff after a failure (the layer unreachable, or a bug).
+RESTART_FIRST_DELAY, RESTART_MAX_DELAY = 0.5, 5.0
+# How long stopping waits for a cancelled task: channels-redis's receive can swallow
+# a cancellation inside redis-py's retry and carry on, and a stop must not hang on it.
+STOP_WAIT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """What a catch-up from the database sent: the ids, or a reset past history."""
+
+    ids: tuple[int, ...] = ()
+    reset: bool = False
+
+
+class Clients(Protocol):
+    """The hub, as the relay sees it: the last id its clients were sent, and its fan-out."""
+
+    last_id: int
+
+    def fan_out(self, message: dict[str, Any]) -> None: ...
+
+
+class Relay:
+    """Joins the group, then receives for the process and hands each message to ``clients``."""
+
+    def __init__(self, layer: Any, group: str, clients: Clients) -> None:
+        self.layer = layer
+        self.group = group
+        self.channel: str | None = None
+        self.restarts = 0
+        self.running = False
+        self._clients = clients
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    async def start(self) -> int:
+        """
+        Join the group and start receiving; returns the newest persisted id, read
+        after joining, so that no broadcast falls between it and the first received.
+        If the layer is away, the relay joins once it is back and catches up.
+        """
+        self.channel = await self.layer.new_channel(prefix=RELAY_PREFIX)
+        try:
+            await self.layer.group_add(self.group, self.channel)
+            joined = True
+        except Exception as exc:
+            # Redis away, or a pooled connection it closed when it restarted.
+            logger.warning("Could not join group %r yet (%s); the relay retries", self.group, exc)
+            joined = False
+        if joined:
+            self._task = asyncio.ensure_future(self._run(lost=False))
+        newest: int = await database_sync_to_async(newest_id)()
+        if not joined:  # it catches up from here once it has joined
+            self._task = asyncio.ensure_future(self._run(lost=True))
+        return newest
+
+    async def renew(self) -> None:
+        """Refresh the membership, which channels-redis expires after ``group_expiry``."""
+        if self.channel is not None:
+            with contextlib.suppress(Exception):
+                await self.layer.group_add(self.group, self.channel)
+
+    async def stop(self) -> None:
+        """Stop receiving and leave the group, without hanging on either."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        _, stuck = await asyncio.wait([task], timeout=STOP_WAIT_SECONDS)
+        if stuck:
+            logger.warning("The relay did not stop when cancelled")
+        self._set_running(False)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self.layer.group_discard(self.group, self.channel), STOP_WAIT_SECONDS
+            )
+
+    async def _run(self, *, lost: bool) -> None:
+        delay = RESTART_FIRST_DELAY
+        while True:
+            receiving = True
+            try:
+                if lost:
+                    await self._recover()
+                    lost = False
+                self._set_running(True)
+                while True:
+                    receiving = True
+                    message = await self.layer.receive(self.channel)
+                    receiving, delay = False, RESTART_FIRST_DELAY
+                    msg_id = message.get("id")
+                    if isinstance(msg_id, int) and msg_id > self._clients.last_id + 1:
+                        await self._fill_gap(msg_id)
+                    self._clients.fan_out(message)
+            except asyncio.CancelledError:
+                self._set_running(False)
+                raise
+            except Exception as exc:
+                self._set_running(False)
+                self.restarts += 1
+                metrics.relay_restarts.inc()
+                if receiving:  # Redis down or restarting: expected, and retried
+                    logger.warning(
+                        "Relay cannot reach the channel layer (%s); retrying in %.1fs", exc, delay
+                    )
+                else:
+                    logger.exception("Relay failed; restarting in %.1fs", delay)
+                lost = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_MAX_DELAY)
+
+    def _set_running(self, running: bool) -> None:
+        if running != self.running:
+            self.running = running
+            metrics.relays_running.inc() if running else metrics.relays_running.dec()
+
+    async def _fill_gap(self, msg_id: int) -> None:
+        """
+        Ids between the last one sent and ``msg_id`` were lost in the layer
+        (channels-redis drops past ``capacity``, and publishers stop waiting for a
+        relay stalled past BROADCAST_RELAY_STALL_SECONDS) or burnt by failed sends:
+        send what the database has of them first.
+        """
+        gap_from = self._clients.last_id
+        try:
+            # Up to the id before: after a reset, the live one still follows.
+            caught_up = await self._catch_up(msg_id - 1)
+        except Exception as exc:
+            logger.warning(
+                "Relay received broadcast %s after %s and could not read the ids between "
+                "from the database (%s); clients that miss them can resume later",
+                msg_id,
+                gap_from,
+                exc,
+            )
+            return
+        # History may already hold ids after ``msg_id`` too: those were not missed.
+        missed = [missed_id for missed_id in caught_up.ids if missed_id < msg_id]
+        if missed:
+            logger.warning(
+                "Relay missed persisted broadcast(s) %s in the channel layer; sent them "
+                "from the database",
+                ", ".join(str(missed_id) for missed_id in missed),
+            )
+
+    async def _recover(self) -> None:
+        """
+        Join the group again (a restarted Redis has forgotten it) and send clients
+        every persisted broadcast they missed while the relay was away. Ephemeral
+        broadcasts from that time are gone: they were never stored.
+        """
+        await self.layer.group_add(self.group, self.channel)
+        newest = await database_sync_to_async(newest_id)()
+        caught_up = await self._catch_up(newest)
+        if not caught_up.reset:
+            logger.warning("Relay is back; %s persisted broadcast(s) caught up", len(caught_up.ids))
+
+    async def _catch_up(self, newest: int) -> CatchUp:
+        """Fan out every persisted broadcast after the hub's position, up to ``newest``."""
+        since = self._clients.last_id
+        missed = await database_sync_to_async(replay_after)(since, newest)
+        if missed is None:
+            logger.warning("Relay missed broadcasts beyond history: hub.reset")
+            text = control_text("hub.reset", {"last_id": newest, "from": since}, timezone.now())
+            self._clients.last_id = newest
+            self._clients.fan_out({"type": "broadcast.message", "id": None, "text": text})
+            return CatchUp(reset=True)
+        for missed_id, text in missed:
+            self._clients.fan_out({"type": "broadcast.message", "id": missed_id, "text": text})
+        return CatchUp(ids=tuple(missed_id for missed_id, _ in missed))

@@ -1,0 +1,42 @@
+"""
+The seam between the hub and the servers' private parts: one module per server,
+each probed once a process before its fast path is used (see :mod:`.base`).
+
+With ``BROADCAST_FAST_PATH = False``, or on a server or version the probes do not
+admit, every client goes through the ASGI ``send``: the public path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..conf import conf
+from . import daphne, uvicorn
+from .asgi import Scope, mark_single_callable, server_send
+from .base import Writer
+
+__all__ = [
+    "Scope",
+    "Writer",
+    "direct_writer",
+    "install_shutdown",
+    "mark_single_callable",
+    "server_send",
+]
+
+
+def direct_writer(send: Any) -> Writer | None:
+    """A direct writer for the server behind ``send`` (unwrapped), or None: use ``send``."""
+    if not conf.BROADCAST_FAST_PATH:
+        return None
+    if daphne.serves(send):
+        return daphne.writer_for(send)
+    if uvicorn.serves(send):
+        return uvicorn.writer_for(send)
+    return None
+
+
+def install_shutdown(run: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+    """Run ``run()`` ahead of the server's own shutdown; False on a server we do not know."""
+    return daphne.install_shutdown(run) or uvicorn.install_shutdown(run)
