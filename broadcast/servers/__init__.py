@@ -3,7 +3,9 @@ The seam between the hub and the servers' private parts: one module per server,
 each probed once a process before its fast path is used (see :mod:`.base`).
 
 With ``BROADCAST_FAST_PATH = False``, or on a server or version the probes do not
-admit, every client goes through the ASGI ``send``: the public path.
+admit, every message goes through the ASGI ``send``: the public path. On daphne, a
+writer made of public API still bounds slow clients and sends the hub's close codes
+(:mod:`.daphne`); on uvicorn, the ASGI ``send`` does both.
 """
 
 from __future__ import annotations
@@ -28,11 +30,10 @@ __all__ = [
 
 def direct_writer(send: Any) -> Writer | None:
     """A direct writer for the server behind ``send`` (unwrapped), or None: use ``send``."""
-    if not conf.BROADCAST_FAST_PATH:
-        return None
+    fast = conf.BROADCAST_FAST_PATH
     if daphne.serves(send):
-        return daphne.writer_for(send)
-    if uvicorn.serves(send):
+        return daphne.writer_for(send, fast=fast)
+    if fast and uvicorn.serves(send):
         return uvicorn.writer_for(send)
     return None
 

@@ -24,8 +24,9 @@ class Writer(Protocol):
 
     def write(self, frame: bytes, buffered: int) -> bool:
         """
-        Write a prepared frame now; False if the connection is not open. ``buffered``
-        is ``buffered()`` as the caller has just measured it (once per delivery).
+        Write a prepared frame now, or return False for the ASGI send to write the
+        message (the connection is not open, or this writer never writes itself).
+        ``buffered`` is ``buffered()`` as the caller has just measured it.
         """
 
     def buffered(self) -> int:

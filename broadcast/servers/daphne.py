@@ -1,6 +1,14 @@
 """
-daphne's private parts: autobahn's protocol over a Twisted TCP transport, and
-daphne's shutdown in Twisted's reactor. Nothing else in the app names them.
+daphne's internals: autobahn's protocol over a Twisted TCP transport, and daphne's
+shutdown in Twisted's reactor. Nothing else in the app names them.
+
+Two writers. :class:`DaphneWriter`, the fast path, writes prepared frames to the
+socket and reads Twisted's private buffer to measure a client's backlog.
+:class:`PausedWriter`, the public path, uses public API only: messages go through
+the ASGI send, the backlog is learnt from the transport's documented
+``producerPaused`` flag (set while its buffer is full, cleared once it is empty), and
+closes use autobahn's frame-level close, since daphne's ASGI close refuses most of the
+codes the hub sends.
 """
 
 from __future__ import annotations
@@ -22,14 +30,21 @@ PROVEN = (
     Proven("Twisted", "22.4", "27"),
     Proven("autobahn", "22.4.2", "27"),
 )
-# What the writer reads and calls on autobahn's protocol and Twisted's transport.
-PROTOCOL_NAMES = ("STATE_OPEN", "state", "transport", "sendCloseFrame")
-TRANSPORT_NAMES = (
-    "dataBuffer", "offset", "_tempDataLen", "disconnecting", "write", "abortConnection",
-)  # fmt: skip
+# What each writer reads and calls on autobahn's protocol and Twisted's transport.
+FAST_NAMES = (
+    ("STATE_OPEN", "state", "transport", "sendCloseFrame"),
+    ("dataBuffer", "offset", "_tempDataLen", "disconnecting", "write", "abortConnection"),
+)
+PUBLIC_NAMES = (
+    ("STATE_OPEN", "state", "transport", "sendCloseFrame"),
+    ("producerPaused", "streamingProducer", "abortConnection"),
+)
+# Twisted's default FileDescriptor.bufferSize: a paused producer means at least this much.
+TWISTED_BUFFER_SIZE = 2**16
 
-# This process's probe answer: None until the first client (or publish) asks.
+# This process's probe answers: None until the first client asks.
 verdict: Verdict | None = None
+public_verdict: Verdict | None = None
 
 
 def serves(send: Any) -> bool:
@@ -41,23 +56,53 @@ def serves(send: Any) -> bool:
     )
 
 
-def writer_for(send: Any) -> DaphneWriter | None:
-    """A direct writer for daphne's ``send``, if the probe passed on this process."""
+def writer_for(send: Any, *, fast: bool) -> DaphneWriter | PausedWriter | None:
+    """
+    The fast writer for daphne's ``send`` if ``fast`` and its probe passed in this
+    process, else the public one if its probe passed, else None (the ASGI send only).
+    """
+    global verdict, public_verdict
     protocol = send.args[0]
-    global verdict
-    if verdict is None:
-        verdict = probe("daphne", PROVEN, lambda: _missing(protocol))
-    return DaphneWriter(protocol) if verdict.safe else None
+    if fast:
+        if verdict is None:
+            verdict = probe("daphne", PROVEN, lambda: _missing(protocol, *FAST_NAMES))
+        if verdict.safe:
+            return DaphneWriter(protocol)
+    if public_verdict is None:
+        public_verdict = probe(
+            "daphne public writer", (), lambda: _missing(protocol, *PUBLIC_NAMES)
+        )
+    if not public_verdict.safe:
+        return None
+    if not protocol.transport.streamingProducer:
+        return None  # nothing for the transport to pause: no backlog to learn of
+    return PausedWriter(protocol)
 
 
-def _missing(protocol: Any) -> Iterator[str]:
-    for name in PROTOCOL_NAMES:
+def _missing(
+    protocol: Any, on_protocol: tuple[str, ...], on_transport: tuple[str, ...]
+) -> Iterator[str]:
+    for name in on_protocol:
         if not hasattr(protocol, name):
             yield f"autobahn protocol .{name}"
     transport = getattr(protocol, "transport", None)
-    for name in TRANSPORT_NAMES:
+    for name in on_transport:
         if not hasattr(transport, name):
             yield f"Twisted transport .{name}"
+
+
+def _close(protocol: Any, code: int, reason: str, grace: float | None) -> bool:
+    # daphne's ASGI close drops the reason, and autobahn's sendClose refuses codes
+    # outside 1000 and 3000-4999 (1012 among them): this is the frame-level call
+    # daphne itself uses for 1011. autobahn drops a connection whose close goes
+    # unanswered for closeHandshakeTimeout (1 s, daphne does not change it): too
+    # short for a slow client to read its backlog up to the close frame.
+    if protocol.state != protocol.STATE_OPEN:
+        return False
+    if grace is not None:
+        protocol.closeHandshakeTimeout = grace
+    protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
+    return True
 
 
 class DaphneWriter:
@@ -101,17 +146,41 @@ class DaphneWriter:
         return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
 
     def close(self, code: int, reason: str, grace: float | None = None) -> bool:
-        # daphne's ASGI close drops the reason, and autobahn's public sendClose refuses
-        # codes outside 1000 and 3000-4999 (1012 among them): this is the frame-level
-        # call daphne itself uses for 1011. autobahn drops a connection whose close
-        # goes unanswered for closeHandshakeTimeout (1 s, daphne does not change it):
-        # too short for a slow client to read its backlog up to the close frame.
-        if self._protocol.state != self._open:
-            return False
-        if grace is not None:
-            self._protocol.closeHandshakeTimeout = grace
-        self._protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
-        return True
+        return _close(self._protocol, code, reason, grace)
+
+    def abort(self) -> None:
+        self._transport.abortConnection()
+
+
+class PausedWriter:
+    """
+    The public path on daphne. ``write`` leaves every message to the ASGI send and
+    only counts what is written while the transport has its producer paused (daphne's
+    HTTP channel stays registered as the producer after the upgrade), which it has
+    while more than its ``bufferSize`` is unsent: so the backlog is known to within
+    that buffer, and a slow client is still cut.
+    """
+
+    __slots__ = ("_protocol", "_transport", "_floor", "_since_paused")
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self._floor = int(getattr(self._transport, "bufferSize", TWISTED_BUFFER_SIZE))
+        self._since_paused = 0
+
+    def write(self, frame: bytes, buffered: int) -> bool:
+        if self._transport.producerPaused:
+            self._since_paused += len(frame)
+        else:
+            self._since_paused = 0
+        return False  # not written here: the ASGI send writes it
+
+    def buffered(self) -> int:
+        return self._floor + self._since_paused if self._transport.producerPaused else 0
+
+    def close(self, code: int, reason: str, grace: float | None = None) -> bool:
+        return _close(self._protocol, code, reason, grace)
 
     def abort(self) -> None:
         self._transport.abortConnection()
