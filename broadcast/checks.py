@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
 from .conf import Settings, conf
+from .layers.redis import hosts_of
 
 
 @register(Tags.compatibility)
@@ -54,10 +56,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 @register(Tags.compatibility)
 def check_send_lock(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     """Ids stay in delivery order across processes only with a lock they all share."""
-    from channels.layers import InMemoryChannelLayer, get_channel_layer
-
-    from .layers.redis import hosts_of
-
     try:
         layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
     except Exception:  # reported by check_settings (E002) or by the layer itself

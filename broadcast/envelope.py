@@ -111,7 +111,6 @@ class Prepared:
     """A validated broadcast with its payload serialised once."""
 
     type: str
-    payload: Any
     payload_json: str
 
     def text(self, msg_id: int | None, moment: dt.datetime) -> str:
@@ -145,7 +144,7 @@ def prepare(message_type: Any, payload: Any, *, allow_reserved: bool = False) ->
         raise PayloadTooLarge(
             f"Broadcast envelope is {size} bytes, over BROADCAST_MAX_MESSAGE_BYTES ({limit})."
         )
-    return Prepared(type=message_type, payload=payload, payload_json=payload_json)
+    return Prepared(type=message_type, payload_json=payload_json)
 
 
 def control_text(message_type: str, payload: Any, moment: dt.datetime) -> str:

@@ -33,6 +33,7 @@ def test_default_settings_pass():
         ("BROADCAST_RETENTION_DAYS", 0.5, "broadcast.E020"),  # under the 1-day history TTL
         ("BROADCAST_MAX_RELAY_BACKLOG", 0, "broadcast.E021"),
         ("BROADCAST_RELAY_STALL_SECONDS", 0, "broadcast.E022"),
+        ("BROADCAST_FAST_PATH", "no", "broadcast.E023"),
     ],
 )
 def test_bad_values_are_reported(settings, name, value, error_id):

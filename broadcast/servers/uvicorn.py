@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL_CLASS = "WebSocketsSansIOProtocol"
 # The versions CI installs on its oldest and newest legs (ci/constraints-*.txt).
-PROVEN = (Proven("uvicorn", "0.35", "0.55"), Proven("websockets", "13", "18"))
+PROVEN = (Proven("uvicorn", "0.53", "0.55"), Proven("websockets", "14.1", "18"))
 # What the writer reads and calls on uvicorn's protocol object.
 PROTOCOL_NAMES = ("close_sent", "disconnected", "writable", "conn", "transport", "send")
 
