@@ -12,9 +12,10 @@ from tests.clients import uvicorn_connection
 
 
 @pytest.fixture
-def fresh_probe(monkeypatch):
-    """The uvicorn seam as a new process finds it: not probed yet."""
+def fresh_probe(monkeypatch, settings):
+    """The uvicorn seam as a new process finds it: not probed yet, the fast path on."""
     monkeypatch.setattr(uvicorn_seam, "verdict", None)
+    settings.BROADCAST_FAST_PATH = True  # whatever the environment says (CI's public leg)
 
 
 async def test_uvicorn_gets_a_direct_writer_when_the_probe_passes(fresh_probe):
