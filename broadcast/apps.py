@@ -1,4 +1,4 @@
-"""The app's configuration: its system checks and signal handlers are wired here."""
+"""The app's configuration: its system checks, signal handlers and log output are wired here."""
 
 from django.apps import AppConfig
 
@@ -12,6 +12,7 @@ class BroadcastConfig(AppConfig):
         from django.db.models.signals import post_save
 
         from . import checks  # noqa: F401 - registers the system checks
+        from .logdefaults import install_default_handler
         from .models import Broadcast
         from .signals import broadcast_requested, on_broadcast_requested, on_broadcast_saved
 
@@ -21,3 +22,4 @@ class BroadcastConfig(AppConfig):
         post_save.connect(
             on_broadcast_saved, sender=Broadcast, dispatch_uid="broadcast.on_broadcast_saved"
         )
+        install_default_handler()

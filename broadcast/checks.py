@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.core.checks import Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+from django.urls import NoReverseMatch, reverse
 
 from .conf import Settings, conf
+from .layerconf import QUICK_START, is_process_local, load_layer
 from .layers.redis import hosts_of
 
 
@@ -32,10 +34,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             Error(
                 f"BROADCAST_CHANNEL_LAYER is {alias!r}, which is not a key of "
                 f"CHANNEL_LAYERS ({sorted(layers)!r}).",
-                hint="Configure a channel layer; see the README's Settings section.",
+                hint=f"Add a channel layer to CHANNEL_LAYERS: {QUICK_START}.",
                 id="broadcast.E002",
             )
         )
+    elif isinstance(alias, str):
+        try:
+            load_layer()
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), id="broadcast.E024"))
     retention = conf.BROADCAST_RETENTION_DAYS
     if (
         Settings.BROADCAST_RETENTION_DAYS.rule.test(retention)
@@ -57,14 +64,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
 def check_send_lock(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     """Ids stay in delivery order across processes only with a lock they all share."""
     try:
-        layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
-    except Exception:  # reported by check_settings (E002) or by the layer itself
+        layer = load_layer()
+    except (ImproperlyConfigured, ValueError):  # reported by check_settings (E002, E024)
         return []
-    if (
-        layer is None
-        or isinstance(layer, InMemoryChannelLayer)
-        or hosts_of(layer, conf.BROADCAST_CHANNEL_LAYER)
-    ):
+    if is_process_local(layer) or hosts_of(layer, conf.BROADCAST_CHANNEL_LAYER):
         return []
     return [
         Warning(
@@ -74,3 +77,55 @@ def check_send_lock(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
             id="broadcast.W001",
         )
     ]
+
+
+@register(Tags.security, deploy=True)
+def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """What ``check --deploy`` should say about the hub in production."""
+    warnings: list[CheckMessage] = []
+    metrics_public = conf.BROADCAST_METRICS_ENABLED and conf.BROADCAST_METRICS_TOKEN is None
+    if metrics_public and _routed("broadcast-metrics"):
+        warnings.append(
+            Warning(
+                "/metrics is served to anyone: it has no BROADCAST_METRICS_TOKEN.",
+                hint="Set BROADCAST_METRICS_TOKEN (Prometheus sends it as a bearer "
+                "token), or BROADCAST_METRICS_ENABLED = False.",
+                id="broadcast.W002",
+            )
+        )
+    if conf.BROADCAST_HEALTHZ_ENABLED and _routed("broadcast-healthz"):
+        warnings.append(
+            Warning(
+                "/healthz is served to anyone: it tells the live connection count and the "
+                "channel layer's backend.",
+                hint="Allow it to your load balancer only (at the proxy), then add "
+                "'broadcast.W003' to SILENCED_SYSTEM_CHECKS; or BROADCAST_HEALTHZ_ENABLED "
+                "= False.",
+                id="broadcast.W003",
+            )
+        )
+    try:
+        process_local = is_process_local(load_layer())
+    except (ImproperlyConfigured, ValueError):  # an error of check_settings already
+        process_local = False
+    if process_local:
+        warnings.append(
+            Warning(
+                "The in-memory channel layer serves one server process only: a second "
+                "process refuses to start, and manage.py broadcast cannot reach clients.",
+                hint="Use channels_redis.core.RedisChannelLayer in CHANNEL_LAYERS "
+                "(docs/operations.md), or add 'broadcast.W004' to SILENCED_SYSTEM_CHECKS "
+                "if one process is all you run.",
+                id="broadcast.W004",
+            )
+        )
+    return warnings
+
+
+def _routed(name: str) -> bool:
+    """Whether the project's URLconf serves the named view (``broadcast.urls`` included)."""
+    try:
+        reverse(name)
+    except NoReverseMatch:
+        return False
+    return True

@@ -15,7 +15,6 @@ from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import Max
@@ -24,6 +23,7 @@ from django.utils import timezone
 from . import backpressure, metrics, singleprocess
 from .conf import conf
 from .envelope import BroadcastError, Prepared, prepare
+from .layerconf import is_process_local, load_layer, needs_shared_layer
 from .models import Broadcast
 from .sendlock import redis_client, send_lock
 
@@ -37,26 +37,18 @@ class PublishFailed(BroadcastError):
 
 
 def get_layer() -> Any:
-    layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
-    if layer is None:
-        raise ImproperlyConfigured(
-            f"No channel layer {conf.BROADCAST_CHANNEL_LAYER!r} in CHANNEL_LAYERS; "
-            "the broadcast hub needs one (see the README's Settings section)."
-        )
-    return layer
-
-
-def is_process_local(layer: Any) -> bool:
-    """True when the layer cannot reach any other process (the in-memory layer)."""
-    return isinstance(layer, InMemoryChannelLayer)
+    """The hub's channel layer; ``ImproperlyConfigured`` (one line) when it cannot load."""
+    return load_layer()
 
 
 def _check_reach(layer: Any) -> None:
     """On the in-memory layer, refuse to publish where no client can be reached."""
     if is_process_local(layer) and singleprocess.served_elsewhere():
         raise ImproperlyConfigured(
-            "publish() in this process cannot reach the WebSocket clients of the server "
-            f"process that serves this database. {singleprocess.HINT}"
+            needs_shared_layer(
+                "publish() in this process cannot reach the WebSocket clients of the "
+                "server process that serves this database"
+            )
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import urlparse
 
@@ -12,6 +13,8 @@ from django.urls import path
 from .conf import conf
 from .consumers import BroadcastConsumer
 from .servers import Scope, mark_single_callable
+
+logger = logging.getLogger(__name__)
 
 websocket_urlpatterns = [
     path("ws/broadcast/", BroadcastConsumer.as_asgi()),
@@ -86,7 +89,23 @@ class AllowedOrigins:
     def judge(self, origin: bytes | None) -> bool:
         """Channels' own verdict on one Origin header value (None: no header)."""
         parsed = urlparse(origin.decode("latin1")) if origin is not None else None
-        return bool(self._validator.valid_origin(parsed))
+        verdict = bool(self._validator.valid_origin(parsed))
+        if not verdict:
+            # Once per Origin value while it is remembered: a refused client retrying
+            # cannot flood the log.
+            logger.warning("%s", refusal(origin))
+        return verdict
+
+
+def refusal(origin: bytes | None) -> str:
+    """Why a WebSocket handshake with this Origin header value gets 403."""
+    if origin is None:
+        return (
+            "Refused a WebSocket with no Origin header (403): browsers always send one; "
+            "a script or a mobile client must send an Origin whose host is in ALLOWED_HOSTS."
+        )
+    shown = origin[:100].decode("latin1")
+    return f"Refused a WebSocket from Origin {shown!r} (403): its host is not in ALLOWED_HOSTS."
 
 
 mark_single_callable(AllowedOrigins)

@@ -26,11 +26,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from .conf import conf
-
-HINT = (
-    "The in-memory channel layer reaches one process only; set REDIS_URL (channels-redis) "
-    "to run several server processes or to publish from another process."
-)
+from .layerconf import needs_shared_layer
 
 _held: dict[str, int] = {}
 
@@ -54,8 +50,10 @@ def claim() -> None:
     except BlockingIOError:
         os.close(fd)
         raise ImproperlyConfigured(
-            "Another server process already serves the broadcast hub for this database "
-            f"on the in-memory channel layer (lock {path}). {HINT}"
+            needs_shared_layer(
+                "Another server process already serves the broadcast hub for this "
+                f"database (lock {path})"
+            )
         ) from None
     os.set_inheritable(fd, False)
     _held[path] = fd

@@ -84,3 +84,63 @@ def test_redis_layers_need_no_warning(settings, redis_url):
         }
         channel_layers.backends.clear()
         assert check_send_lock() == []
+
+
+def test_a_layer_backend_missing_its_package_is_an_error_naming_the_extra(settings):
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.absent.RedisChannelLayer"}}
+    channel_layers.backends.clear()
+    try:
+        errors = check_settings()
+    finally:
+        channel_layers.backends.clear()
+    assert ids(errors) == ["broadcast.E024"]
+    assert errors[0].msg.startswith(
+        "CHANNEL_LAYERS['default']['BACKEND'] is 'channels_redis.absent.RedisChannelLayer', "
+        "which cannot be imported"
+    )
+    assert errors[0].msg.endswith(": pip install 'django-broadcast-hub[redis]'.")
+
+
+def test_no_channel_layer_points_to_the_quick_start(settings):
+    settings.CHANNEL_LAYERS = {}
+    (error,) = check_settings()
+    assert error.id == "broadcast.E002"
+    assert "docs/quickstart.md" in error.hint
+
+
+def deploy_ids():
+    from broadcast.checks import check_deployment
+
+    return ids(check_deployment())
+
+
+def test_check_deploy_names_what_is_public_and_the_one_process_layer(settings):
+    settings.ROOT_URLCONF = "hubsite.urls"  # includes broadcast.urls
+    assert deploy_ids() == ["broadcast.W002", "broadcast.W003", "broadcast.W004"]
+    settings.BROADCAST_METRICS_TOKEN = "scrape-token"
+    settings.BROADCAST_HEALTHZ_ENABLED = False
+    assert deploy_ids() == ["broadcast.W004"]
+
+
+def test_endpoints_a_project_does_not_route_are_not_warned_about(settings):
+    settings.ROOT_URLCONF = "tests.urls_without_endpoints"
+    assert deploy_ids() == ["broadcast.W004"]
+
+
+def test_a_shared_layer_passes_check_deploy(settings, redis_url):
+    from channels.layers import channel_layers
+
+    settings.ROOT_URLCONF = "tests.urls_without_endpoints"
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_url]},
+        }
+    }
+    channel_layers.backends.clear()
+    try:
+        assert deploy_ids() == []
+    finally:
+        channel_layers.backends.clear()

@@ -31,9 +31,50 @@ def observer(redis_layer):
     instance.close()
 
 
-def test_it_refuses_the_in_memory_layer_and_names_redis_url():
-    with pytest.raises(CommandError, match="in-memory channel layer cannot reach.*set REDIS_URL"):
+def test_it_refuses_the_in_memory_layer_and_names_the_setting_to_change():
+    with pytest.raises(CommandError) as refused:
         run("news", "{}")
+    message = str(refused.value)
+    assert "in-memory channel layer reaches this process only" in message
+    assert "Set CHANNEL_LAYERS['default'] to channels_redis.core.RedisChannelLayer" in message
+    assert "hubsite: set REDIS_URL" in message  # this project builds it from REDIS_URL
+    assert "\n" not in message
+
+
+def test_outside_hubsite_the_refusal_speaks_of_channel_layers_only(monkeypatch, settings):
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "mysite.settings")
+    settings.SETTINGS_MODULE = "mysite.settings"
+    with pytest.raises(CommandError, match=r"Set CHANNEL_LAYERS\['default'\]") as refused:
+        run("news", "{}")
+    assert "REDIS_URL" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["news", "{not json"], "Invalid JSON in the payload argument"),
+        (["bad type!", "{}"], "type"),
+    ],
+)
+def test_bad_input_is_judged_before_the_layer(args, error):
+    """On the in-memory layer too, a typo gets its own error, not the layer's."""
+    with pytest.raises(CommandError, match=error) as refused:
+        run(*args)
+    assert "channel layer" not in str(refused.value)
+
+
+def test_a_layer_backend_that_cannot_be_imported_is_one_line(settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_nowhere.core.Layer"}}
+    channel_layers.backends.clear()
+    try:
+        with pytest.raises(CommandError) as refused:
+            run("news", "{}")
+    finally:
+        channel_layers.backends.clear()
+    assert str(refused.value) == (
+        "CHANNEL_LAYERS['default']['BACKEND'] is 'channels_nowhere.core.Layer', which cannot "
+        "be imported (No module named 'channels_nowhere'): install it."
+    )
 
 
 def test_it_publishes_and_prints_the_id(observer):

@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from broadcast import apublish
+from broadcast.logdefaults import install_default_handler
 from broadcast.publishing import PublishFailed
 from tests.clients import connect, frame
 
@@ -38,3 +39,31 @@ async def test_a_channel_layer_error_is_a_warning(caplog, unreachable_layer):
         await apublish("news", {"n": 1})
     (warning,) = lines(caplog, logging.WARNING)
     assert "failed" in warning and "Error" in warning
+
+
+def test_a_project_without_logging_for_the_app_still_sees_its_lines(capsys):
+    """Django's default LOGGING covers its own logger only; the app brings a handler."""
+    name = "broadcast.unconfigured"
+    logger = logging.getLogger(name)
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers.clear()  # as in a project with Django's default LOGGING
+    try:
+        assert install_default_handler(name)
+        logging.getLogger(f"{name}.publishing").info("Published id=%s", 7)
+        assert not install_default_handler(name)  # once
+    finally:
+        root.handlers[:] = saved
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+    assert "INFO broadcast.unconfigured.publishing: Published id=7" in capsys.readouterr().err
+
+
+def test_a_project_that_configures_logging_keeps_control():
+    logger = logging.getLogger("broadcast.configured")
+    logger.addHandler(logging.NullHandler())
+    try:
+        assert not install_default_handler("broadcast.configured")
+        assert logger.level == logging.NOTSET
+    finally:
+        logger.handlers.clear()

@@ -54,3 +54,19 @@ def test_what_it_remembers_is_bounded():
         scope = {"type": "websocket", "headers": [(b"origin", f"http://h{n}.example".encode())]}
         check(scope, None, None).close()  # the denier's coroutine, never run
     assert check.remembered <= AllowedOrigins.MAX_REMEMBERED
+
+
+async def test_a_refused_origin_is_logged_once_with_what_to_send(hub, caplog):
+    """A script without an Origin header gets 403; the log says why, once."""
+    application = app()
+    with caplog.at_level("WARNING", logger="broadcast.routing"):
+        for _ in range(3):
+            assert not await connect(application, None)
+            assert not await connect(application, b"http://evil.example")
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == [
+        "Refused a WebSocket with no Origin header (403): browsers always send one; a script "
+        "or a mobile client must send an Origin whose host is in ALLOWED_HOSTS.",
+        "Refused a WebSocket from Origin 'http://evil.example' (403): its host is not in "
+        "ALLOWED_HOSTS.",
+    ]

@@ -90,20 +90,38 @@ def test_a_bad_boolean_is_a_clear_error():
     assert "DJANGO_DEBUG must be a boolean" in result.stderr
 
 
-def test_check_deploy_passes_for_the_documented_production_settings():
+def check_deploy(**environment):
     clean = {k: v for k, v in os.environ.items() if k not in UNSET}
     clean.update(
         DJANGO_SETTINGS_MODULE="hubsite.settings",
         DJANGO_DEBUG="0",
         DJANGO_SECRET_KEY="a-long-random-production-secret-key-" + "q7Zx" * 10,
         DJANGO_ALLOWED_HOSTS="hub.example.com",
+        **environment,
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
         cwd=ROOT, env=clean, capture_output=True, text=True,
     )  # fmt: skip
+
+
+def test_check_deploy_passes_for_the_documented_production_settings():
+    result = check_deploy(
+        REDIS_URL="redis://127.0.0.1:6379/0", BROADCAST_METRICS_TOKEN="a-scrape-token"
+    )
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+def test_check_deploy_names_public_metrics_and_the_one_process_layer():
+    result = check_deploy()
+    assert result.returncode == 1
+    assert "(broadcast.W002) /metrics is served to anyone" in result.stderr
+    assert "(broadcast.W004) The in-memory channel layer serves one server process" in (
+        result.stderr
+    )
+    # hubsite's documented proxy serves /healthz to the load balancer only.
+    assert "broadcast.W003" not in result.stderr
 
 
 def test_redis_layer_pubsub_selects_channels_redis_pubsub():

@@ -82,9 +82,11 @@ def test_the_command_refuses_the_in_memory_layer_in_one_line(site):
     result = site.manage("broadcast", "news", "{}", check=False)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "CommandError: The in-memory channel layer cannot reach the server, which is another "
-        "process: set REDIS_URL (for example redis://127.0.0.1:6379/0) for both the server "
-        "and this command."
+        "CommandError: This command cannot reach the server, another process: the in-memory "
+        "channel layer reaches this process only. Set CHANNEL_LAYERS['default'] to "
+        "channels_redis.core.RedisChannelLayer (pip install 'django-broadcast-hub[redis]'; "
+        "docs/operations.md) for the servers and for this process (hubsite: set REDIS_URL, "
+        "for example redis://127.0.0.1:6379/0)."
     ]
 
 

@@ -12,15 +12,16 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from broadcast.envelope import BroadcastError
+from broadcast.envelope import BroadcastError, prepare
+from broadcast.layerconf import is_process_local, needs_shared_layer
 from broadcast.models import Broadcast
-from broadcast.publishing import get_layer, is_process_local, publish, resend
+from broadcast.publishing import get_layer, publish, resend
 
 
 class Command(BaseCommand):
     help = (
         "Publish a broadcast to every connected client, or resend failed ones. "
-        "Needs a channel layer that reaches the server processes (REDIS_URL)."
+        "Needs a channel layer that reaches the server processes (channels-redis)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -48,22 +49,18 @@ class Command(BaseCommand):
             self._handle(options)
 
     def _handle(self, options: dict[str, Any]) -> None:
-        try:
-            layer = get_layer()
-        except ImproperlyConfigured as exc:
-            raise CommandError(str(exc)) from exc
-        if is_process_local(layer):
-            raise CommandError(
-                "The in-memory channel layer cannot reach the server, which is another "
-                "process: set REDIS_URL (for example redis://127.0.0.1:6379/0) for both "
-                "the server and this command."
-            )
         if options["resend"] is not None or options["resend_failed"]:
+            self._require_shared_layer()
             self._resend(options)
             return
         if not options["type"]:
             raise CommandError("Give a broadcast TYPE (or --resend ROW / --resend-failed).")
         payload = self._payload(options)
+        try:
+            prepare(options["type"], payload)  # what the user typed is judged first
+        except BroadcastError as exc:
+            raise CommandError(str(exc)) from exc
+        self._require_shared_layer()
         try:
             envelope = publish(options["type"], payload, persist=not options["no_persist"])
         except BroadcastError as exc:
@@ -73,6 +70,16 @@ class Command(BaseCommand):
         else:
             self.stdout.write(
                 self.style.SUCCESS(f"Sent broadcast id={envelope['id']} type={envelope['type']!r}.")
+            )
+
+    def _require_shared_layer(self) -> None:
+        try:
+            layer = get_layer()
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+        if is_process_local(layer):
+            raise CommandError(
+                needs_shared_layer("This command cannot reach the server, another process")
             )
 
     def _payload(self, options: dict[str, Any]) -> Any:
