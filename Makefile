@@ -9,7 +9,7 @@ PORT ?= 8000
 # A pip constraints file for the venv (CI's version legs: ci/constraints-oldest.txt).
 CONSTRAINTS ?=
 
-.PHONY: run test lint venv bench faults
+.PHONY: run test lint docs venv bench faults
 
 venv: $(BIN)/.installed
 
@@ -23,7 +23,12 @@ run: venv
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-lint: venv
+# The docs site, into site/; strict: a broken link or anchor fails the build.
+# (Material prints an end-of-life notice for MkDocs 2, which this does not use.)
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+lint: venv docs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -32,7 +37,7 @@ lint: venv
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The load benchmark (see README.md, "Benchmark"): BENCH_ARGS="--scenarios A --servers uvicorn"
+# The load benchmark (see docs/benchmarks.md): BENCH_ARGS="--scenarios A --servers uvicorn"
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

@@ -1,1 +1,1 @@
-"""The load benchmark: see README.md, "Benchmark", and docs/benchmarks.md."""
+"""The load benchmark: see docs/benchmarks.md."""

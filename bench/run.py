@@ -89,7 +89,7 @@ class _ProfiledServer:
 UVICORN_WS = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
 # daphne listens with Twisted's default backlog of 50 connections: in a connect burst
 # the kernel drops the rest of the SYNs and clients retry after 1, 3, 7, 15 s (10,000
-# clients: 28 s instead of 4). The README's daphne command raises it, through a
+# clients: 28 s instead of 4). The daphne command in docs/operations.md raises it, through a
 # Twisted endpoint string, to uvicorn's default; BENCH_DAPHNE_BACKLOG=50 measures
 # daphne as it comes.
 DAPHNE_BACKLOG = int(os.environ.get("BENCH_DAPHNE_BACKLOG", "2048"))

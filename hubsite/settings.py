@@ -3,7 +3,7 @@ Settings for the hubsite project.
 
 With no environment set this is the embedded development default: SQLite, the
 in-memory channel layer, one process, DEBUG on. Production is configured entirely
-from the environment (see the README's "Settings" section):
+from the environment (see docs/settings.md, "hubsite's environment"):
 
 - DJANGO_SECRET_KEY, DJANGO_DEBUG, DJANGO_ALLOWED_HOSTS
 - DATABASE_URL (PostgreSQL in production; any dj-database-url URL)
@@ -256,7 +256,7 @@ LOGGING = {
     },
 }
 
-# App settings (docs: the README's "Settings" section) that deployments, the tests and
+# App settings (docs/settings.md) that deployments, the tests and
 # the benchmark set from the environment; an unset variable leaves the app's default.
 if os.environ.get("BROADCAST_HEARTBEAT_SECONDS"):
     BROADCAST_HEARTBEAT_SECONDS = env_number("BROADCAST_HEARTBEAT_SECONDS", float)

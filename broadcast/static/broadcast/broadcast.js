@@ -12,7 +12,7 @@
  * It reconnects after any close with exponential backoff and full jitter, and
  * resumes with the last id it saw (?last_id=N), so a reconnect misses nothing that
  * is still in the server's history. Beyond that history the server says hub.reset
- * and onReset is called. See the README, "The JavaScript client".
+ * and onReset is called. See docs/receiving.md.
  */
 (function (root) {
   "use strict";
