@@ -177,7 +177,7 @@ class Listener:
             return self.frames.get(timeout=timeout)
         except queue.Empty:
             self.process.kill()
-            raise AssertionError(f"listen.py printed nothing:\n{self.process.stderr.read()}")
+            raise AssertionError(f"listen.py printed nothing:\n{self.process.stderr.read()}") from None
 
     def stop(self) -> None:
         self.process.kill()
