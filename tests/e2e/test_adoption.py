@@ -177,7 +177,8 @@ class Listener:
             return self.frames.get(timeout=timeout)
         except queue.Empty:
             self.process.kill()
-            raise AssertionError(f"listen.py printed nothing:\n{self.process.stderr.read()}") from None
+            error = self.process.stderr.read()
+            raise AssertionError(f"listen.py printed nothing:\n{error}") from None
 
     def stop(self) -> None:
         self.process.kill()
@@ -230,9 +231,7 @@ def adoption_redis():
     client.flushdb()
 
 
-async def test_a_new_project_adopts_the_app_by_following_the_quick_start(
-    tmp_path, adoption_redis
-):
+async def test_a_new_project_adopts_the_app_by_following_the_quick_start(tmp_path, adoption_redis):
     wheel = build_wheel(tmp_path)
     project = Project(tmp_path)
     venv.create(project.env_dir, with_pip=True)
