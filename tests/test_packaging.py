@@ -88,6 +88,7 @@ def test_the_wheel_installs_into_a_fresh_virtualenv_and_works(tmp_path):
         "broadcast/templates/admin/broadcast/hubprocess/change_list.html",
         "broadcast/migrations/0001_initial.py",
         "broadcast/management/commands/broadcast.py",
+        "broadcast/py.typed",
     ]:
         assert expected in names, f"{expected} is missing from {wheel.name}"
     assert not [name for name in names if name.startswith(("hubsite/", "tests/", "bench/"))]
@@ -100,3 +101,14 @@ def test_the_wheel_installs_into_a_fresh_virtualenv_and_works(tmp_path):
     script.write_text(USE_IT)
     result = run(python, str(script), str(tmp_path / "db.sqlite3"), cwd=tmp_path)
     assert "installed and working" in result.stdout
+
+
+def test_the_version_has_a_changelog_entry():
+    """A user reading CHANGELOG.md finds what changed in the version they installed."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    headings = [
+        line for line in (ROOT / "CHANGELOG.md").read_text().splitlines() if line.startswith("## ")
+    ]
+    assert headings[0].startswith(f"## {version} ("), headings[:2]
