@@ -34,7 +34,10 @@ def replay_plan(last_id: int, current_id: int) -> list[int] | None:
     they are not all in history (too many, too old, or an id this hub never issued).
     Only ids are read here; :func:`envelope_texts` reads the broadcasts page by page.
     """
-    if last_id > current_id:
+    # Ahead of this process's relay, the id may still be ours: another process can
+    # welcome a client with an id committed but not yet sent (or whose publisher
+    # died there). Only an id the database never issued is another history.
+    if last_id > current_id and not Broadcast.objects.filter(seq=last_id).exists():
         return None  # ids from another history (the database was reset)
     # Failed rows are read too: they hold their (burnt) ids, so the ids read must
     # run on from last_id without a hole. A hole means rows were deleted (pruned

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from typing import Any
 
 from websockets.asyncio.client import connect
@@ -71,6 +72,7 @@ class Client:
         self.reconnects = 0
         # What a violation report shows: each (re)connect and the frames that followed.
         self.history: list[str] = []
+        self.recent: deque[str] = deque(maxlen=40)  # what a violation report shows
 
     async def open(self) -> None:
         requested = _requested_last_id(self.query)
@@ -93,9 +95,9 @@ class Client:
             raise Violation(f"welcome took {took:.1f}s")
         self.port = self.server.port
         welcome_id = welcome["payload"]["last_id"]
-        self.history.append(
-            f"connect {self.server.kind}:{self.server.port}{self.query} welcome {welcome_id}"
-        )
+        line = f"connect {self.server.kind}:{self.server.port}{self.query} welcome {welcome_id}"
+        self.history.append(line)
+        self.recent.append(line)
         start = requested if requested is not None and requested <= welcome_id else welcome_id
         if self.last_seen is None:
             self.start = self.last_seen = start
@@ -119,10 +121,10 @@ class Client:
 
     def take(self, frame: dict) -> None:
         kind, msg_id = frame.get("type"), frame.get("id")
+        line = f"{kind} {msg_id} {frame.get('payload') if kind.startswith('hub.') else ''}"
+        self.recent.append(line)
         if len(self.history) < 200:
-            self.history.append(
-                f"{kind} {msg_id} {frame.get('payload') if kind.startswith('hub.') else ''}"
-            )
+            self.history.append(line)
         if kind == "hub.reset":
             to = frame["payload"]["last_id"]
             self.resets.append((self.last_seen, to))
@@ -133,7 +135,8 @@ class Client:
         if msg_id <= self.last_seen:
             self.oracle.fail(
                 f"client got id {msg_id} after {self.last_seen} (not increasing) on "
-                f"{self.server.kind}:{self.server.port}"
+                f"{self.server.kind}:{self.server.port}; its last frames:\n    "
+                + "\n    ".join(self.recent)
             )
             return
         if msg_id > self.last_seen + 1:

@@ -86,6 +86,37 @@ async def test_a_failed_send_burns_its_id_without_forcing_a_reset(hub):
     await client.disconnect()
 
 
+async def test_resuming_from_an_id_this_process_has_not_relayed_yet_is_no_reset(hub):
+    """
+    Another process can welcome a client with an id this one has not relayed: a
+    publisher between commit and send (or killed there). Found by the fault sequencer:
+    such a client, moved here, was told hub.reset, and then got that id after all.
+    """
+    from django.utils import timezone
+
+    from broadcast.models import Broadcast
+
+    bystander = await connect()  # the process is relaying
+    ids = await publish_many(2)
+    in_flight = ids[-1] + 1
+    await Broadcast.objects.acreate(
+        type="news", payload={"n": "in flight"}, seq=in_flight, sent_at=timezone.now()
+    )  # committed by a publisher that has not sent it
+    client = await connect(query=f"?last_id={in_flight}")
+    assert client.welcome["payload"]["last_id"] == ids[-1]
+    resumed = await frame(client)
+    assert (resumed["type"], resumed["payload"]) == (
+        "hub.resumed", {"from": in_flight, "count": 0, "last_id": in_flight},
+    )  # fmt: skip
+    (live,) = await publish_many(1)  # this process fills the gap with the in-flight id
+    assert live == in_flight + 1
+    assert (await frame(client))["id"] == live  # not the in-flight id, which it had
+    assert await client.receive_nothing(timeout=0.1)
+    assert [(await frame(bystander))["id"] for _ in range(4)] == [*ids, in_flight, live]
+    await client.disconnect()
+    await bystander.disconnect()
+
+
 async def test_an_id_from_the_future_gets_a_reset(hub):
     await publish_many(1)
     client = await connect(query="?last_id=999")
