@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from .base import Proven, Verdict, probe
-
-logger = logging.getLogger(__name__)
 
 # The versions CI installs on its oldest and newest legs (ci/constraints-*.txt).
 PROVEN = (

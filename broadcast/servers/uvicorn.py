@@ -6,7 +6,6 @@ transport, and its signal handlers. Nothing else in the app names them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 import threading
@@ -15,8 +14,6 @@ from types import FrameType
 from typing import Any
 
 from .base import Proven, Verdict, probe
-
-logger = logging.getLogger(__name__)
 
 PROTOCOL_CLASS = "WebSocketsSansIOProtocol"
 # The versions CI installs on its oldest and newest legs (ci/constraints-*.txt).
