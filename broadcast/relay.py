@@ -108,18 +108,18 @@ class Relay:
             )
 
     async def _run(self, *, lost: bool) -> None:
-        delay = RESTART_FIRST_DELAY
+        delay, retry_at_once = RESTART_FIRST_DELAY, True
         while True:
-            receiving = True
+            receiving, recovered = True, False
             try:
                 if lost:
                     await self._recover()
-                    lost = False
+                    lost, recovered = False, True
                 self._set_running(True)
                 while True:
                     receiving = True
                     message = await self.layer.receive(self.channel)
-                    receiving, delay = False, RESTART_FIRST_DELAY
+                    receiving, delay, retry_at_once = False, RESTART_FIRST_DELAY, True
                     msg_id = message.get("id")
                     if isinstance(msg_id, int) and msg_id > self._clients.last_id + 1:
                         await self._fill_gap(msg_id)
@@ -131,13 +131,20 @@ class Relay:
                 self._set_running(False)
                 self.restarts += 1
                 metrics.relay_restarts.inc()
+                lost = True
+                if receiving and recovered and retry_at_once:
+                    # After Redis restarts, the first command on each pooled connection
+                    # fails and the next one reconnects: the layer just answered, so
+                    # the backoff that the outage grew would keep it away for nothing.
+                    retry_at_once = False
+                    logger.warning("Relay lost a stale connection (%s); retrying at once", exc)
+                    continue
                 if receiving:  # Redis down or restarting: expected, and retried
                     logger.warning(
                         "Relay cannot reach the channel layer (%s); retrying in %.1fs", exc, delay
                     )
                 else:
                     logger.exception("Relay failed; restarting in %.1fs", delay)
-                lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RESTART_MAX_DELAY)
 

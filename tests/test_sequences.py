@@ -212,3 +212,38 @@ async def test_a_first_client_is_welcomed_when_joining_fails_and_gets_what_the_r
     assert (await frame(client))["id"] == sent["id"]
     assert hub.relay_state == "running"
     await client.disconnect()
+
+
+async def test_a_relay_back_from_an_outage_retries_a_stale_connection_at_once(
+    hub, monkeypatch, caplog
+):
+    """
+    After Redis restarts, the first command on a pooled connection fails. A relay that
+    had just rejoined then waited out the backoff its outage had grown (up to 5 s of
+    /healthz 503 with Redis back). Found by CI's Redis outage test on a loaded machine.
+    """
+    layer = get_channel_layer()
+    real_receive, stale = layer.receive, ["outage", "stale"]
+
+    async def receive_failing_twice(channel):
+        if stale:
+            raise ConnectionError(f"Connection closed by server ({stale.pop(0)}).")
+        return await real_receive(channel)
+
+    monkeypatch.setattr(layer, "receive", receive_failing_twice)
+    monkeypatch.setattr("broadcast.relay.RESTART_FIRST_DELAY", 0.1)
+    client = await connect()
+    for _ in range(100):  # the two failures, then the relay is back
+        if not stale and hub.relay_state == "running":
+            break
+        await asyncio.sleep(0.02)
+    sent = await apublish("news", {"n": 1})
+    assert (await asyncio.wait_for(frame(client), 3))["id"] == sent["id"]
+    retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries == [
+        "Relay cannot reach the channel layer (Connection closed by server (outage).); "
+        "retrying in 0.1s",
+        "Relay lost a stale connection (Connection closed by server (stale).); retrying at once",
+    ]
+    assert hub.relay_state == "running"
+    await client.disconnect()
