@@ -65,7 +65,7 @@ def check_send_lock(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
     """Ids stay in delivery order across processes only with a lock they all share."""
     try:
         layer = load_layer()
-    except (ImproperlyConfigured, ValueError):  # reported by check_settings (E002, E024)
+    except ImproperlyConfigured:  # reported by check_settings (E002, E024)
         return []
     if is_process_local(layer) or hosts_of(layer, conf.BROADCAST_CHANNEL_LAYER):
         return []
@@ -106,7 +106,7 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
         )
     try:
         process_local = is_process_local(load_layer())
-    except (ImproperlyConfigured, ValueError):  # an error of check_settings already
+    except ImproperlyConfigured:  # an error of check_settings already
         process_local = False
     if process_local:
         warnings.append(

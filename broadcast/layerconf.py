@@ -29,20 +29,16 @@ def load_layer() -> Any:
         layer = get_channel_layer(alias)
     except InvalidChannelLayerError as exc:
         raise ImproperlyConfigured(_why_not_loaded(alias, exc)) from exc
-    except TypeError as exc:  # the backend refused its CONFIG
+    except (TypeError, ValueError) as exc:  # the backend refused its CONFIG
         raise ImproperlyConfigured(
             f"CHANNEL_LAYERS[{alias!r}]['CONFIG'] does not suit its BACKEND: {exc}."
         ) from exc
     if layer is None:
-        raise ImproperlyConfigured(missing_layer(alias))
+        raise ImproperlyConfigured(
+            f"CHANNEL_LAYERS has no {alias!r} layer, which the broadcast hub uses "
+            f"(BROADCAST_CHANNEL_LAYER); add one: {QUICK_START}."
+        )
     return layer
-
-
-def missing_layer(alias: str) -> str:
-    return (
-        f"CHANNEL_LAYERS has no {alias!r} layer, which the broadcast hub uses "
-        f"(BROADCAST_CHANNEL_LAYER); add one: {QUICK_START}."
-    )
 
 
 def _why_not_loaded(alias: str, exc: InvalidChannelLayerError) -> str:

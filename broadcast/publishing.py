@@ -36,11 +36,6 @@ class PublishFailed(BroadcastError):
     """The broadcast was valid but could not be handed to the channel layer."""
 
 
-def get_layer() -> Any:
-    """The hub's channel layer; ``ImproperlyConfigured`` (one line) when it cannot load."""
-    return load_layer()
-
-
 def _check_reach(layer: Any) -> None:
     """On the in-memory layer, refuse to publish where no client can be reached."""
     if is_process_local(layer) and singleprocess.served_elsewhere():
@@ -86,7 +81,7 @@ def publish(
     in at that moment (and nothing is sent if the transaction rolls back).
     """
     prepared = prepare(type, payload)
-    layer = get_layer()
+    layer = load_layer()
     _check_reach(layer)
     if not persist:
         return async_to_sync(_send_ephemeral)(prepared, layer)
@@ -117,7 +112,7 @@ async def apublish(
     """The async twin of :func:`publish`."""
     if not persist:
         # No database work: stay on the event loop instead of hopping to a thread.
-        prepared, layer = prepare(type, payload), get_layer()
+        prepared, layer = prepare(type, payload), load_layer()
         _check_reach(layer)
         return await _send_ephemeral(prepared, layer)
     # database_sync_to_async closes the thread's connection like a request would.
@@ -160,7 +155,7 @@ def send_row(
     The id is committed before the send, and both happen under the send lock, so a
     client that sees id N can always find every id below N in the database.
     """
-    layer = layer or get_layer()
+    layer = layer or load_layer()
     if prepared is None:
         try:
             prepared = prepare(row.type, row.payload)

@@ -21,12 +21,10 @@ import hashlib
 import os
 import tempfile
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from .conf import conf
-from .layerconf import needs_shared_layer
+from .layerconf import is_process_local, load_layer, needs_shared_layer
 
 _held: dict[str, int] = {}
 
@@ -62,10 +60,10 @@ def claim() -> None:
 def claim_for_layer() -> None:
     """:func:`claim`, if this process serves the hub on the in-memory layer."""
     try:
-        layer = get_channel_layer(conf.BROADCAST_CHANNEL_LAYER)
-    except Exception:  # a bad layer setting: the system checks report it
+        layer = load_layer()
+    except ImproperlyConfigured:  # a bad layer setting: the system checks report it
         return
-    if isinstance(layer, InMemoryChannelLayer):
+    if is_process_local(layer):
         claim()
 
 

@@ -17,8 +17,8 @@ from django.views.decorators.http import require_GET
 from . import metrics
 from .conf import conf
 from .hub import running_hub
+from .layerconf import load_layer
 from .models import HubProcess
-from .publishing import get_layer
 from .relay import RELAY_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _check_database() -> dict[str, Any]:
 async def _check_layer() -> dict[str, Any]:
     """A round trip through the channel layer: what a broadcast needs to get anywhere."""
     started = time.perf_counter()
-    layer = get_layer()
+    layer = load_layer()
     # The relay's prefix: channels-redis serves every process-local channel of one
     # prefix from one Redis list, under one receive lock per layer. With a prefix of
     # its own, this receive would wait behind the relay's blocking pop on another list.

@@ -308,9 +308,9 @@ def test_a_publisher_killed_holding_the_lock_delays_the_next_only_until_it_expir
     holder = subprocess.Popen(
         [sys.executable, "-c", (
             "import django, time; django.setup()\n"
-            "from broadcast.publishing import get_layer\n"
+            "from broadcast.layerconf import load_layer\n"
             "from broadcast.sendlock import send_lock\n"
-            "with send_lock(get_layer()):\n"
+            "with send_lock(load_layer()):\n"
             "    print('held', flush=True)\n"
             "    time.sleep(60)\n"
         )],

@@ -13,9 +13,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broadcast.envelope import BroadcastError, prepare
-from broadcast.layerconf import is_process_local, needs_shared_layer
+from broadcast.layerconf import is_process_local, load_layer, needs_shared_layer
 from broadcast.models import Broadcast
-from broadcast.publishing import get_layer, publish, resend
+from broadcast.publishing import publish, resend
 
 
 class Command(BaseCommand):
@@ -74,7 +74,7 @@ class Command(BaseCommand):
 
     def _require_shared_layer(self) -> None:
         try:
-            layer = get_layer()
+            layer = load_layer()
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
         if is_process_local(layer):
