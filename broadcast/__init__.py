@@ -13,20 +13,26 @@ __all__ = [
     "BroadcastError",
     "InvalidBroadcast",
     "InvalidPayload",
+    "InvalidTopic",
     "InvalidType",
     "PayloadTooLarge",
     "PublishFailed",
     "apublish",
+    "apublish_to_user",
     "publish",
+    "publish_to_user",
 ]
 
 _LAZY = {
     "publish": "publishing",
     "apublish": "publishing",
+    "publish_to_user": "publishing",
+    "apublish_to_user": "publishing",
     "PublishFailed": "publishing",
     "BroadcastError": "envelope",
     "InvalidBroadcast": "envelope",
     "InvalidPayload": "envelope",
+    "InvalidTopic": "envelope",
     "InvalidType": "envelope",
     "PayloadTooLarge": "envelope",
 }

@@ -24,6 +24,7 @@ T = TypeVar("T")
 # Channels accepts group names of ASCII letters, digits, hyphens, underscores and
 # periods, shorter than 100 characters.
 GROUP_NAME_RE = re.compile(r"\A[a-zA-Z0-9_.\-]{1,99}\Z")
+DOTTED_PATH_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ RULES: dict[str, Callable[[Any], bool]] = {
         isinstance(value, str) and bool(GROUP_NAME_RE.match(value))
     ),
     "be a string": lambda value: isinstance(value, str),
+    "be a dotted path to a callable, e.g. 'myapp.topics.authorize'": lambda value: (
+        isinstance(value, str) and bool(DOTTED_PATH_RE.match(value))
+    ),
+    "be a list of keys, each a string of at least 16 characters": lambda value: (
+        isinstance(value, list | tuple)
+        and all(isinstance(key, str) and len(key) >= 16 for key in value)
+    ),
 }
 
 
@@ -177,6 +185,19 @@ class Settings:
     BROADCAST_FAST_PATH = Setting[bool](
         True, "be True or False", "broadcast.E023",
         "Write prepared frames to daphne's and uvicorn's transports; off: the ASGI send.",
+    )  # fmt: skip
+    BROADCAST_MAX_TOPICS_PER_CLIENT = Setting[int](
+        100, "be a positive integer", "broadcast.E025",
+        "Topics one connection may subscribe to; more are denied with hub.error.",
+    )  # fmt: skip
+    BROADCAST_TOPIC_AUTHORIZER = Setting[str](
+        "broadcast.topics.default_authorizer",
+        "be a dotted path to a callable, e.g. 'myapp.topics.authorize'", "broadcast.E026",
+        "``authorize(user, topic) -> bool``: who may subscribe to what.",
+    )  # fmt: skip
+    BROADCAST_API_KEYS = Setting[list[str]](
+        [], "be a list of keys, each a string of at least 16 characters", "broadcast.E027",
+        "Bearer keys for ``POST /broadcast/publish``; empty: that endpoint is a 404.",
     )  # fmt: skip
 
     def __init__(self) -> None:

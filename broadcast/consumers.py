@@ -8,23 +8,27 @@ import functools
 import json
 import logging
 from typing import Any
-from urllib.parse import parse_qs
 
 from channels.auth import get_user
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from . import metrics, singleprocess
+from . import metrics, singleprocess, topics
 from .conf import conf
+from .connectquery import ConnectQuery
 from .envelope import control_text, welcome_text
 from .hub import get_hub
 from .outbox import Outbox, close_through_send
 from .resume import resume
 from .servers import Scope, Writer, direct_writer, mark_single_callable, server_send
 from .shutdown import CLOSE_SERVICE_RESTART
+from .tokens import Grant, InvalidToken, read_token
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
     _closing = False
     _tokens = 0.0
     _refilled = 0.0
+    _grant: Grant | None = None
+    _user: Any = None
+    # topic -> the authorizer's verdict, for this connection's life.
+    _verdicts: dict[str, bool] | None = None
 
     @classmethod
     def as_asgi(cls, **initkwargs: Any) -> Any:
@@ -116,9 +124,13 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         raise StopConsumer()
 
     async def connect(self) -> None:
+        query = ConnectQuery.of(self.scope)
+        if query.token is not None and not await self._accept_token(query.token):
+            await self.close()  # before accept: the handshake gets 403
+            return
         if conf.BROADCAST_REQUIRE_AUTH and not await self._authenticated():
             logger.debug("Refused an anonymous client (BROADCAST_REQUIRE_AUTH)")
-            await self.close()  # before accept: the handshake gets 403
+            await self.close()
             return
         self.hub = get_hub()
         if self.hub.stopping:
@@ -129,21 +141,54 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         outbox = Outbox(
             send, conf.BROADCAST_MAX_PENDING_BYTES, self._on_overflow, direct_writer(send)
         )
-        last_id, error = _last_id_from_query(self.scope)
+        errors = list(query.errors)
+        granted: list[str] = []
+        answer = None
+        if query.topics:
+            granted, denied, judged_errors = await self._judge(query.topics, frozenset())
+            errors += judged_errors
+            answer = _subscribed_text(granted, denied)
         await self.accept()
         limit = conf.BROADCAST_MAX_CONNECTIONS
-        if not await self.hub.register(outbox, welcome_text, hold=last_id is not None, limit=limit):
+        registered = await self.hub.register(
+            outbox,
+            welcome_text,
+            hold=query.last_id is not None,
+            limit=limit,
+            topics=granted,
+            answer=answer,
+        )
+        if not registered:
             logger.warning(
                 "Refused a client: this process has %s (BROADCAST_MAX_CONNECTIONS)", limit
             )
             await self._close(CLOSE_TRY_AGAIN_LATER, "server full")
             return
         self.outbox = outbox
-        if error:
+        for error in errors:
             self._reply_error(error)
-        if last_id is not None:
-            self._start_resume(outbox, last_id)
+        if query.last_id is not None:
+            self._start_resume(outbox, query.last_id)
         logger.debug("Client connected (%s in this process)", self.hub.current)
+
+    async def _accept_token(self, token: str) -> bool:
+        """Read a connect token; a bad one, or one whose user is gone, is refused."""
+        try:
+            grant = read_token(token)
+        except InvalidToken as exc:
+            # The reason only: a token in a log line is a credential in a log file.
+            logger.warning("Refused a WebSocket (403): %s", exc)
+            return False
+        if grant.user_pk is not None:
+            user = await database_sync_to_async(_active_user)(grant.user_pk)
+            if user is None:
+                logger.warning("Refused a WebSocket (403): the connect token's user is gone")
+                return False
+            self._user = user
+        else:
+            self._user = AnonymousUser()
+        self._grant = grant
+        return True
 
     async def disconnect(self, code: int) -> None:
         if self.outbox is not None:
@@ -190,7 +235,20 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
                 outbox.hold()
                 self._start_resume(outbox, last_id)
         elif frame_type == "hub.ping":
-            outbox.push_text(control_text("hub.pong", None, timezone.now()))
+            # The hub's position: every broadcast of this client's streams up to it
+            # was sent ahead of this frame, so a client may resume from here even when
+            # other topics' ids passed it by (resume.py).
+            pong = {"last_id": self.hub.last_id}
+            outbox.push_text(control_text("hub.pong", pong, timezone.now()))
+        elif frame_type == "hub.subscribe":
+            await self._subscribe(outbox, frame.get("topics"))
+        elif frame_type == "hub.unsubscribe":
+            names, errors = topics.parse_names(frame.get("topics"))
+            for error in errors:
+                self._reply_error(error)
+            self.hub.unsubscribe(outbox, names)
+            answer = {"topics": names}
+            outbox.push_text(control_text("hub.unsubscribed", answer, timezone.now()))
         else:
             self._reply_error(f"unknown frame type {frame_type!r}; clients cannot publish")
 
@@ -201,22 +259,85 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         while a long history streams at the client's pace.
         """
         self._resuming = asyncio.ensure_future(
-            resume(outbox, last_id, self.hub.last_id, SLOW_CLIENT_GRACE_SECONDS)
+            resume(
+                outbox,
+                last_id,
+                self.hub.last_id,
+                SLOW_CLIENT_GRACE_SECONDS,
+                self.hub.subscriptions(outbox),
+            )
         )
 
+    # Topics ------------------------------------------------------------------
+
+    async def _subscribe(self, outbox: Outbox, raw: Any) -> None:
+        """Judge a ``hub.subscribe`` frame's topics, subscribe the granted, answer."""
+        names, errors = topics.parse_names(raw)
+        for error in errors:
+            self._reply_error(error)
+        granted, denied, judged_errors = await self._judge(names, self.hub.subscriptions(outbox))
+        for error in judged_errors:
+            self._reply_error(error)
+        # No await between subscribing and the answer: once the client reads it,
+        # every broadcast of those topics follows it.
+        self.hub.subscribe(outbox, granted)
+        outbox.push_text(_subscribed_text(granted, denied))
+
+    async def _judge(
+        self, names: list[str], subscribed: frozenset[str]
+    ) -> tuple[list[str], list[str], list[str]]:
+        """
+        (granted, denied, errors) for topic names: within BROADCAST_MAX_TOPICS_PER_CLIENT,
+        granted by the connect token, or by the authorizer (asked once per topic).
+        """
+        if self._verdicts is None:
+            self._verdicts = {}
+        verdicts = self._verdicts
+        limit = conf.BROADCAST_MAX_TOPICS_PER_CLIENT
+        room = limit - len(subscribed)
+        wanted, over = [], []
+        for name in names:
+            if name in subscribed:
+                wanted.append(name)
+            elif room > 0:
+                wanted.append(name)
+                room -= 1
+            else:
+                over.append(name)
+        errors = []
+        if over:
+            errors.append(
+                f"denied {len(over)} topic(s): at most {limit} per connection "
+                f"(BROADCAST_MAX_TOPICS_PER_CLIENT)"
+            )
+        pre_granted = self._grant.topics if self._grant is not None else frozenset()
+        unknown = [name for name in wanted if name not in verdicts and name not in pre_granted]
+        if unknown:
+            user = await self._resolve_user()
+            verdicts.update(await database_sync_to_async(topics.verdicts)(user, unknown))
+        granted = [name for name in wanted if name in pre_granted or verdicts[name]]
+        denied = [name for name in wanted if name not in granted] + over
+        return granted, denied, errors
+
+    async def _resolve_user(self) -> Any:
+        """
+        The connection's user, resolved once and only when it is needed:
+        AuthMiddleware would resolve it on every connect, a database thread hop each.
+        """
+        if self._user is None:
+            user = self.scope.get("user")
+            if user is None and "session" in self.scope:
+                user = await get_user(self.scope)
+            self._user = user if user is not None else AnonymousUser()
+        return self._user
+
     async def _authenticated(self) -> bool:
-        """
-        The user is resolved here, only when it is needed: AuthMiddleware would
-        resolve it on every connect, a database thread hop per client.
-        """
-        user = self.scope.get("user")
-        if user is None:
-            if "session" not in self.scope:
-                raise ImproperlyConfigured(
-                    "BROADCAST_REQUIRE_AUTH needs the session (SessionMiddlewareStack or "
-                    "AuthMiddlewareStack) around the broadcast route."
-                )
-            user = await get_user(self.scope)
+        if self._grant is None and "user" not in self.scope and "session" not in self.scope:
+            raise ImproperlyConfigured(
+                "BROADCAST_REQUIRE_AUTH needs the session (SessionMiddlewareStack or "
+                "AuthMiddlewareStack) around the broadcast route."
+            )
+        user = await self._resolve_user()
         return bool(getattr(user, "is_authenticated", False))
 
     def _within_rate(self) -> bool:
@@ -286,15 +407,14 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _last_id_from_query(scope: Scope) -> tuple[int | None, str | None]:
-    """(last_id, error) from ``?last_id=N``; both None when it is absent."""
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("last_id")
-    if not values:
-        return None, None
+def _subscribed_text(granted: list[str], denied: list[str]) -> str:
+    return control_text("hub.subscribed", {"topics": granted, "denied": denied}, timezone.now())
+
+
+def _active_user(pk: Any) -> Any:
+    """The active user with this primary key, or None (deleted, deactivated, bad pk)."""
     try:
-        value = int(values[-1])
-    except ValueError:
-        value = -1
-    if value < 0:
-        return None, f"ignored last_id {values[-1]!r}: it must be an integer >= 0"
-    return value, None
+        user = get_user_model().objects.get(pk=pk)
+    except Exception:
+        return None
+    return user if getattr(user, "is_active", True) else None

@@ -24,12 +24,21 @@ from .models import ConnectionSample, HubProcess
 
 logger = logging.getLogger("broadcast.hub")
 
+# Topics per process row, the most subscribed first: per-user topics alone can number
+# as many as the users, and the row is written every heartbeat.
+TOPIC_COUNTS_KEPT = 200
+
+
+def _no_topics() -> dict[str, int]:
+    return {}
+
 
 @dataclass
 class Counts:
     """Connection figures of one process, and the row they are written to."""
 
     current: Callable[[], int]
+    topics: Callable[[], dict[str, int]] = _no_topics
     peak: int = 0
     total_accepted: int = 0
     started_at: datetime = field(default_factory=timezone.now)
@@ -41,9 +50,11 @@ class Counts:
         self.peak = max(self.peak, self.current())
 
     async def write(self, *, stopped: bool = False) -> None:
-        await database_sync_to_async(self._write)(stopped)
+        # Read on the event loop: the index changes there, and the write runs in a thread.
+        topics = kept_topics({} if stopped else self.topics())
+        await database_sync_to_async(self._write)(stopped, topics)
 
-    def _write(self, stopped: bool) -> None:
+    def _write(self, stopped: bool, topics: dict[str, int]) -> None:
         # Counts are read when the write runs, not when it was queued, so that a
         # write waiting behind another never lands older figures over newer ones.
         now = timezone.now()
@@ -51,6 +62,7 @@ class Counts:
             "current": self.current(),
             "peak": self.peak,
             "total_accepted": self.total_accepted,
+            "topics": topics,
             "last_heartbeat": now,
             "stopped_at": now if stopped else None,
         }
@@ -69,6 +81,21 @@ class Counts:
                 process_id=self.row_id, taken_at=now, current=fields["current"]
             )
             self._sampled_at = clock
+
+
+def kept_topics(counts: dict[str, int]) -> dict[str, int]:
+    """The TOPIC_COUNTS_KEPT most subscribed topics, most first (then by name)."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return dict(ranked[:TOPIC_COUNTS_KEPT])
+
+
+def live_topic_totals() -> dict[str, int]:
+    """Subscribers per topic over every live process (of the topics each one kept)."""
+    totals: dict[str, int] = {}
+    for topics in HubProcess.objects.live().values_list("topics", flat=True):
+        for topic, count in (topics or {}).items():
+            totals[topic] = totals.get(topic, 0) + int(count)
+    return kept_topics(totals)
 
 
 async def heartbeat(counts: Counts, renew: Callable[[], Awaitable[None]]) -> None:

@@ -1,5 +1,5 @@
 """
-The envelope every client receives: ``{"id", "type", "payload", "timestamp"}``.
+The envelope every client receives: ``{"id", "type", "topic", "payload", "timestamp"}``.
 
 A broadcast is validated and its payload serialised once, here; the envelope text
 is then assembled around that serialised payload at send time, when the delivery
@@ -22,6 +22,8 @@ from .conf import conf
 # \A and \Z, not ^ and $: "$" also matches before a final newline ("a\n").
 TYPE_RE = re.compile(r"\A[A-Za-z0-9_.:\-]{1,64}\Z")
 RESERVED_PREFIX = "hub."
+# Topics are named like types; ``None`` is the global stream every client gets.
+TOPIC_RE = TYPE_RE
 # The longest id the envelope can carry: sizes are checked against it so that an
 # envelope accepted at publish time never grows past the limit when its id is set.
 _LONGEST_ID = 2**63 - 1
@@ -38,6 +40,10 @@ class InvalidBroadcast(BroadcastError, ValueError):
 
 class InvalidType(InvalidBroadcast):
     """The type is not 1-64 characters of [A-Za-z0-9_.:-], or is reserved."""
+
+
+class InvalidTopic(InvalidBroadcast):
+    """The topic is not 1-64 characters of [A-Za-z0-9_.:-], or is reserved."""
 
 
 class InvalidPayload(InvalidBroadcast, TypeError):
@@ -60,6 +66,19 @@ def validate_type(message_type: Any, *, allow_reserved: bool = False) -> str:
             f"hub's control frames, got {message_type!r}."
         )
     return message_type
+
+
+def validate_topic(topic: Any) -> str | None:
+    """A topic name, or None for the global stream; InvalidTopic otherwise."""
+    if topic is None:
+        return None
+    if not isinstance(topic, str) or not TOPIC_RE.match(topic):
+        raise InvalidTopic(
+            f"Topic must be 1-64 characters of letters, digits and '_.:-', got {_short(topic)}."
+        )
+    if topic.startswith(RESERVED_PREFIX):
+        raise InvalidTopic(f"Topics starting with {RESERVED_PREFIX!r} are reserved, got {topic!r}.")
+    return topic
 
 
 def dumps(value: Any) -> str:
@@ -98,11 +117,20 @@ def now_timestamp() -> str:
     return text
 
 
-def build_text(msg_id: int | None, type_json: str, payload_json: str, timestamp: str) -> str:
+def build_text(
+    msg_id: int | None,
+    type_json: str,
+    payload_json: str,
+    timestamp: str,
+    topic: str | None = None,
+) -> str:
     """Assemble the envelope text from already-serialised parts."""
     id_json = "null" if msg_id is None else str(int(msg_id))
+    # A valid topic needs no escaping (TOPIC_RE): quoting it is enough.
+    topic_json = "null" if topic is None else f'"{topic}"'
     return (
-        f'{{"id":{id_json},"type":{type_json},"payload":{payload_json},"timestamp":"{timestamp}"}}'
+        f'{{"id":{id_json},"type":{type_json},"topic":{topic_json},'
+        f'"payload":{payload_json},"timestamp":"{timestamp}"}}'
     )
 
 
@@ -112,10 +140,11 @@ class Prepared:
 
     type: str
     payload_json: str
+    topic: str | None = None
 
     def text(self, msg_id: int | None, moment: dt.datetime) -> str:
         return build_text(
-            msg_id, json.dumps(self.type), self.payload_json, format_timestamp(moment)
+            msg_id, json.dumps(self.type), self.payload_json, format_timestamp(moment), self.topic
         )
 
     def envelope(self, msg_id: int | None, moment: dt.datetime) -> dict[str, Any]:
@@ -123,28 +152,34 @@ class Prepared:
         return {
             "id": msg_id,
             "type": self.type,
+            "topic": self.topic,
             "payload": json.loads(self.payload_json),
             "timestamp": format_timestamp(moment),
         }
 
 
-def prepare(message_type: Any, payload: Any, *, allow_reserved: bool = False) -> Prepared:
+def prepare(
+    message_type: Any, payload: Any, *, topic: Any = None, allow_reserved: bool = False
+) -> Prepared:
     """Validate a broadcast and serialise its payload, or raise InvalidBroadcast."""
     validate_type(message_type, allow_reserved=allow_reserved)
+    validate_topic(topic)
     try:
         payload_json = dumps(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidPayload(
             f"Broadcast payload must be JSON-serialisable: {exc} (payload {_short(payload)})."
         ) from exc
-    longest = build_text(_LONGEST_ID, json.dumps(message_type), payload_json, _TIMESTAMP_SAMPLE)
+    longest = build_text(
+        _LONGEST_ID, json.dumps(message_type), payload_json, _TIMESTAMP_SAMPLE, topic
+    )
     size = len(longest.encode("utf-8"))
     limit = conf.BROADCAST_MAX_MESSAGE_BYTES
     if size > limit:
         raise PayloadTooLarge(
             f"Broadcast envelope is {size} bytes, over BROADCAST_MAX_MESSAGE_BYTES ({limit})."
         )
-    return Prepared(type=message_type, payload_json=payload_json)
+    return Prepared(type=message_type, payload_json=payload_json, topic=topic)
 
 
 def control_text(message_type: str, payload: Any, moment: dt.datetime) -> str:

@@ -10,12 +10,14 @@ misses nothing in between.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
+from typing import NamedTuple
 
 from django.db.models import Max
 from django.utils import timezone
 
 from .conf import conf
-from .envelope import prepare
+from .envelope import Prepared, prepare
 from .models import Broadcast
 
 # Rows that hold a burnt id: their broadcast never reached the layer under that id.
@@ -28,10 +30,22 @@ def newest_id() -> int:
     return sent.aggregate(last=Max("seq"))["last"] or 0
 
 
-def replay_plan(last_id: int, current_id: int) -> list[int] | None:
+class Replayed(NamedTuple):
+    """One broadcast read back from history, framed as it was sent."""
+
+    id: int
+    text: str
+    topic: str | None
+
+
+def replay_plan(
+    last_id: int, current_id: int, topics: Collection[str] | None = None
+) -> list[int] | None:
     """
     The ids of every broadcast after ``last_id`` to replay, in order, or None when
     they are not all in history (too many, too old, or an id this hub never issued).
+    With ``topics``, only the global stream's and those topics' ids: the others are
+    still read, since a hole anywhere in the ids is a loss the client cannot rule out.
     Only ids are read here; :func:`envelope_texts` reads the broadcasts page by page.
     """
     # Ahead of this process's relay, the id may still be ours: another process can
@@ -45,11 +59,11 @@ def replay_plan(last_id: int, current_id: int) -> list[int] | None:
     rows = list(
         Broadcast.objects.filter(seq__gt=last_id)
         .order_by("seq")
-        .values_list("seq", "sent_at", "status")[: conf.BROADCAST_HISTORY_LIMIT + 1]
+        .values_list("seq", "sent_at", "status", "topic")[: conf.BROADCAST_HISTORY_LIMIT + 1]
     )
     if len(rows) > conf.BROADCAST_HISTORY_LIMIT:
         return None
-    if any(seq != last_id + 1 + index for index, (seq, _, _) in enumerate(rows)):
+    if any(seq != last_id + 1 + index for index, (seq, *_) in enumerate(rows)):
         return None
     if not rows and current_id > last_id:
         return None
@@ -57,24 +71,36 @@ def replay_plan(last_id: int, current_id: int) -> list[int] | None:
     oldest_sent = rows[0][1] if rows else None
     if oldest_sent is not None and oldest_sent < cutoff:
         return None
-    return [seq for seq, _, status in rows if seq is not None and status not in NOT_DELIVERED]
+    return [
+        seq
+        for seq, _, status, topic in rows
+        if seq is not None
+        and status not in NOT_DELIVERED
+        and (topics is None or not topic or topic in topics)
+    ]
 
 
-def envelope_texts(ids: list[int]) -> list[tuple[int, str]]:
-    """(id, envelope text) of the broadcasts with these ids that still exist, in order."""
+def envelope_texts(ids: list[int]) -> list[Replayed]:
+    """The broadcasts with these ids that still exist, in order."""
     rows = (
         Broadcast.objects.filter(seq__in=ids)
         .order_by("seq")
-        .only("seq", "type", "payload", "sent_at")
+        .only("seq", "type", "topic", "payload", "sent_at")
     )
     return [
-        (row.seq, prepare(row.type, row.payload, allow_reserved=True).text(row.seq, row.sent_at))
+        Replayed(row.seq, _prepared(row).text(row.seq, row.sent_at), row.topic_or_none)
         for row in rows
         if row.seq is not None and row.sent_at is not None  # both are set with the id
     ]
 
 
-def replay_after(last_id: int, current_id: int) -> list[tuple[int, str]] | None:
+def _prepared(row: Broadcast) -> Prepared:
+    # Topics are not re-validated: a row holds what was valid when it was sent.
+    prepared = prepare(row.type, row.payload, allow_reserved=True)
+    return Prepared(prepared.type, prepared.payload_json, row.topic_or_none)
+
+
+def replay_after(last_id: int, current_id: int) -> list[Replayed] | None:
     """Every broadcast after ``last_id`` at once (small ranges), or None as in replay_plan."""
     ids = replay_plan(last_id, current_id)
     if ids is None:

@@ -8,6 +8,11 @@ broadcast group, and the fan-out writes the already-serialised envelope into eac
 local client's outbox (:mod:`broadcast.outbox`). There is no channel-layer queue per
 client, no JSON work per client, and no database call on the delivery path.
 
+Topics stay on the same group and the same relay: the hub keeps an index from each
+topic to its subscribed clients, so a topic broadcast costs its subscribers, not
+every client. Ids are global: every broadcast, whatever its topic, advances the
+hub's last id.
+
 Each event loop has its own hub (daphne and uvicorn run one loop per process).
 """
 
@@ -18,7 +23,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -38,12 +43,16 @@ class ProcessHub:
 
     def __init__(self) -> None:
         self.clients: set[Outbox] = set()
+        # topic -> its subscribers, and each subscriber's topics (only clients with
+        # any: most subscribe to none, and a dict entry each would cost them memory).
+        self.topics: dict[str, set[Outbox]] = {}
+        self._subscriptions: dict[Outbox, set[str]] = {}
         self.last_id = 0
         self.stopping = False
         self.relay = Relay(
             get_channel_layer(conf.BROADCAST_CHANNEL_LAYER), conf.BROADCAST_GROUP, self
         )
-        self.counts = Counts(current=lambda: len(self.clients))
+        self.counts = Counts(current=lambda: len(self.clients), topics=self.topic_counts)
         self._membership = asyncio.Lock()
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -67,12 +76,15 @@ class ProcessHub:
         *,
         hold: bool = False,
         limit: int | None = None,
+        topics: Iterable[str] = (),
+        answer: str | None = None,
     ) -> bool:
         """
         Add a client, unless the process already has ``limit`` clients (False). The
         first one in the process starts the relay; then the client gets its welcome
         frame (built by ``welcome(last_id)``) and every broadcast relayed after it,
-        with nothing in between.
+        global or on one of its ``topics``, with nothing in between. ``answer``
+        (what it was granted) goes right after the welcome.
         """
         # The lock only matters while the relay joins, which ends with reading the
         # last id: a client that came meanwhile waits for it. Afterwards, clients
@@ -89,9 +101,12 @@ class ProcessHub:
         if limit is not None and len(self.clients) >= limit:
             return False
         outbox.push_text(welcome(self.last_id))
+        if answer is not None:
+            outbox.push_text(answer)
         if hold:
             outbox.hold()
         self.clients.add(outbox)
+        self.subscribe(outbox, topics)
         tuning.connection_opened()
         self.counts.accepted()
         metrics.connections.inc()
@@ -107,14 +122,53 @@ class ProcessHub:
         """
         if outbox in self.clients:
             self.clients.remove(outbox)
+            self.unsubscribe(outbox, tuple(self._subscriptions.get(outbox, ())))
             metrics.connections.dec()
             if not self.stopping:  # collecting garbage on the way out is wasted time
                 tuning.connection_closed(len(self.clients))
 
+    # Topics ------------------------------------------------------------------
+
+    def subscribe(self, outbox: Outbox, topics: Iterable[str]) -> None:
+        """From now on, ``outbox`` also gets the broadcasts of ``topics``."""
+        if outbox not in self.clients:
+            return  # unregistered meanwhile (an authorizer answered after a close)
+        for topic in topics:
+            mine = self._subscriptions.setdefault(outbox, set())
+            if topic not in mine:
+                mine.add(topic)
+                self.topics.setdefault(topic, set()).add(outbox)
+
+    def unsubscribe(self, outbox: Outbox, topics: Iterable[str]) -> None:
+        """From now on, ``outbox`` no longer gets the broadcasts of ``topics``."""
+        mine = self._subscriptions.get(outbox)
+        if mine is None:
+            return
+        for topic in topics:
+            if topic in mine:
+                mine.discard(topic)
+                subscribers = self.topics[topic]
+                subscribers.discard(outbox)
+                if not subscribers:
+                    del self.topics[topic]
+        if not mine:
+            del self._subscriptions[outbox]
+
+    def subscriptions(self, outbox: Outbox) -> frozenset[str]:
+        """The topics ``outbox`` is subscribed to."""
+        return frozenset(self._subscriptions.get(outbox, ()))
+
+    def topic_counts(self) -> dict[str, int]:
+        """How many of this process's clients subscribe to each topic."""
+        return {topic: len(subscribers) for topic, subscribers in self.topics.items()}
+
     # Fan-out -----------------------------------------------------------------
 
     def fan_out(self, message: dict[str, Any]) -> None:
-        """Hand one group message to every client, framed once for all of them."""
+        """
+        Hand one group message to every client (or, with a topic, to its subscribers),
+        framed once for all of them.
+        """
         text = message.get("text")
         if message.get("type") != "broadcast.message" or not isinstance(text, str):
             logger.warning(
@@ -130,9 +184,16 @@ class ProcessHub:
             self.last_id = msg_id
         else:
             msg_id = None
+        topic = message.get("topic")
+        if topic is None:
+            clients = tuple(self.clients)
+        else:
+            subscribers = self.topics.get(topic)
+            if not subscribers:
+                return  # the id still counts (above): ids are global
+            clients = tuple(subscribers)
         started = time.perf_counter()
         outgoing = Outgoing.of_text(text, msg_id)
-        clients = tuple(self.clients)
         for outbox in clients:
             try:
                 outbox.push(outgoing)

@@ -12,7 +12,7 @@ from django.db import models
 from django.utils import timezone
 
 from .conf import conf
-from .envelope import TYPE_RE
+from .envelope import TOPIC_RE, TYPE_RE
 
 
 class BroadcastQuerySet(models.QuerySet["Broadcast"]):
@@ -52,6 +52,14 @@ class Broadcast(models.Model):
         max_length=64,
         validators=[RegexValidator(TYPE_RE, "1-64 characters of letters, digits and '_.:-'.")],
     )
+    # Blank for the global stream (every client), not NULL: Django's convention for text.
+    topic = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        validators=[RegexValidator(TOPIC_RE, "1-64 characters of letters, digits and '_.:-'.")],
+        help_text="Only clients subscribed to this topic receive it; blank: every client.",
+    )
     payload = models.JSONField(encoder=DjangoJSONEncoder, null=True, blank=True)
     status = models.CharField(
         max_length=16, choices=Status.choices, default=Status.PENDING, editable=False
@@ -80,7 +88,13 @@ class Broadcast(models.Model):
 
     def __str__(self) -> str:
         label = f"#{self.seq}" if self.seq is not None else f"row {self.pk}"
-        return f"{self.type} ({label}, {self.status})"
+        where = f" on {self.topic}" if self.topic else ""
+        return f"{self.type}{where} ({label}, {self.status})"
+
+    @property
+    def topic_or_none(self) -> str | None:
+        """The topic as the envelope and publish() name it: None for the global stream."""
+        return self.topic or None
 
     @property
     def payload_json(self) -> str:
@@ -116,6 +130,9 @@ class HubProcess(models.Model):
     started_at = models.DateTimeField()
     last_heartbeat = models.DateTimeField()
     current = models.PositiveIntegerField(default=0)
+    # {topic: subscribed clients} of this process, the most subscribed first, at most
+    # TOPIC_COUNTS_KEPT of them (counts.py): per-user topics can number in millions.
+    topics = models.JSONField(default=dict, blank=True)
     peak = models.PositiveIntegerField(default=0)
     total_accepted = models.PositiveBigIntegerField(default=0)
     stopped_at = models.DateTimeField(null=True, blank=True)

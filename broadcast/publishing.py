@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from . import backpressure, metrics, singleprocess
 from .conf import conf
-from .envelope import BroadcastError, Prepared, prepare
+from .envelope import BroadcastError, InvalidTopic, Prepared, prepare
 from .layerconf import is_process_local, load_layer, needs_shared_layer
 from .models import Broadcast
 from .sendlock import redis_client, send_lock
@@ -30,6 +30,7 @@ from .sendlock import redis_client, send_lock
 logger = logging.getLogger(__name__)
 
 MESSAGE_TYPE = "broadcast.message"
+USER_TOPIC_PREFIX = "user."
 
 
 class PublishFailed(BroadcastError):
@@ -47,13 +48,27 @@ def _check_reach(layer: Any) -> None:
         )
 
 
-def relay_message(text: str, msg_id: int | None) -> dict[str, Any]:
-    """The channel-layer message the process relays fan out."""
-    return {"type": MESSAGE_TYPE, "id": msg_id, "text": text}
+def relay_message(text: str, msg_id: int | None, topic: str | None = None) -> dict[str, Any]:
+    """
+    The channel-layer message the process relays fan out. The topic rides beside the
+    text so that a relay routes it without decoding the envelope.
+    """
+    return {"type": MESSAGE_TYPE, "id": msg_id, "text": text, "topic": topic}
 
 
-def _group_send(layer: Any, text: str, msg_id: int | None, timeout: float) -> None:
-    async_to_sync(_bounded_group_send)(layer, relay_message(text, msg_id), timeout)
+def user_topic(user: Any) -> str:
+    """The per-user topic of ``user`` (or of a primary key): ``user.<pk>``."""
+    pk = getattr(user, "pk", user)
+    if pk is None or isinstance(pk, bool):
+        raise InvalidTopic(f"A per-user topic needs a saved user, got {user!r}.")
+    return f"{USER_TOPIC_PREFIX}{pk}"
+
+
+def _group_send(
+    layer: Any, prepared: Prepared, msg_id: int | None, moment: Any, timeout: float
+) -> None:
+    message = relay_message(prepared.text(msg_id, moment), msg_id, prepared.topic)
+    async_to_sync(_bounded_group_send)(layer, message, timeout)
 
 
 async def _bounded_group_send(layer: Any, message: dict[str, Any], seconds: float) -> None:
@@ -66,11 +81,13 @@ def publish(
     type: str,  # noqa: A002 - the envelope's field name, as users know it
     payload: Any = None,
     *,
+    topic: str | None = None,
     persist: bool = True,
     created_by: Any = None,
 ) -> dict[str, Any]:
     """
-    Publish a broadcast to every connected client and return its envelope.
+    Publish a broadcast and return its envelope: to every connected client, or with
+    a ``topic``, to the clients subscribed to it.
 
     Raises InvalidBroadcast (a ValueError) for a bad type or payload, and
     PublishFailed when the channel layer cannot be reached; a persisted broadcast
@@ -80,13 +97,18 @@ def publish(
     transaction commits; the returned envelope's ``id`` and ``timestamp`` are filled
     in at that moment (and nothing is sent if the transaction rolls back).
     """
-    prepared = prepare(type, payload)
+    prepared = prepare(type, payload, topic=topic)
     layer = load_layer()
     _check_reach(layer)
     if not persist:
         return async_to_sync(_send_ephemeral)(prepared, layer)
 
-    row = Broadcast(type=prepared.type, payload=payload, created_by=_user_or_none(created_by))
+    row = Broadcast(
+        type=prepared.type,
+        topic=prepared.topic or "",
+        payload=payload,
+        created_by=_user_or_none(created_by),
+    )
     # Tells the post_save receiver that this row is sent here, not by the signal.
     row.sent_by_publish = True
     row.save()
@@ -106,20 +128,41 @@ async def apublish(
     type: str,  # noqa: A002
     payload: Any = None,
     *,
+    topic: str | None = None,
     persist: bool = True,
     created_by: Any = None,
 ) -> dict[str, Any]:
     """The async twin of :func:`publish`."""
     if not persist:
         # No database work: stay on the event loop instead of hopping to a thread.
-        prepared, layer = prepare(type, payload), load_layer()
+        prepared, layer = prepare(type, payload, topic=topic), load_layer()
         _check_reach(layer)
         return await _send_ephemeral(prepared, layer)
     # database_sync_to_async closes the thread's connection like a request would.
     envelope: dict[str, Any] = await database_sync_to_async(publish)(
-        type, payload, persist=persist, created_by=created_by
+        type, payload, topic=topic, persist=persist, created_by=created_by
     )
     return envelope
+
+
+def publish_to_user(
+    user: Any,
+    type: str,  # noqa: A002
+    payload: Any = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """:func:`publish` to ``user.<pk>``: every connection of that user, in every process."""
+    return publish(type, payload, topic=user_topic(user), **options)
+
+
+async def apublish_to_user(
+    user: Any,
+    type: str,  # noqa: A002
+    payload: Any = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """The async twin of :func:`publish_to_user`."""
+    return await apublish(type, payload, topic=user_topic(user), **options)
 
 
 def _wait_for_relays(layer: Any, budget: float | None = None) -> None:
@@ -136,13 +179,14 @@ async def _send_ephemeral(prepared: Prepared, layer: Any) -> dict[str, Any]:
         if conf.BROADCAST_MAX_RELAY_BACKLOG is not None and backpressure.applies_to(layer):
             await sync_to_async(_wait_for_relays, thread_sensitive=False)(layer)
         now = timezone.now()
-        await layer.group_send(conf.BROADCAST_GROUP, relay_message(prepared.text(None, now), None))
+        message = relay_message(prepared.text(None, now), None, prepared.topic)
+        await layer.group_send(conf.BROADCAST_GROUP, message)
     except Exception as exc:
         metrics.publish_failures.inc()
         logger.warning("Ephemeral broadcast %r failed: %s", prepared.type, exc)
         raise PublishFailed(f"Could not reach the channel layer: {_describe(exc)}") from exc
     metrics.published.inc()
-    logger.info("Published ephemeral broadcast type=%s", prepared.type)
+    logger.info("Published ephemeral broadcast type=%s%s", prepared.type, _on(prepared.topic))
     return prepared.envelope(None, now)
 
 
@@ -158,7 +202,7 @@ def send_row(
     layer = layer or load_layer()
     if prepared is None:
         try:
-            prepared = prepare(row.type, row.payload)
+            prepared = prepare(row.type, row.payload, topic=row.topic_or_none)
         except BroadcastError as exc:
             _mark_failed(row, exc)
             raise
@@ -173,7 +217,7 @@ def send_row(
                 Broadcast.objects.filter(pk=row.pk).update(
                     seq=seq, status=Broadcast.Status.PENDING, sent_at=now, error=""
                 )
-            _group_send(layer, prepared.text(seq, now), seq, held.check())
+            _group_send(layer, prepared, seq, now, held.check())
     except Exception as exc:
         _mark_failed(row, exc)
         metrics.publish_failures.inc()
@@ -184,7 +228,7 @@ def send_row(
     Broadcast.objects.filter(pk=row.pk).update(status=Broadcast.Status.SENT)
     row.seq, row.sent_at, row.status, row.error = seq, now, Broadcast.Status.SENT, ""
     metrics.published.inc()
-    logger.info("Published broadcast id=%s type=%s", seq, prepared.type)
+    logger.info("Published broadcast id=%s type=%s%s", seq, prepared.type, _on(prepared.topic))
     return prepared.envelope(seq, now)
 
 
@@ -204,7 +248,9 @@ def resend(row: Broadcast, *, created_by: Any = None) -> dict[str, Any]:
     """
     if row.seq is None and row.status != Broadcast.Status.SENT:
         return send_row(row)
-    envelope = publish(row.type, row.payload, created_by=created_by or row.created_by)
+    envelope = publish(
+        row.type, row.payload, topic=row.topic_or_none, created_by=created_by or row.created_by
+    )
     if row.status != Broadcast.Status.SENT:
         note = f"resent as id {envelope['id']}"
         Broadcast.objects.filter(pk=row.pk).update(status=Broadcast.Status.RESENT, error=note)
@@ -223,6 +269,10 @@ def _mark_failed(row: Broadcast, exc: BaseException) -> None:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _on(topic: str | None) -> str:
+    return f" topic={topic}" if topic is not None else ""
 
 
 def _user_or_none(user: Any) -> Any:

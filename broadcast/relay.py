@@ -22,6 +22,7 @@ from django.utils import timezone
 from . import metrics
 from .envelope import control_text
 from .history import newest_id, replay_after
+from .publishing import relay_message
 
 logger = logging.getLogger("broadcast.hub")
 
@@ -202,8 +203,8 @@ class Relay:
             logger.warning("Relay missed broadcasts beyond history: hub.reset")
             text = control_text("hub.reset", {"last_id": newest, "from": since}, timezone.now())
             self._clients.last_id = newest
-            self._clients.fan_out({"type": "broadcast.message", "id": None, "text": text})
+            self._clients.fan_out(relay_message(text, None))
             return CatchUp(reset=True)
-        for missed_id, text in missed:
-            self._clients.fan_out({"type": "broadcast.message", "id": missed_id, "text": text})
-        return CatchUp(ids=tuple(missed_id for missed_id, _ in missed))
+        for replayed in missed:
+            self._clients.fan_out(relay_message(replayed.text, replayed.id, replayed.topic))
+        return CatchUp(ids=tuple(replayed.id for replayed in missed))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 
 from channels.db import database_sync_to_async
 from django.utils import timezone
@@ -25,28 +26,40 @@ logger = logging.getLogger(__name__)
 PAGE = 50
 
 
-async def resume(outbox: Outbox, last_id: int, current_id: int, stall_seconds: float) -> None:
+async def resume(
+    outbox: Outbox,
+    last_id: int,
+    current_id: int,
+    stall_seconds: float,
+    topics: Collection[str] = frozenset(),
+) -> None:
     """
     :func:`_resume`, guarded: a failure cuts the client (which then resumes again)
     instead of leaving its outbox holding the live stream for ever.
     """
     try:
-        await _resume(outbox, last_id, current_id, stall_seconds)
+        await _resume(outbox, last_id, current_id, stall_seconds, topics)
     except Exception:
         logger.exception("Resume failed; cutting the client so that it resumes again")
         if not outbox.closed:
             outbox.cut()
 
 
-async def _resume(outbox: Outbox, last_id: int, current_id: int, stall_seconds: float) -> None:
+async def _resume(
+    outbox: Outbox,
+    last_id: int,
+    current_id: int,
+    stall_seconds: float,
+    topics: Collection[str],
+) -> None:
     """
-    Replay to ``outbox`` every broadcast after ``last_id`` up to at least
-    ``current_id`` (the newest id the process had relayed when the outbox began
-    holding), or ``hub.reset`` when they are no longer all in history. A client that
-    reads nothing for ``stall_seconds`` is cut as a slow client.
+    Replay to ``outbox`` every broadcast of the global stream and of ``topics`` after
+    ``last_id`` up to at least ``current_id`` (the newest id the process had relayed
+    when the outbox began holding), or ``hub.reset`` when they are no longer all in
+    history. A client that reads nothing for ``stall_seconds`` is cut as a slow client.
     """
     try:
-        ids = await database_sync_to_async(replay_plan)(last_id, current_id)
+        ids = await database_sync_to_async(replay_plan)(last_id, current_id, topics)
     except Exception as exc:
         logger.warning("Could not read history for a resuming client: %s", exc)
         ids = None
@@ -61,15 +74,19 @@ async def _resume(outbox: Outbox, last_id: int, current_id: int, stall_seconds: 
         except Exception as exc:
             logger.warning("Could not read history for a resuming client: %s", exc)
             texts = []
-        if [msg_id for msg_id, _ in texts] != page:  # pruned or deleted meanwhile
+        if [replayed.id for replayed in texts] != page:  # pruned or deleted meanwhile
             await _reset(outbox, newest, current_id, stall_seconds)
             return
-        for msg_id, text in texts:
-            if not await _write(outbox, Outgoing.of_text(text, msg_id), stall_seconds):
+        for replayed in texts:
+            message = Outgoing.of_text(replayed.text, replayed.id)
+            if not await _write(outbox, message, stall_seconds):
                 return
-            newest = msg_id
+            newest = replayed.id
+    # The position reached: history ran to at least current_id, and other topics'
+    # ids up to it are absent, not missed (what is held comes after it).
+    position = max(newest, current_id)
     resumed = control_text(
-        "hub.resumed", {"from": last_id, "count": len(ids), "last_id": newest}, timezone.now()
+        "hub.resumed", {"from": last_id, "count": len(ids), "last_id": position}, timezone.now()
     )
     if await _write(outbox, Outgoing.of_text(resumed), stall_seconds):
         await _release(outbox, newest, stall_seconds)

@@ -8,9 +8,11 @@ from urllib.parse import urlparse
 
 from channels.security.websocket import AllowedHostsOriginValidator, WebsocketDenier
 from channels.sessions import SessionMiddlewareStack
+from django.conf import settings
 from django.urls import path
 
 from .conf import conf
+from .connectquery import carries_token
 from .consumers import BroadcastConsumer
 from .servers import Scope, mark_single_callable
 
@@ -23,12 +25,14 @@ websocket_urlpatterns = [
 
 class SessionIfAuthRequired:
     """
-    Channels' session middleware around ``inner``, only while BROADCAST_REQUIRE_AUTH
-    is on (the consumer then resolves the user from the session).
+    Channels' session middleware around ``inner``, only where a user can matter:
+    while BROADCAST_REQUIRE_AUTH is on, or for a connection that carries the session
+    cookie (its user may subscribe to topics only it is allowed, such as
+    ``user.<pk>``). The consumer resolves the user from the session when it needs it.
 
     Every middleware layer keeps its own copy of the scope alive for as long as the
     connection lasts, and the session stack adds two plus a session wrapper: memory
-    spent on every idle connection for nothing when the hub is open to all. Decided
+    spent on every idle connection for nothing when no session can be read. Decided
     per connection, so the setting can change at run time.
     """
 
@@ -41,8 +45,14 @@ class SessionIfAuthRequired:
         self.with_session = SessionMiddlewareStack(inner)
 
     def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
-        app = self.with_session if conf.BROADCAST_REQUIRE_AUTH else self.inner
+        wanted = conf.BROADCAST_REQUIRE_AUTH or _has_session_cookie(scope)
+        app = self.with_session if wanted else self.inner
         return app(scope, receive, send)
+
+
+def _has_session_cookie(scope: Scope) -> bool:
+    name = settings.SESSION_COOKIE_NAME.encode("latin1") + b"="
+    return any(key == b"cookie" and name in value for key, value in scope.get("headers", ()))
 
 
 mark_single_callable(SessionIfAuthRequired)
@@ -50,8 +60,10 @@ mark_single_callable(SessionIfAuthRequired)
 
 class AllowedOrigins:
     """
-    Channels' ``AllowedHostsOriginValidator`` (its own check decides), with two
-    changes for the connect path: the verdict is remembered per Origin header value
+    Channels' ``AllowedHostsOriginValidator`` (its own check decides), except for a
+    connection with a connect token (``?token=``): the consumer checks the token
+    instead, and refuses a bad one with 403 (broadcast/tokens.py). Two more changes
+    for the connect path: the verdict is remembered per Origin header value
     (a site sees a handful; the memory is bounded), where Channels parses the origin
     and every allowed-host pattern with ``urlparse`` on every connect; and, like
     :class:`SessionIfAuthRequired`, no coroutine of its own per connection.
@@ -67,6 +79,8 @@ class AllowedOrigins:
     def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
         if scope["type"] != "websocket":
             raise ValueError("AllowedOrigins only guards WebSocket connections")
+        if carries_token(scope):
+            return self.application(scope, receive, send)
         origin = None
         for name, value in scope.get("headers", ()):
             if name == b"origin":

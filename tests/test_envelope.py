@@ -7,7 +7,7 @@ import uuid
 import pytest
 from django.utils import timezone
 
-from broadcast import InvalidPayload, InvalidType, PayloadTooLarge
+from broadcast import InvalidPayload, InvalidTopic, InvalidType, PayloadTooLarge
 from broadcast.envelope import control_text, format_timestamp, prepare, welcome_text
 
 
@@ -73,10 +73,34 @@ def test_envelope_text_is_the_documented_shape():
     assert json.loads(prepared.text(42, moment)) == {
         "id": 42,
         "type": "announcement",
+        "topic": None,
         "payload": {"text": "Deploy at 18:00"},
         "timestamp": "2026-11-25T18:41:28.123Z",
     }
     assert json.loads(prepared.text(None, moment))["id"] is None
+
+
+def test_a_topic_rides_in_the_envelope():
+    moment = dt.datetime(2026, 11, 25, 18, 41, 28, 123456, tzinfo=dt.UTC)
+    prepared = prepare("order.shipped", {"order": 7}, topic="user.42")
+    assert json.loads(prepared.text(3, moment))["topic"] == "user.42"
+    assert prepared.envelope(3, moment)["topic"] == "user.42"
+
+
+@pytest.mark.parametrize(
+    "topic", ["", "a b", "x" * 65, "hub.internal", "caf\u00e9", "a\n", 7, ["a"], True]
+)
+def test_malformed_or_reserved_topics_are_refused(topic):
+    with pytest.raises(InvalidTopic):
+        prepare("ok", None, topic=topic)
+
+
+def test_the_size_limit_counts_the_topic(settings):
+    settings.BROADCAST_MAX_MESSAGE_BYTES = 200
+    payload = "x" * (200 - len(prepare("ok", "").text(2**63 - 1, dt.datetime.now(dt.UTC))) - 1)
+    prepare("ok", payload)
+    with pytest.raises(PayloadTooLarge):
+        prepare("ok", payload, topic="t" * 64)
 
 
 def test_timestamps_are_utc_with_milliseconds():

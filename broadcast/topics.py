@@ -1,0 +1,89 @@
+"""
+Who may subscribe to what: topic names from clients, and the authorizer that rules
+on them (BROADCAST_TOPIC_AUTHORIZER).
+
+The authorizer is asked once per connection and topic, off the event loop, when the
+client subscribes; its verdict holds for the connection's life and is never asked
+again per broadcast.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from .conf import conf
+from .envelope import InvalidTopic, validate_topic
+from .publishing import USER_TOPIC_PREFIX
+
+logger = logging.getLogger(__name__)
+
+Authorizer = Callable[[Any, str], bool]
+
+
+def default_authorizer(user: Any, topic: str) -> bool:
+    """Any topic, except ``user.<pk>``: only that user, logged in, gets it."""
+    if topic.startswith(USER_TOPIC_PREFIX):
+        return bool(getattr(user, "is_authenticated", False)) and (
+            topic == f"{USER_TOPIC_PREFIX}{user.pk}"
+        )
+    return True
+
+
+@functools.lru_cache(maxsize=4)
+def _load(path: str) -> Authorizer:
+    try:
+        authorizer = import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"BROADCAST_TOPIC_AUTHORIZER {path!r} cannot be imported: {exc}"
+        ) from exc
+    if not callable(authorizer):
+        raise ImproperlyConfigured(f"BROADCAST_TOPIC_AUTHORIZER {path!r} is not callable.")
+    return authorizer  # type: ignore[no-any-return]
+
+
+def authorizer() -> Authorizer:
+    """The configured authorizer (imported once per setting value)."""
+    return _load(conf.BROADCAST_TOPIC_AUTHORIZER)
+
+
+def verdicts(user: Any, topics: Iterable[str]) -> dict[str, bool]:
+    """
+    The authorizer's verdict on each topic (call it in a thread: it may query the
+    database). An authorizer that raises denies that topic, and the error is logged.
+    """
+    authorize = authorizer()
+    judged = {}
+    for topic in topics:
+        try:
+            judged[topic] = bool(authorize(user, topic))
+        except Exception:
+            logger.exception("BROADCAST_TOPIC_AUTHORIZER failed on topic %r; denied", topic)
+            judged[topic] = False
+    return judged
+
+
+def parse_names(raw: Any) -> tuple[list[str], list[str]]:
+    """
+    (valid topic names, in order and without repeats, and errors for the others) from
+    a ``hub.subscribe`` frame's ``topics`` or the connect query's ``topics=a,b``.
+    """
+    if not isinstance(raw, list):
+        return [], ["topics must be a list of topic names"]
+    names: list[str] = []
+    errors: list[str] = []
+    for name in raw:
+        try:
+            topic = validate_topic(name)
+        except InvalidTopic as exc:
+            errors.append(str(exc))
+            continue
+        if topic is not None and topic not in names:
+            names.append(topic)
+    return names, errors
