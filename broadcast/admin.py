@@ -9,7 +9,14 @@ from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 
 from .dashboard import dashboard_context
-from .envelope import BroadcastError, InvalidPayload, InvalidType, PayloadTooLarge, prepare
+from .envelope import (
+    BroadcastError,
+    InvalidPayload,
+    InvalidTopic,
+    InvalidType,
+    PayloadTooLarge,
+    prepare,
+)
 from .models import Broadcast, HubProcess
 from .publishing import resend
 
@@ -36,15 +43,17 @@ class BroadcastForm(forms.ModelForm):  # type: ignore[type-arg]  # Django's form
 
     class Meta:
         model = Broadcast
-        fields = ["type", "payload"]
+        fields = ["type", "topic", "payload"]
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        if "type" in cleaned and "payload" in cleaned:
+        if "type" in cleaned and "payload" in cleaned and "topic" in cleaned:
             try:
-                prepare(cleaned["type"], cleaned["payload"])
+                prepare(cleaned["type"], cleaned["payload"], topic=cleaned["topic"] or None)
             except InvalidType as exc:
                 self.add_error("type", str(exc))
+            except InvalidTopic as exc:
+                self.add_error("topic", str(exc))
             except (InvalidPayload, PayloadTooLarge) as exc:
                 self.add_error("payload", str(exc))
         return cleaned
@@ -53,10 +62,12 @@ class BroadcastForm(forms.ModelForm):  # type: ignore[type-arg]  # Django's form
 @admin.register(Broadcast)
 class BroadcastAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # Django's admin classes are not generic at run time
     form = BroadcastForm
-    list_display = ["seq", "type", "short_payload", "created_by", "created_at", "status", "pk"]
+    list_display = [
+        "seq", "type", "topic", "short_payload", "created_by", "created_at", "status", "pk",
+    ]  # fmt: skip
     list_display_links = ["seq", "type"]
     list_filter = ["status", "type"]
-    search_fields = ["type"]
+    search_fields = ["type", "topic"]
     readonly_fields = ["seq", "status", "error", "created_by", "created_at", "sent_at"]
     actions = ["resend_selected"]
 
@@ -70,7 +81,7 @@ class BroadcastAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # Django's ad
     def get_readonly_fields(self, request: HttpRequest, obj: Broadcast | None = None) -> list[str]:
         # Once saved, a broadcast is history: it can be resent, never edited.
         if obj is not None:
-            return ["type", "payload", *self.readonly_fields]
+            return ["type", "topic", "payload", *self.readonly_fields]
         return self.readonly_fields
 
     def has_change_permission(self, request: HttpRequest, obj: Broadcast | None = None) -> bool:

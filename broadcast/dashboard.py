@@ -111,6 +111,10 @@ def svg_chart(series: Series) -> str:
     )
 
 
+# The most subscribed topics the dashboard lists (hubstatus --topics lists them all).
+TOPICS_SHOWN = 20
+
+
 def dashboard_context(
     now: dt.datetime | None = None, *, show_broadcasts: bool = True
 ) -> dict[str, Any]:
@@ -118,6 +122,7 @@ def dashboard_context(
     Everything the hub-process dashboard shows above the process list; the recent
     broadcasts (their payloads) only for users who may view broadcasts.
     """
+    from .counts import live_topic_totals
     from .models import Broadcast, HubProcess
 
     now = now or timezone.now()
@@ -126,6 +131,8 @@ def dashboard_context(
     return {
         "live_total": HubProcess.objects.live_total(),
         "live_processes": list(HubProcess.objects.live().order_by("host", "pid")),
+        # Topic names can be users' (user.<pk>): shown to those who may view broadcasts.
+        "topics": list(live_topic_totals().items())[:TOPICS_SHOWN] if show_broadcasts else [],
         "charts": [(hour, svg_chart(hour)), (day, svg_chart(day))],
         "recent_broadcasts": list(Broadcast.objects.order_by("-pk")[:10])
         if show_broadcasts

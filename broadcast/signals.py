@@ -10,7 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.dispatch import Signal
 
-#: ``broadcast_requested.send(sender=..., type=..., payload=..., persist=True)``
+#: ``broadcast_requested.send(sender=..., type=..., payload=..., topic=None, persist=True)``
 #: publishes a broadcast; errors are raised to the sender, as publish() raises them.
 broadcast_requested = Signal()
 
@@ -20,11 +20,12 @@ def on_broadcast_requested(
     type: str,
     payload: Any = None,
     persist: bool = True,
+    topic: str | None = None,
     **kwargs: Any,  # noqa: A002
 ) -> dict[str, Any]:
     from .publishing import publish
 
-    return publish(type, payload, persist=persist, created_by=kwargs.get("created_by"))
+    return publish(type, payload, topic=topic, persist=persist, created_by=kwargs.get("created_by"))
 
 
 def on_broadcast_saved(sender: Any, instance: Any, created: bool, raw: bool, **kwargs: Any) -> None:

@@ -1,10 +1,14 @@
-"""Operational endpoints; include them with ``path("", include("broadcast.urls"))``."""
+"""
+The hub's HTTP endpoints (metrics, health, the publish API); include them with
+``path("", include("broadcast.urls"))``.
+"""
 
 from django.urls import path
 
-from . import views
+from . import publishapi, views
 
 urlpatterns = [
+    path("broadcast/publish", publishapi.publish_view, name="broadcast-publish"),
     path("metrics", views.metrics_view, name="broadcast-metrics"),
     path("healthz", views.healthz, name="broadcast-healthz"),
 ]

@@ -48,12 +48,22 @@ def test_saving_a_new_broadcast_publishes_it(publisher_client, observer):
     assert '"payload":{"text":"Deploy at 18:00"}' in message["text"]
 
 
+def test_a_broadcast_saved_with_a_topic_goes_to_that_topic(publisher_client, observer):
+    publisher_client.post(ADD_URL, {"type": "news", "topic": "ops", "payload": "{}"})
+    row = Broadcast.objects.get()
+    assert (row.topic, row.status) == ("ops", Broadcast.Status.SENT)
+    (message,) = observer.take(1)
+    assert message["topic"] == "ops" and json.loads(message["text"])["topic"] == "ops"
+
+
 @pytest.mark.parametrize(
     ("data", "field", "error"),
     [
         ({"type": "news", "payload": "{not json"}, "payload", "Enter a valid JSON."),
         ({"type": "bad type!", "payload": "{}"}, "type", "letters, digits"),
         ({"type": "hub.welcome", "payload": "{}"}, "type", "reserved"),
+        ({"type": "news", "topic": "hub.x", "payload": "{}"}, "topic", "reserved"),
+        ({"type": "news", "topic": "a b", "payload": "{}"}, "topic", "letters, digits"),
         ({"type": "news", "payload": '"' + "x" * 70_000 + '"'}, "payload", "over BROADCAST_MAX"),
     ],
 )

@@ -84,6 +84,26 @@ def test_it_publishes_and_prints_the_id(observer):
     assert json.loads(observer.take(1)[0]["text"])["payload"] == {"text": "hi"}
 
 
+def test_it_publishes_to_a_topic(observer):
+    out, _ = run("deploy", '{"v": 2}', "--topic", "ops")
+    row = Broadcast.objects.get()
+    assert out == f"Sent broadcast id={row.seq} type='deploy' topic='ops'.\n"
+    assert observer.take(1)[0]["topic"] == "ops"
+
+
+def test_hubstatus_topics_counts_subscribers_per_process_and_in_total():
+    now = timezone.now()
+    for pid, topics in ((1, {"ops": 2, "user.7": 1}), (2, {"ops": 3})):
+        HubProcess.objects.create(
+            host="web", pid=pid, started_at=now, last_heartbeat=now, current=3, topics=topics
+        )
+    out = io.StringIO()
+    call_command("hubstatus", "--topics", stdout=out)
+    lines = [line.split() for line in out.getvalue().splitlines()]
+    assert ["ops", "5", "3", "2"] in lines or ["ops", "5", "2", "3"] in lines
+    assert any(line[:2] == ["user.7", "1"] for line in lines)
+
+
 def test_the_payload_defaults_to_null(observer):
     run("ping")
     assert Broadcast.objects.get().payload is None
@@ -113,6 +133,7 @@ def test_no_persist_sends_without_a_row(observer):
     [
         (["news", "{oops"], r"Invalid JSON in the payload argument: Expecting property name"),
         (["bad type", "{}"], r"Broadcast type must be 1-64 characters.*'bad type'"),
+        (["news", "{}", "--topic", "hub.x"], r"Topics starting with 'hub.' are reserved"),
         (["hub.welcome", "{}"], r"reserved for the hub's control frames"),
         (["news", json.dumps("x" * 70_000)], r"over BROADCAST_MAX_MESSAGE_BYTES \(65536\)"),
         (["news", "--file", "/nonexistent/payload.json"], r"Cannot read --file .*No such file"),

@@ -20,7 +20,8 @@ from broadcast.publishing import publish, resend
 
 class Command(BaseCommand):
     help = (
-        "Publish a broadcast to every connected client, or resend failed ones. "
+        "Publish a broadcast to every connected client (or a topic's subscribers), or "
+        "resend failed ones. "
         "Needs a channel layer that reaches the server processes (channels-redis)."
     )
 
@@ -32,6 +33,11 @@ class Command(BaseCommand):
             help="The payload as JSON; '-' reads it from standard input. Default: null.",
         )
         parser.add_argument("--file", metavar="PATH", help="Read the payload JSON from a file.")
+        parser.add_argument(
+            "--topic",
+            metavar="TOPIC",
+            help="Send only to the clients subscribed to TOPIC (default: every client).",
+        )
         parser.add_argument(
             "--no-persist",
             action="store_true",
@@ -57,19 +63,30 @@ class Command(BaseCommand):
             raise CommandError("Give a broadcast TYPE (or --resend ROW / --resend-failed).")
         payload = self._payload(options)
         try:
-            prepare(options["type"], payload)  # what the user typed is judged first
+            # What the user typed is judged first.
+            prepare(options["type"], payload, topic=options["topic"])
         except BroadcastError as exc:
             raise CommandError(str(exc)) from exc
         self._require_shared_layer()
         try:
-            envelope = publish(options["type"], payload, persist=not options["no_persist"])
+            envelope = publish(
+                options["type"],
+                payload,
+                topic=options["topic"],
+                persist=not options["no_persist"],
+            )
         except BroadcastError as exc:
             raise CommandError(str(exc)) from exc
+        on = f" topic={envelope['topic']!r}" if envelope["topic"] is not None else ""
         if envelope["id"] is None:
-            self.stdout.write(self.style.SUCCESS(f"Sent ephemeral {envelope['type']!r} broadcast."))
+            self.stdout.write(
+                self.style.SUCCESS(f"Sent ephemeral {envelope['type']!r} broadcast{on}.")
+            )
         else:
             self.stdout.write(
-                self.style.SUCCESS(f"Sent broadcast id={envelope['id']} type={envelope['type']!r}.")
+                self.style.SUCCESS(
+                    f"Sent broadcast id={envelope['id']} type={envelope['type']!r}{on}."
+                )
             )
 
     def _require_shared_layer(self) -> None:
