@@ -156,7 +156,10 @@ async def test_consumers_have_no_channel_layer_queue_of_their_own(hub):
 
 async def test_a_plain_group_send_reaches_every_client(hub):
     clients = [await connect() for _ in range(2)]
-    text = '{"id":null,"type":"custom","topic":null,"payload":[1,2],"timestamp":"2026-01-01T00:00:00.000Z"}'
+    text = (
+        '{"id":null,"type":"custom","topic":null,"payload":[1,2],'
+        '"timestamp":"2026-01-01T00:00:00.000Z"}'
+    )
     await get_channel_layer().group_send("broadcast", {"type": "broadcast.message", "text": text})
     for client in clients:
         assert await client.receive_from(timeout=2) == text

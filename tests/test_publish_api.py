@@ -55,9 +55,7 @@ def test_without_keys_the_endpoint_does_not_exist(client, settings):
 )
 def test_a_missing_or_wrong_key_gets_401(client, keys, header):
     extra = {"HTTP_AUTHORIZATION": header} if header else {}
-    response = client.post(
-        "/broadcast/publish", "{}", content_type="application/json", **extra
-    )
+    response = client.post("/broadcast/publish", "{}", content_type="application/json", **extra)
     assert response.status_code == 401
     assert response["WWW-Authenticate"].startswith("Bearer")
     assert not Broadcast.objects.exists()
