@@ -9,6 +9,10 @@ is checked as it arrives; the end of a sequence checks what no single frame show
 - A server that closes a reading client (a restart, a slow-client cut) is answered
   as a real client does: reconnect with ``?last_id`` of the last id seen, to either
   process, and the checks go on across the reconnect.
+- Topics: a client gets a topic's broadcasts only while it is subscribed (from the
+  ``hub.subscribed`` that granted it until the ``hub.unsubscribed`` that ended it),
+  and is owed every one of them sent after it subscribed, across reconnects (which
+  resume with its topics, as the JS client does).
 - Every connect gets its welcome within WELCOME_SECONDS.
 - At the end: counts on /metrics return to zero once clients leave, no row stays
   pending, no traceback in any server's log, and memory is near its baseline.
@@ -58,10 +62,16 @@ class Violation(AssertionError):
 class Client:
     """One reading client, across its reconnects."""
 
-    def __init__(self, oracle: Oracle, server: Server, query: str) -> None:
+    def __init__(
+        self, oracle: Oracle, server: Server, query: str, topics: tuple[str, ...] = ()
+    ) -> None:
         self.oracle = oracle
         self.server = server
         self.query = query
+        self.requested = set(topics)  # what it asks for when it (re)connects
+        self.topics: set[str] = set()  # what the hub granted it, by its answers
+        # topic -> ids after this one are owed (topics it left are owed no more).
+        self.owed_from: dict[str, int] = {}
         self.ws: Any = None
         self.task: asyncio.Task | None = None
         self.last_seen: int | None = None  # the newest persisted id this client has
@@ -74,12 +84,23 @@ class Client:
         self.history: list[str] = []
         self.recent: deque[str] = deque(maxlen=40)  # what a violation report shows
 
+    def url_query(self) -> str:
+        if not self.requested:
+            return self.query
+        topics = "topics=" + ",".join(sorted(self.requested))
+        return f"?{topics}&{self.query[1:]}" if self.query else f"?{topics}"
+
     async def open(self) -> None:
         requested = _requested_last_id(self.query)
         started = time.monotonic()
+        self.topics = set()
         try:
             self.ws = await asyncio.wait_for(
-                connect(self.server.ws_url + self.query, origin=self.server.http, max_size=2**22),
+                connect(
+                    self.server.ws_url + self.url_query(),
+                    origin=self.server.http,
+                    max_size=2**22,
+                ),
                 WELCOME_SECONDS,
             )
             welcome = json.loads(await asyncio.wait_for(self.ws.recv(), WELCOME_SECONDS))
@@ -101,6 +122,7 @@ class Client:
         start = requested if requested is not None and requested <= welcome_id else welcome_id
         if self.last_seen is None:
             self.start = self.last_seen = start
+            self.owed_from = dict.fromkeys(self.requested, -1)
         self.task = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -125,6 +147,20 @@ class Client:
         self.recent.append(line)
         if len(self.history) < 200:
             self.history.append(line)
+        if kind == "hub.subscribed":
+            self.topics |= set(frame["payload"]["topics"])
+            return
+        if kind == "hub.unsubscribed":
+            self.topics -= set(frame["payload"]["topics"])
+            return
+        topic = frame.get("topic")
+        if topic is not None and topic not in self.topics:
+            self.oracle.fail(
+                f"client got id {msg_id} of topic {topic!r} while subscribed to "
+                f"{sorted(self.topics)} on {self.server.kind}:{self.server.port}; its last "
+                "frames:\n    " + "\n    ".join(self.recent)
+            )
+            return
         if kind == "hub.reset":
             to = frame["payload"]["last_id"]
             self.resets.append((self.last_seen, to))
@@ -142,6 +178,10 @@ class Client:
         if msg_id > self.last_seen + 1:
             self.gaps.append((self.last_seen, msg_id))
         self.last_seen = msg_id
+
+    def owes(self, msg_id: int, topic: str | None) -> bool:
+        """Whether this client must have got ``msg_id`` of ``topic``."""
+        return topic is None or msg_id > self.owed_from.get(topic, msg_id)
 
     async def close(self) -> None:
         self.leaving = True
@@ -226,14 +266,40 @@ class Oracle:
 
     # Clients --------------------------------------------------------------------
 
-    async def connect(self, server: Server, query: str = "", track: bool = True) -> Client:
-        client = Client(self, server, query)
+    async def connect(
+        self, server: Server, query: str = "", track: bool = True, topics: tuple[str, ...] = ()
+    ) -> Client:
+        client = Client(self, server, query, topics)
         await client.open()
         if track:
             self.clients.append(client)
         else:
             client.leaving = True
         return client
+
+    async def subscribe(self, client: Client, topic: str, *, unsubscribe: bool) -> None:
+        """Subscribe (or unsubscribe) a client by frame and wait for the hub's answer."""
+        kind = "hub.unsubscribe" if unsubscribe else "hub.subscribe"
+        try:
+            await client.ws.send(json.dumps({"type": kind, "topics": [topic]}))
+        except ConnectionClosed:
+            return  # it is reconnecting; the sequence goes on
+        deadline = time.monotonic() + WELCOME_SECONDS
+        while (topic in client.topics) == unsubscribe:
+            if time.monotonic() > deadline:
+                if client.ws.close_code is not None:
+                    return  # closed meanwhile (a restart); its reconnect asks again
+                self.fail(f"no answer to {kind} {topic!r} within {WELCOME_SECONDS}s")
+                return
+            await asyncio.sleep(0.02)
+        if unsubscribe:
+            client.requested.discard(topic)
+            client.owed_from.pop(topic, None)  # what was in flight may or may not come
+        else:
+            client.requested.add(topic)
+            # Ids committed after the answer was read were sent after it, so are owed.
+            newest = await self.newest_id()
+            client.owed_from.setdefault(topic, newest)
 
     async def disconnect(self, client: Client) -> None:
         self.clients.remove(client)
@@ -300,9 +366,17 @@ class Oracle:
 
     # Publishing and the database --------------------------------------------------
 
-    async def publish(self, count: int, *, persist: bool, size: int, may_fail: bool = False):
+    async def publish(
+        self,
+        count: int,
+        *,
+        persist: bool,
+        size: int,
+        may_fail: bool = False,
+        topic: str | None = None,
+    ):
         answer = await self.publishers.ask(
-            {"op": "publish", "count": count, "persist": persist, "size": size}
+            {"op": "publish", "count": count, "persist": persist, "size": size, "topic": topic}
         )
         if answer["failures"] and not may_fail:
             self.fail(f"{answer['failures']} of {count} publishes failed with every service up")
@@ -323,7 +397,11 @@ class Oracle:
         while any(c.last_seen < marker for c in self.clients) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         rows = (await self.publishers.ask({"op": "rows"}))["rows"]
-        delivered = {seq for seq, status, _ in rows if seq is not None and status == "sent"}
+        delivered = {
+            seq: topic or None
+            for seq, status, _, topic in rows
+            if seq is not None and status == "sent"
+        }
         for client in self.clients:
             if client.last_seen < marker:
                 raise Violation(
@@ -332,7 +410,11 @@ class Oracle:
                 )
             for after, before in client.gaps:
                 excused = any(lo <= after and before - 1 <= hi for lo, hi in client.resets)
-                lost = sorted(i for i in range(after + 1, before) if i in delivered)
+                lost = sorted(
+                    i
+                    for i in range(after + 1, before)
+                    if i in delivered and client.owes(i, delivered[i])
+                )
                 if lost and not excused:
                     raise Violation(
                         f"a client never got sent id(s) {lost[:10]} (between {after} and "

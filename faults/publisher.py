@@ -3,7 +3,7 @@ The sequencer's publisher and database reader: a process of its own with the sit
 environment (like an app server or a worker that publishes), driven by one JSON
 request a line on stdin, one JSON answer a line on stdout.
 
-    {"op": "publish", "count": 5, "persist": true, "size": 100}
+    {"op": "publish", "count": 5, "persist": true, "size": 100, "topic": null}
     {"op": "newest"}        {"op": "rows"}        {"op": "live_total"}
 """
 
@@ -31,7 +31,7 @@ def main() -> None:
                 try:
                     envelope = publish(
                         "fault.seq", {"n": n, "pad": "x" * request["size"]},
-                        persist=request["persist"],
+                        persist=request["persist"], topic=request.get("topic"),
                     )  # fmt: skip
                     ids.append(envelope["id"])
                 except BroadcastError:
@@ -43,7 +43,9 @@ def main() -> None:
             answer = {"live_total": HubProcess.objects.live_total()}
         elif request["op"] == "rows":
             answer = {
-                "rows": list(Broadcast.objects.order_by("pk").values_list("seq", "status", "type"))
+                "rows": list(
+                    Broadcast.objects.order_by("pk").values_list("seq", "status", "type", "topic")
+                )
             }
         else:
             answer = {"error": f"unknown op {request['op']!r}"}

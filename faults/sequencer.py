@@ -33,9 +33,14 @@ from tests.e2e.conftest import (
 from tests.e2e.test_redis_outage import PrivateRedis
 
 # Operation name -> weight. Connects and publishes dominate, as in production.
+# Topics clients subscribe to and broadcasts go to; None is the global stream.
+TOPICS = ("t0", "t1", "t2")
+TOPIC_CHOICES = ((), (), ("t0",), ("t1", "t2"), TOPICS)
+
 WEIGHTS = {
     "connect": 14,
     "resume": 6,
+    "subscribe": 5,
     "burst": 2,
     "disconnect": 8,
     "disconnect_all": 2,
@@ -73,12 +78,19 @@ def generate(seed: int, count: int) -> list[Op]:
         args: dict[str, Any] = {"server": rng.randrange(2), "seed": rng.randrange(2**31)}
         if name == "connect":
             args["count"] = rng.randint(1, 4)
+            args["topics"] = rng.choice(TOPIC_CHOICES)
         elif name == "resume":
             args["last_id"] = rng.choice(["zero", "current", "behind", "beyond", "garbage"])
+            args["topics"] = rng.choice(TOPIC_CHOICES)
+        elif name == "subscribe":
+            args["topic"] = rng.choice(TOPICS)
+            args["unsubscribe"] = rng.random() < 0.3
         elif name == "burst":
             args["count"] = rng.randint(50, 200)
         elif name.startswith("publish"):
             args["count"] = rng.randint(1, 30)
+            if name in ("publish", "publish_ephemeral", "publish_concurrent"):
+                args["topic"] = rng.choice((None, None, *TOPICS))
         elif name == "hostile":
             args["kind"] = rng.choice(
                 ["nested", "invalid_utf8", "oversize", "binary", "flood", "resume_storm"]
@@ -122,11 +134,22 @@ class Run:
 
     # Operations ---------------------------------------------------------------
 
-    async def op_connect(self, server: Server, rng: random.Random, count: int) -> None:
+    async def op_connect(
+        self, server: Server, rng: random.Random, count: int, topics: tuple[str, ...] = ()
+    ) -> None:
         for _ in range(count):
-            await self.oracle.connect(server)
+            await self.oracle.connect(server, topics=topics)
 
-    async def op_resume(self, server: Server, rng: random.Random, last_id: str) -> None:
+    async def op_subscribe(
+        self, server: Server, rng: random.Random, topic: str, unsubscribe: bool
+    ) -> None:
+        mine = [client for client in self.oracle.clients if client.server is server]
+        if mine:
+            await self.oracle.subscribe(rng.choice(mine), topic, unsubscribe=unsubscribe)
+
+    async def op_resume(
+        self, server: Server, rng: random.Random, last_id: str, topics: tuple[str, ...] = ()
+    ) -> None:
         newest = await self.oracle.newest_id()
         value = {
             "zero": "0",
@@ -135,7 +158,7 @@ class Run:
             "beyond": str(newest + 1000),
             "garbage": "x1",
         }[last_id]
-        await self.oracle.connect(server, f"?last_id={value}")
+        await self.oracle.connect(server, f"?last_id={value}", topics=topics)
 
     async def op_burst(self, server: Server, rng: random.Random, count: int) -> None:
         clients = await asyncio.gather(
@@ -153,17 +176,26 @@ class Run:
         for client in [c for c in self.oracle.clients if c.server is server]:
             await self.oracle.disconnect(client)
 
-    async def op_publish(self, server: Server, rng: random.Random, count: int) -> None:
-        await self.oracle.publish(count, persist=True, size=rng.randint(1, 500))
+    async def op_publish(
+        self, server: Server, rng: random.Random, count: int, topic: str | None = None
+    ) -> None:
+        await self.oracle.publish(count, persist=True, size=rng.randint(1, 500), topic=topic)
 
-    async def op_publish_ephemeral(self, server: Server, rng: random.Random, count: int) -> None:
-        await self.oracle.publish(count, persist=False, size=rng.randint(1, 500))
+    async def op_publish_ephemeral(
+        self, server: Server, rng: random.Random, count: int, topic: str | None = None
+    ) -> None:
+        await self.oracle.publish(count, persist=False, size=rng.randint(1, 500), topic=topic)
 
     async def op_publish_large(self, server: Server, rng: random.Random, count: int) -> None:
         await self.oracle.publish(min(count, 10), persist=rng.random() < 0.7, size=50_000)
 
-    async def op_publish_concurrent(self, server: Server, rng: random.Random, count: int) -> None:
-        await asyncio.gather(*(self.oracle.publish(count, persist=True, size=10) for _ in range(3)))
+    async def op_publish_concurrent(
+        self, server: Server, rng: random.Random, count: int, topic: str | None = None
+    ) -> None:
+        topics = (topic, None, rng.choice(TOPICS))  # the global stream and topics interleaved
+        await asyncio.gather(
+            *(self.oracle.publish(count, persist=True, size=10, topic=t) for t in topics)
+        )
 
     async def op_publish_admin(self, server: Server, rng: random.Random, count: int) -> None:
         """Inside the server: a staff user saves broadcasts in the admin."""

@@ -286,3 +286,10 @@ if os.environ.get("BROADCAST_MAX_RELAY_BACKLOG"):
     )
 if os.environ.get("BROADCAST_RELAY_STALL_SECONDS"):
     BROADCAST_RELAY_STALL_SECONDS = env_number("BROADCAST_RELAY_STALL_SECONDS", float)
+if os.environ.get("BROADCAST_MAX_TOPICS_PER_CLIENT"):
+    BROADCAST_MAX_TOPICS_PER_CLIENT = env_number("BROADCAST_MAX_TOPICS_PER_CLIENT", int)
+if os.environ.get("BROADCAST_TOPIC_AUTHORIZER"):
+    BROADCAST_TOPIC_AUTHORIZER = os.environ["BROADCAST_TOPIC_AUTHORIZER"]
+# Comma-separated; each key at least 16 characters (the app's check says so otherwise).
+if os.environ.get("BROADCAST_API_KEYS"):
+    BROADCAST_API_KEYS = [key.strip() for key in os.environ["BROADCAST_API_KEYS"].split(",")]

@@ -4,15 +4,19 @@
  * or require() it.
  *
  *   const client = new BroadcastClient("/ws/broadcast/", {
- *     onMessage: (envelope) => ...,    // {id, type, payload, timestamp}
+ *     topics: ["prices.eurusd"],       // besides the global stream every client gets
+ *     onMessage: (envelope) => ...,    // {id, type, topic, payload, timestamp}
  *     onStateChange: (state) => ...,   // "connecting" | "open" | "closed"
  *     onReset: (info) => ...,          // history did not reach back: reload state
+ *     onSubscribed: (answer) => ...,   // {topics: [granted], denied: [...]}
  *   });
+ *   client.subscribe(["orders"]);      // and client.unsubscribe([...])
  *
  * It reconnects after any close with exponential backoff and full jitter, and
  * resumes with the last id it saw (?last_id=N), so a reconnect misses nothing that
  * is still in the server's history. Beyond that history the server says hub.reset
- * and onReset is called. See docs/receiving.md.
+ * and onReset is called. Its topics ride on every (re)connect (?topics=a,b), so a
+ * resume replays the global stream and exactly those topics. See docs/receiving.md.
  */
 (function (root) {
   "use strict";
@@ -22,6 +26,9 @@
     onStateChange: function () {},
     onReset: function () {},
     onError: function () {},
+    onSubscribed: function () {},
+    topics: [],             // topics to subscribe to on every connect
+    token: null,            // a connect token (broadcast.tokens.connect_token)
     lastId: null,           // resume from this id on the first connect
     baseDelay: 500,         // ms: the backoff's first ceiling
     maxDelay: 30000,        // ms: the backoff's cap
@@ -56,6 +63,9 @@
         options && options[key] !== undefined ? options[key] : DEFAULTS[key];
     }
     this.lastId = this.options.lastId;
+    // The topics asked for: what a reconnect asks for again. The server's answers
+    // (onSubscribed) say which were granted.
+    this.topics = (this.options.topics || []).slice();
     this.state = "closed";
     this.attempt = 0;
     this.socket = null;
@@ -86,16 +96,26 @@
     }
     this._clearTimers();
     var Impl = this.options.WebSocket || root.WebSocket;
-    var url = this.url;
+    var params = [];
+    if (this.options.token) params.push("token=" + encodeURIComponent(this.options.token));
+    if (this.topics.length) params.push("topics=" + this.topics.map(encodeURIComponent).join(","));
     if (this.lastId !== null && this.lastId !== undefined) {
-      url += (url.indexOf("?") === -1 ? "?" : "&") + "last_id=" + encodeURIComponent(this.lastId);
+      params.push("last_id=" + encodeURIComponent(this.lastId));
     }
+    var url = this.url;
+    if (params.length) url += (url.indexOf("?") === -1 ? "?" : "&") + params.join("&");
+    var asked = this.topics.slice();
     this._stopped = false;
     this._setState("connecting");
     var socket = (this.socket = new Impl(url));
     socket.onopen = function () {
       if (socket !== self.socket) return;
       self._setState("open");
+      // subscribe()/unsubscribe() calls made while the socket was connecting.
+      var added = self.topics.filter(function (t) { return asked.indexOf(t) === -1; });
+      var removed = asked.filter(function (t) { return self.topics.indexOf(t) === -1; });
+      if (added.length) socket.send(JSON.stringify({ type: "hub.subscribe", topics: added }));
+      if (removed.length) socket.send(JSON.stringify({ type: "hub.unsubscribe", topics: removed }));
       // Only a connection that stays up resets the backoff: a server that accepts
       // and then closes at once must not be hammered.
       self._stable = setTimeout(function () { self.attempt = 0; }, self.options.stableAfter);
@@ -133,7 +153,19 @@
       this.options.onReset(payload, this);
       return;
     }
-    if (type === "hub.resumed" || type === "hub.pong") return;
+    if (type === "hub.resumed" || type === "hub.pong") {
+      // The hub's position: the ids up to it that this client did not get were
+      // other topics', so a later resume starts there (and not far behind).
+      this._advance(payload.last_id);
+      return;
+    }
+    if (type === "hub.subscribed") {
+      var self = this;
+      this.topics = this.topics.filter(function (t) { return payload.denied.indexOf(t) === -1; });
+      this.options.onSubscribed(payload, self);
+      return;
+    }
+    if (type === "hub.unsubscribed") return;
     if (type === "hub.error") {
       this.options.onError(new Error(payload.error));
       return;
@@ -143,6 +175,39 @@
       this.lastId = envelope.id;
     }
     this.options.onMessage(envelope, this);
+  };
+
+  BroadcastClient.prototype._advance = function (position) {
+    if (typeof position !== "number") return;
+    if (this.lastId === null || this.lastId === undefined || position > this.lastId) {
+      this.lastId = position;
+    }
+  };
+
+  /*
+   * Subscribe to more topics: now (the server answers with onSubscribed) and on
+   * every reconnect. Denied topics are dropped from what reconnects ask for.
+   */
+  BroadcastClient.prototype.subscribe = function (topics) {
+    this._change("hub.subscribe", topics);
+  };
+
+  /* Stop receiving these topics, now and after reconnects. */
+  BroadcastClient.prototype.unsubscribe = function (topics) {
+    this._change("hub.unsubscribe", topics);
+  };
+
+  BroadcastClient.prototype._change = function (type, topics) {
+    var list = [].concat(topics);
+    for (var i = 0; i < list.length; i++) {
+      var at = this.topics.indexOf(list[i]);
+      if (type === "hub.subscribe" && at === -1) this.topics.push(list[i]);
+      if (type === "hub.unsubscribe" && at !== -1) this.topics.splice(at, 1);
+    }
+    // Not open yet: the socket sends the difference once it opens (connect()).
+    if (this.socket && this.socket.readyState === 1) {
+      this.socket.send(JSON.stringify({ type: type, topics: list }));
+    }
   };
 
   BroadcastClient.prototype._startPing = function () {
