@@ -23,7 +23,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         if not setting.rule.test(value):
             errors.append(
                 Error(
-                    f"{setting.name} must {setting.rule.must}, got {value!r}.",
+                    f"{setting.name} must {setting.rule.must}, got {setting.shown(value)}.",
                     id=setting.rule.error_id,
                 )
             )
@@ -43,6 +43,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             load_layer()
         except ImproperlyConfigured as exc:
             errors.append(Error(str(exc), id="broadcast.E024"))
+    if Settings.BROADCAST_TOPIC_AUTHORIZER.rule.test(conf.BROADCAST_TOPIC_AUTHORIZER):
+        from .topics import authorizer
+
+        try:
+            authorizer()
+        except ImproperlyConfigured as exc:
+            errors.append(Error(str(exc), id="broadcast.E028"))
     retention = conf.BROADCAST_RETENTION_DAYS
     if (
         Settings.BROADCAST_RETENTION_DAYS.rule.test(retention)

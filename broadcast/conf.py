@@ -73,10 +73,21 @@ class Setting(Generic[T]):
 
     name: str
 
-    def __init__(self, default: T, must: str, error_id: str, doc: str) -> None:
+    def __init__(
+        self, default: T, must: str, error_id: str, doc: str, *, secret: bool = False
+    ) -> None:
         self.default = default
         self.rule = Rule(must, error_id)
         self.doc = doc
+        self.secret = secret  # its value never goes into a message
+
+    def shown(self, value: Any) -> str:
+        """The value as an error message may show it."""
+        if not self.secret:
+            return repr(value)
+        if isinstance(value, list | tuple):
+            return f"a {type(value).__name__} of {len(value)} value(s), not shown"
+        return f"a {type(value).__name__}, not shown"
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -198,6 +209,7 @@ class Settings:
     BROADCAST_API_KEYS = Setting[list[str]](
         [], "be a list of keys, each a string of at least 16 characters", "broadcast.E027",
         "Bearer keys for ``POST /broadcast/publish``; empty: that endpoint is a 404.",
+        secret=True,
     )  # fmt: skip
 
     def __init__(self) -> None:
