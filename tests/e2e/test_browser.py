@@ -224,3 +224,84 @@ def test_a_staff_user_publishes_from_the_admin_and_the_live_page_shows_it(
     recent = browser.find_element(By.ID, "hub-recent-broadcasts").text
     assert "announcement" in recent and "sent" in recent
     screenshot(browser, "admin-dashboard")
+
+
+def published_id(site, *args: str) -> int:
+    out = site.manage("broadcast", *args).stdout
+    return int(re.search(r"Sent broadcast id=(\d+)", out).group(1))
+
+
+def test_the_js_client_subscribes_unsubscribes_and_resumes_its_topics(
+    browser, redis_site, start_server
+):
+    server = start_server(redis_site, "uvicorn")
+    login(browser, server)  # the session cookie makes the user's own stream grantable
+    open_page(browser, server)
+    admin_pk = int(
+        redis_site.shell(
+            f"from django.contrib.auth.models import User;"
+            f"print(User.objects.get(username={ADMIN_USER!r}).pk)"
+        )
+    )
+    browser.execute_script(
+        "window.got = []; window.answers = [];"
+        "window.topical = new BroadcastClient('/ws/broadcast/', {topics: ['t.a'],"
+        " onMessage: (m) => window.got.push([m.id, m.topic]),"
+        " onSubscribed: (a) => window.answers.push(a)});"
+    )
+    answers = wait_for(browser, lambda d: d.execute_script("return window.answers"), what="answer")
+    assert answers == [{"topics": ["t.a"], "denied": []}]
+    browser.execute_script(f"window.topical.subscribe(['t.b', 'user.{admin_pk}', 'user.999999'])")
+    wait_for(browser, lambda d: len(d.execute_script("return window.answers")) == 2)
+    assert browser.execute_script("return window.answers[1]") == {
+        "topics": ["t.b", f"user.{admin_pk}"],
+        "denied": ["user.999999"],
+    }
+    # A denied topic is not asked for again on reconnects.
+    assert browser.execute_script("return window.topical.topics") == [
+        "t.a",
+        "t.b",
+        f"user.{admin_pk}",
+    ]
+
+    a = published_id(redis_site, "x", "1", "--topic", "t.a")
+    published_id(redis_site, "x", "2", "--topic", "t.c")
+    b = published_id(redis_site, "x", "3", "--topic", "t.b")
+    mine = int(
+        redis_site.shell(
+            "from django.contrib.auth.models import User\nfrom broadcast import publish_to_user\n"
+            f"print(publish_to_user(User.objects.get(pk={admin_pk}), 'dm', 4)['id'])"
+        )
+    )
+    shared = published_id(redis_site, "x", "5")
+    expected = [[a, "t.a"], [b, "t.b"], [mine, f"user.{admin_pk}"], [shared, None]]
+    wait_for(browser, lambda d: d.execute_script("return window.got") == expected, what="topics")
+
+    browser.execute_script("window.topical.unsubscribe(['t.a'])")
+    time.sleep(0.5)
+    published_id(redis_site, "x", "6", "--topic", "t.a")
+
+    # Away across a restart: what its topics got meanwhile is resumed, nothing twice.
+    server.stop()
+    wait_for(browser, lambda d: d.execute_script("return window.topical.state") != "open")
+    missed = published_id(redis_site, "x", "7", "--topic", "t.b")
+    published_id(redis_site, "x", "8", "--topic", "t.a")
+    restarted = Server(redis_site, "uvicorn", port=server.port).start()
+    try:
+        wait_for(
+            browser,
+            lambda d: d.execute_script("return window.topical.state") == "open",
+            timeout=30,
+            what="the reconnect",
+        )
+        after = published_id(redis_site, "x", "9")
+        wait_for(
+            browser,
+            lambda d: d.execute_script("return window.got").count([after, None]) == 1,
+            what="the live broadcast after the resume",
+        )
+        got = browser.execute_script("return window.got")
+        assert got == [*expected, [missed, "t.b"], [after, None]]
+        screenshot(browser, "topics-after-restart")
+    finally:
+        restarted.stop()
