@@ -128,11 +128,16 @@ def dashboard_context(
     now = now or timezone.now()
     hour = connection_series("Clients connected, last hour", dt.timedelta(hours=1), 60, now)
     day = connection_series("Clients connected, last 24 hours", dt.timedelta(days=1), 96, now)
+    live = list(HubProcess.objects.live().order_by("host", "pid"))
+    # Topic names can be users' (user.<pk>): shown to those who may view broadcasts.
+    topics = list(live_topic_totals().items())[:TOPICS_SHOWN] if show_broadcasts else []
     return {
         "live_total": HubProcess.objects.live_total(),
-        "live_processes": list(HubProcess.objects.live().order_by("host", "pid")),
-        # Topic names can be users' (user.<pk>): shown to those who may view broadcasts.
-        "topics": list(live_topic_totals().items())[:TOPICS_SHOWN] if show_broadcasts else [],
+        "live_processes": live,
+        "topics": [
+            (topic, total, [(p, p.topics[topic]) for p in live if (p.topics or {}).get(topic)])
+            for topic, total in topics
+        ],
         "charts": [(hour, svg_chart(hour)), (day, svg_chart(day))],
         "recent_broadcasts": list(Broadcast.objects.order_by("-pk")[:10])
         if show_broadcasts

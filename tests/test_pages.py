@@ -89,6 +89,19 @@ def test_the_dashboard_shows_totals_charts_and_escaped_recent_broadcasts(admin_c
     assert "<polyline" in page
     assert "&lt;script&gt;" in page and "<script>alert(" not in page
     assert '<td class="status-sent">sent</td>' in page
+    assert 'id="hub-topics"' not in page  # no process reports a topic
+
+
+def test_the_dashboard_adds_up_each_topics_subscribers_over_live_processes(admin_client):
+    now = timezone.now()
+    for pid, topics in ((1, {"ops": 2, "user.7": 1}), (2, {"ops": 3})):
+        process = _process("web", pid, now)
+        HubProcess.objects.filter(pk=process.pk).update(topics=topics)
+    stale = _process("old", 3, now - dt.timedelta(hours=1))
+    HubProcess.objects.filter(pk=stale.pk).update(topics={"ops": 50})
+    page = admin_client.get(reverse("admin:broadcast_hubprocess_changelist")).content.decode()
+    assert "<tr><td>ops</td><td>5</td>\n        <td>web:1: 2, web:2: 3</td></tr>" in page
+    assert "<tr><td>user.7</td><td>1</td>\n        <td>web:1: 1</td></tr>" in page
 
 
 def test_prunehub_keeps_what_is_recent_and_resumable(settings):

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -303,5 +304,20 @@ def test_the_js_client_subscribes_unsubscribes_and_resumes_its_topics(
         got = browser.execute_script("return window.got")
         assert got == [*expected, [missed, "t.b"], [after, None]]
         screenshot(browser, "topics-after-restart")
+
+        # The dashboard counts the subscribers of each topic (in another tab, so that
+        # the client stays connected).
+        browser.switch_to.new_window("tab")
+        browser.get(restarted.http + "/admin/broadcast/hubprocess/")
+        rows = wait_for(
+            browser,
+            lambda d: [
+                row.text for row in d.find_elements(By.CSS_SELECTOR, "#hub-topics tbody tr")
+            ],
+            what="the topics table",
+        )
+        process = f"{socket.gethostname()}:{restarted.process.pid}"
+        assert sorted(rows) == sorted([f"t.b 1 {process}: 1", f"user.{admin_pk} 1 {process}: 1"])
+        screenshot(browser, "dashboard-topics")
     finally:
         restarted.stop()
