@@ -1,7 +1,8 @@
 """
 The control route both benchmark apps share: ``GET /bench/publish?count=M&rate=R``
 starts publishing M broadcasts at R per second (0: as fast as possible) inside the
-server process, each payload carrying its publish time, and answers at once.
+server process, each payload carrying its publish time, and answers at once. With
+``&topics=K``, broadcast n goes to topic ``t{n % K}`` instead of every client.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
-PublishOne = Callable[[int, float], Awaitable[None]]
+PublishOne = Callable[[int, float, str | None], Awaitable[None]]
 
 _tasks: set[asyncio.Task] = set()
 
 
-async def paced(count: int, rate: float, publish_one: PublishOne) -> None:
+def topic_of(number: int, topics: int) -> str | None:
+    """The topic broadcast ``number`` goes to when there are ``topics`` (0: none)."""
+    return f"t{number % topics}" if topics else None
+
+
+async def paced(count: int, rate: float, publish_one: PublishOne, topics: int = 0) -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
     for number in range(count):
@@ -24,7 +30,7 @@ async def paced(count: int, rate: float, publish_one: PublishOne) -> None:
             delay = start + number / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-        await publish_one(number, time.time())
+        await publish_one(number, time.time(), topic_of(number, topics))
         if rate <= 0:
             await asyncio.sleep(0)  # let the fan-out run between publishes
 
@@ -36,7 +42,8 @@ async def handle(scope: dict, receive: Callable, send: Callable, publish_one: Pu
     query = urllib.parse.parse_qs(scope["query_string"].decode())
     count = int(query.get("count", ["1"])[0])
     rate = float(query.get("rate", ["0"])[0])
-    task = asyncio.ensure_future(paced(count, rate, publish_one))
+    topics = int(query.get("topics", ["0"])[0])
+    task = asyncio.ensure_future(paced(count, rate, publish_one, topics))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     await send({"type": "http.response.start", "status": 202, "headers": []})

@@ -18,8 +18,9 @@ from broadcast import apublish
 PERSIST = os.environ.get("BENCH_PERSIST", "0") == "1"
 
 
-async def publish_one(number: int, sent_at: float) -> None:
-    await apublish("bench", json.loads(payload_text(number, sent_at)), persist=PERSIST)
+async def publish_one(number: int, sent_at: float, topic: str | None) -> None:
+    payload = json.loads(payload_text(number, sent_at))
+    await apublish("bench", payload, topic=topic, persist=PERSIST)
 
 
 async def app(scope, receive, send):

@@ -9,6 +9,11 @@ bottleneck. The orchestrator (bench/run.py) drives it over stdin/stdout:
     stdout: {"event": "progress", "connected": k}... {"event": "ready", ...}
     stdin:  "drain SECONDS"  (publishing is over; wait at most this long)
     stdout: {"event": "result", ...} and the latencies in the file given on argv
+
+    python -m bench.loadclient HOST PORT COUNT EXPECTED OUT [TOPICS FIRST]
+
+With TOPICS, client j subscribes to topic ``t{(FIRST + j) % TOPICS}`` on connect.
+EXPECTED 0 makes clients that are owed nothing (any delivery to them is counted).
 """
 
 from __future__ import annotations
@@ -131,23 +136,36 @@ def emit(event: dict) -> None:
     sys.stdout.flush()
 
 
-async def main(host: str, port: int, count: int, expected: int, out_path: str) -> None:
+async def main(
+    host: str,
+    port: int,
+    count: int,
+    expected: int,
+    out_path: str,
+    topics: int = 0,
+    first: int = 0,
+) -> None:
     loop = asyncio.get_running_loop()
     stats = Stats(expected)
     stats.clients = count
     key = base64.b64encode(os.urandom(16)).decode()
-    request = (
-        f"GET /ws/broadcast/ HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        f"Origin: http://{host}:{port}\r\n\r\n"
-    ).encode()
+
+    def handshake(number: int) -> bytes:
+        path = f"/ws/broadcast/?topics=t{(first + number) % topics}" if topics else "/ws/broadcast/"
+        return (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Origin: http://{host}:{port}\r\n\r\n"
+        ).encode()
+
     gate = asyncio.Semaphore(200)  # connects in flight at once
     failures: list[str] = []
     transports = []
 
-    async def open_one() -> None:
+    async def open_one(number: int) -> None:
         async with gate:
             opened = loop.create_future()
+            request = handshake(number)
             try:
                 transport, _ = await loop.create_connection(
                     lambda: Client(stats, request, opened), host, port
@@ -164,7 +182,7 @@ async def main(host: str, port: int, count: int, expected: int, out_path: str) -
 
     started = time.monotonic()
     reporter = asyncio.ensure_future(report_progress())
-    await asyncio.gather(*(open_one() for _ in range(count)))
+    await asyncio.gather(*(open_one(number) for number in range(count)))
     reporter.cancel()
     emit(
         {
@@ -200,5 +218,6 @@ async def main(host: str, port: int, count: int, expected: int, out_path: str) -
 
 if __name__ == "__main__":
     host, port, count, expected, out_path = sys.argv[1:6]
+    topics, first = (int(sys.argv[6]), int(sys.argv[7])) if len(sys.argv) > 7 else (0, 0)
     runner = uvloop.run if uvloop else asyncio.run
-    runner(main(host, int(port), int(count), int(expected), out_path))
+    runner(main(host, int(port), int(count), int(expected), out_path, topics, first))

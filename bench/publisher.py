@@ -2,7 +2,7 @@
 The out-of-process publisher: ``apublish`` over REDIS_URL from its own process, at
 the same pace as the in-process one.
 
-    python -m bench.publisher COUNT RATE
+    python -m bench.publisher COUNT RATE [TOPICS]
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ def main() -> None:
 
     persist = os.environ.get("BENCH_PERSIST", "0") == "1"
     count, rate = int(sys.argv[1]), float(sys.argv[2])
+    topics = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 
-    async def publish_one(number: int, sent_at: float) -> None:
-        await apublish("bench", json.loads(payload_text(number, sent_at)), persist=persist)
+    async def publish_one(number: int, sent_at: float, topic: str | None) -> None:
+        payload = json.loads(payload_text(number, sent_at))
+        await apublish("bench", payload, topic=topic, persist=persist)
 
-    asyncio.run(paced(count, rate, publish_one))
+    asyncio.run(paced(count, rate, publish_one, topics))
 
 
 if __name__ == "__main__":

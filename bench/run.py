@@ -5,6 +5,7 @@ second, and measure every delivery.
     python -m bench.run                          # all scenarios, hub and raw, daphne and uvicorn
     python -m bench.run --scenarios A --servers uvicorn --apps hub,raw
     python -m bench.run --scenarios A --layer redis --publisher external
+    python -m bench.run --scenarios A,D,T        # T: topic broadcasts (see SCENARIOS)
 
 Each run prints a progress line while clients connect, then one JSON line
 (``RESULT {...}``); a table per scenario closes the report. The raw ASGI app
@@ -40,6 +41,16 @@ class Scenario:
     clients: int
     messages: int
     rate: float  # per second; 0 means as fast as possible
+    # With topics: broadcast n goes to topic t{n % topics}, client j subscribes to
+    # t{j % topics}, and global_only more clients subscribe to none (owed nothing).
+    topics: int = 0
+    global_only: int = 0
+
+    def owed(self, client: int) -> int:
+        """Broadcasts client number ``client`` (of the subscribing ones) must get."""
+        if not self.topics:
+            return self.messages
+        return len(range(client % self.topics, self.messages, self.topics))
 
 
 SCENARIOS = {
@@ -47,6 +58,9 @@ SCENARIOS = {
     "B": Scenario("B", 5_000, 50, 10),
     "C": Scenario("C", 1_000, 500, 0),
     "D": Scenario("D", 10_000, 20, 5),
+    # 10,000 clients over 1,000 topics (10 each) and 1,000 on the global stream only;
+    # 200 topic broadcasts a second for 10 s: each reaches its 10 subscribers.
+    "T": Scenario("T", 10_000, 2_000, 200, topics=1_000, global_only=1_000),
 }
 
 APPS = {"hub": "bench.hubapp:app", "raw": "bench.rawapp:app"}
@@ -128,11 +142,20 @@ def percentile(sorted_values: array | list, fraction: float) -> float:
 class LoadClient:
     """One bench/loadclient.py process and the events it reports."""
 
-    def __init__(self, port: int, count: int, expected: int, workdir: Path, index: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        count: int,
+        expected: int,
+        workdir: Path,
+        index: int,
+        topics: tuple[int, int] = (0, 0),
+    ) -> None:
         self.out = workdir / f"latencies-{index}.bin"
+        self.owed_nothing = expected == 0
         self.process = subprocess.Popen(
             [PY, "-m", "bench.loadclient", "127.0.0.1", str(port), str(count), str(expected),
-             str(self.out)],
+             str(self.out), str(topics[0]), str(topics[1])],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.connected = 0
@@ -209,22 +232,38 @@ def run_one(
         shares = [scenario.clients // client_procs] * client_procs
         shares[0] += scenario.clients - sum(shares)
         label = f"{scenario.name} {app}@{server}"
-        clients = [
-            LoadClient(port, share, scenario.messages, workdir, index)
-            for index, share in enumerate(shares)
-            if share
-        ]
+        total = scenario.clients + scenario.global_only
+        if scenario.topics:
+            # Each process's clients have one topic's share of broadcasts each.
+            per = scenario.messages // scenario.topics
+            if per * scenario.topics != scenario.messages:
+                raise SystemExit("a topic scenario needs messages divisible by topics")
+            firsts = [sum(shares[:index]) for index in range(len(shares))]
+            clients = [
+                LoadClient(port, share, per, workdir, index, (scenario.topics, first))
+                for index, (share, first) in enumerate(zip(shares, firsts, strict=True))
+                if share
+            ]
+            if scenario.global_only:
+                clients.append(LoadClient(port, scenario.global_only, 0, workdir, len(shares)))
+        else:
+            clients = [
+                LoadClient(port, share, scenario.messages, workdir, index)
+                for index, share in enumerate(shares)
+                if share
+            ]
         while not all(client.ready for client in clients):
             connected = sum(client.connected for client in clients)
-            print(f"  {label}: {connected}/{scenario.clients} connected", file=sys.stderr)
+            print(f"  {label}: {connected}/{total} connected", file=sys.stderr)
             time.sleep(0.5)
             if any(client.process.poll() is not None and not client.ready for client in clients):
                 raise SystemExit("a load client exited early")
         # From the first client process's start to the last welcome, by their clocks.
         connect_seconds = max(client.ready["seconds"] for client in clients)
         connected = sum(client.ready["connected"] for client in clients)
+        owed_clients = sum(c.ready["connected"] for c in clients if not c.owed_nothing)
         connect_cpu = proc_stat(server_process.pid)[0] - connect_cpu_before
-        print(f"  {label}: {connected}/{scenario.clients} connected", file=sys.stderr)
+        print(f"  {label}: {connected}/{total} connected", file=sys.stderr)
         time.sleep(1.0)
         cpu_before, rss_idle, _ = proc_stat(server_process.pid)
         publish_start = time.time()
@@ -232,12 +271,13 @@ def run_one(
         if publisher == "inprocess":
             urllib.request.urlopen(
                 f"http://127.0.0.1:{port}/bench/publish?count={scenario.messages}"
-                f"&rate={scenario.rate}",
+                f"&rate={scenario.rate}&topics={scenario.topics}",
                 timeout=10,
             ).close()
         else:
             subprocess.run(
-                [PY, "-m", "bench.publisher", str(scenario.messages), str(scenario.rate)],
+                [PY, "-m", "bench.publisher", str(scenario.messages), str(scenario.rate),
+                 str(scenario.topics)],
                 cwd=ROOT, env=env, check=True,
             )  # fmt: skip
         for client in clients:
@@ -253,8 +293,11 @@ def run_one(
         except subprocess.TimeoutExpired:
             server_process.kill()
     latencies = sorted(value for client in clients for value in client.latencies())
-    delivered = sum(client.result["delivered"] for client in clients)
-    expected = connected * scenario.messages
+    delivered = sum(c.result["delivered"] for c in clients if not c.owed_nothing)
+    # Deliveries to clients owed nothing: a topic broadcast that leaked to them.
+    stray = sum(c.result["delivered"] for c in clients if c.owed_nothing)
+    per_client = scenario.messages // scenario.topics if scenario.topics else scenario.messages
+    expected = owed_clients * per_client
     last_receive = max(client.result["last_receive"] for client in clients)
     close_codes: dict[str, int] = {}
     for client in clients:
@@ -269,7 +312,8 @@ def run_one(
         "layer": env.get("REDIS_LAYER", "core") if env.get("REDIS_URL") else "memory",
         "publisher": publisher,
         "persist": env.get("BENCH_PERSIST") == "1",
-        "clients": scenario.clients,
+        "clients": scenario.clients + scenario.global_only,
+        "topics": scenario.topics,
         "connected": connected,
         "connect_s": round(connect_seconds, 2),
         "connect_cpu_s": round(connect_cpu, 2),
@@ -277,6 +321,7 @@ def run_one(
         "rate": scenario.rate,
         "expected": expected,
         "delivered": delivered,
+        "stray": stray,
         "completeness": round(delivered / expected, 6) if expected else 0.0,
         "p50_ms": round(percentile(latencies, 0.50) * 1000, 1),
         "p90_ms": round(percentile(latencies, 0.90) * 1000, 1),
@@ -285,6 +330,7 @@ def run_one(
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
         "deliveries_per_s": round(delivered / span),
         "server_cpu_s": round(cpu_after - cpu_before, 2),
+        "cpu_us_per_delivery": round((cpu_after - cpu_before) / max(delivered, 1) * 1e6, 1),
         "peak_rss_mib": round(rss_peak / 1024, 1),
         "rss_per_conn_kib": round((rss_idle - rss_base) / max(connected, 1), 1),
         "close_codes": close_codes,
@@ -302,6 +348,8 @@ COLUMNS = [
     ("max ms", lambda r: f"{r['max_ms']:.1f}"),
     ("deliv/s", lambda r: f"{r['deliveries_per_s']:,}"),
     ("cpu s", lambda r: f"{r['server_cpu_s']:.2f}"),
+    ("µs/deliv", lambda r: f"{r['cpu_us_per_delivery']:.1f}"),
+    ("stray", lambda r: f"{r['stray']}"),
     ("peak MiB", lambda r: f"{r['peak_rss_mib']:.1f}"),
     ("KiB/conn", lambda r: f"{r['rss_per_conn_kib']:.1f}"),
 ]
@@ -314,8 +362,9 @@ def table(results: list[dict]) -> str:
         first = rows[0]
         rate = f"{first['rate']:g}/s" if first["rate"] else "max rate"
         extra = {f"{r['layer']}/{r['publisher']}" for r in rows}
-        lines.append(f"\nScenario {name}: {first['clients']} clients x {first['messages']} msgs "
-                     f"at {rate} ({', '.join(sorted(extra))})")  # fmt: skip
+        over = f" over {first['topics']} topics" if first.get("topics") else ""
+        lines.append(f"\nScenario {name}: {first['clients']} clients{over} x {first['messages']} "
+                     f"msgs at {rate} ({', '.join(sorted(extra))})")  # fmt: skip
         cells = [[fmt(r) for _, fmt in COLUMNS] for r in rows]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (h, _) in enumerate(COLUMNS)]
         lines.append("  ".join(h.rjust(w) for (h, _), w in zip(COLUMNS, widths, strict=True)))
@@ -334,7 +383,9 @@ def ratios(rows: list[dict]) -> list[str]:
             h, w = hub[0], raw[0]
             out.append(
                 f"  {server}: hub/raw p99 {h['p99_ms'] / max(w['p99_ms'], 0.1):.2f}x, "
-                f"deliveries/s {h['deliveries_per_s'] / max(w['deliveries_per_s'], 1):.0%}"
+                f"deliveries/s {h['deliveries_per_s'] / max(w['deliveries_per_s'], 1):.0%}, "
+                f"CPU per delivery "
+                f"{h['cpu_us_per_delivery'] / max(w['cpu_us_per_delivery'], 0.1):.2f}x"
             )
     return out
 
@@ -351,6 +402,10 @@ def main() -> None:
     parser.add_argument("--persist", action="store_true", help="publish persisted broadcasts")
     parser.add_argument("--clients", type=int, help="override the scenario's client count")
     parser.add_argument("--messages", type=int, help="override the scenario's message count")
+    parser.add_argument("--topics", type=int, help="override a topic scenario's topic count")
+    parser.add_argument(
+        "--global-only", type=int, help="override a topic scenario's global-only clients"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write all results to this file")
     args = parser.parse_args()
     if args.publisher == "external" and args.layer == "memory":
@@ -378,12 +433,14 @@ def main() -> None:
     results = []
     for name in args.scenarios.split(","):
         scenario = SCENARIOS[name.strip()]
-        if args.clients or args.messages:
+        if args.clients or args.messages or args.topics or args.global_only is not None:
             scenario = Scenario(
                 scenario.name,
                 args.clients or scenario.clients,
                 args.messages or scenario.messages,
                 scenario.rate,
+                args.topics if args.topics and scenario.topics else scenario.topics,
+                scenario.global_only if args.global_only is None else args.global_only,
             )
         for server in args.servers.split(","):
             for app in args.apps.split(","):
