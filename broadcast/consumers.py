@@ -41,6 +41,8 @@ CLOSE_SLOW_CLIENT = 4008
 # How long a cut slow client has to read up to its close frame before its TCP
 # connection is dropped, and what it holds in server memory with it.
 SLOW_CLIENT_GRACE_SECONDS = 5.0
+# Authorizer verdicts one connection remembers before starting over.
+VERDICTS_KEPT = 1000
 
 
 class BroadcastConsumer(AsyncWebsocketConsumer):
@@ -290,7 +292,8 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         (granted, denied, errors) for topic names: within BROADCAST_MAX_TOPICS_PER_CLIENT,
         granted by the connect token, or by the authorizer (asked once per topic).
         """
-        if self._verdicts is None:
+        if self._verdicts is None or len(self._verdicts) > VERDICTS_KEPT:
+            # Bounded: a client cycling through new names must not grow it for ever.
             self._verdicts = {}
         verdicts = self._verdicts
         limit = conf.BROADCAST_MAX_TOPICS_PER_CLIENT

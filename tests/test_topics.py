@@ -249,3 +249,20 @@ def test_publish_refuses_bad_topics_before_touching_anything(db):
     with pytest.raises(InvalidTopic):
         publish("x", topic="has space")
     assert not Broadcast.objects.exists()
+
+
+async def test_the_heartbeat_writes_subscribers_per_topic(hub, monkeypatch):
+    from broadcast import counts
+    from broadcast.models import HubProcess
+
+    monkeypatch.setattr(counts, "TOPIC_COUNTS_KEPT", 2)
+    clients = [await connect(query=f"?topics={names}") for names in ("a,b", "a,c", "a,b")]
+    for client in clients:
+        await frame(client)
+    await hub.counts.write()
+    row = await HubProcess.objects.aget(pk=hub.counts.row_id)
+    assert row.topics == {"a": 3, "b": 2}  # the most subscribed, most first
+    for client in clients:
+        await client.disconnect()
+    await hub.counts.write(stopped=True)
+    assert (await HubProcess.objects.aget(pk=hub.counts.row_id)).topics == {}

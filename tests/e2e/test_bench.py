@@ -34,3 +34,25 @@ def test_the_benchmark_runs_hub_and_raw_app_on_both_servers_and_reports_every_de
         assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert "40/40 connected" in run.stderr  # progress while clients connect
     assert "hub/raw p99" in run.stdout  # the table's ratio lines
+
+
+def test_scenario_t_delivers_each_topic_to_its_subscribers_only():
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--scenarios", "T", "--clients", "40",
+         "--topics", "4", "--global-only", "10", "--messages", "8", "--servers", "uvicorn",
+         "--apps", "hub,raw"],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = [
+        json.loads(line.removeprefix("RESULT "))
+        for line in run.stdout.splitlines()
+        if line.startswith("RESULT ")
+    ]
+    assert len(results) == 2
+    for result in results:
+        assert result["connected"] == 50
+        # 8 broadcasts over 4 topics: each of the 40 subscribers is owed 2.
+        assert result["delivered"] == result["expected"] == 80
+        assert result["stray"] == 0  # the 10 global-only clients got none
+        assert result["cpu_us_per_delivery"] > 0
