@@ -317,7 +317,10 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         unknown = [name for name in wanted if name not in verdicts and name not in pre_granted]
         if unknown:
             user = await self._resolve_user()
-            verdicts.update(await database_sync_to_async(topics.verdicts)(user, unknown))
+            if topics.runs_on_loop():
+                verdicts.update(topics.verdicts(user, unknown))
+            else:
+                verdicts.update(await database_sync_to_async(topics.verdicts)(user, unknown))
         granted = [name for name in wanted if name in pre_granted or verdicts[name]]
         denied = [name for name in wanted if name not in granted] + over
         return granted, denied, errors

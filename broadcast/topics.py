@@ -2,8 +2,8 @@
 Who may subscribe to what: topic names from clients, and the authorizer that rules
 on them (BROADCAST_TOPIC_AUTHORIZER).
 
-The authorizer is asked once per connection and topic, off the event loop, when the
-client subscribes; its verdict holds for the connection's life and is never asked
+The authorizer is asked once per connection and topic, in a thread (the default
+one, which reads nothing, on the event loop), when the client subscribes; its verdict holds for the connection's life and is never asked
 again per broadcast.
 """
 
@@ -51,6 +51,15 @@ def _load(path: str) -> Authorizer:
 def authorizer() -> Authorizer:
     """The configured authorizer (imported once per setting value)."""
     return _load(conf.BROADCAST_TOPIC_AUTHORIZER)
+
+
+def runs_on_loop() -> bool:
+    """
+    Whether the authorizer may run on the event loop: only the default one, which
+    reads the user already resolved and nothing else. A thread hop per subscribing
+    connect slows a connect burst by half (scenario T, docs/benchmarks.md).
+    """
+    return authorizer() is default_authorizer
 
 
 def verdicts(user: Any, topics: Iterable[str]) -> dict[str, bool]:

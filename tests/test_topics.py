@@ -1,6 +1,7 @@
 """Topics, per-user streams and connect tokens at the consumer (channels.testing)."""
 
 import json
+import threading
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -19,8 +20,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ASKED: list[tuple[str, str]] = []
 
 
+THREADS: list[str] = []
+
+
 def only_public(user, topic):
     ASKED.append((str(user), topic))
+    THREADS.append(threading.current_thread().name)
     return topic.startswith("public.")
 
 
@@ -95,6 +100,7 @@ async def test_more_topics_than_allowed_are_denied(hub, settings):
 async def test_the_authorizer_decides_once_per_topic_and_connection(hub, settings):
     settings.BROADCAST_TOPIC_AUTHORIZER = "tests.test_topics.only_public"
     ASKED.clear()
+    THREADS.clear()
     client = await connect(query="?topics=public.a,secret")
     assert (await frame(client))["payload"] == {"topics": ["public.a"], "denied": ["secret"]}
     await subscribe(client, "public.a", kind="hub.unsubscribe")
@@ -106,6 +112,8 @@ async def test_the_authorizer_decides_once_per_topic_and_connection(hub, setting
         await apublish("x", topic="public.a")
         await frame(client)
     assert ASKED == [("AnonymousUser", "public.a"), ("AnonymousUser", "secret")]
+    # A custom authorizer may query the database: it never runs on the event loop.
+    assert threading.main_thread().name not in THREADS
     await client.disconnect()
 
 
