@@ -51,8 +51,12 @@ class SessionIfAuthRequired:
 
 
 def _has_session_cookie(scope: Scope) -> bool:
-    name = settings.SESSION_COOKIE_NAME.encode("latin1") + b"="
-    return any(key == b"cookie" and name in value for key, value in scope.get("headers", ()))
+    for key, value in scope.get("headers", ()):
+        # Settings are read only for a connection with cookies (Django's lazy settings
+        # cost a few microseconds a read, on every connect otherwise).
+        if key == b"cookie" and settings.SESSION_COOKIE_NAME.encode("latin1") + b"=" in value:
+            return True
+    return False
 
 
 mark_single_callable(SessionIfAuthRequired)

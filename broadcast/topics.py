@@ -2,9 +2,9 @@
 Who may subscribe to what: topic names from clients, and the authorizer that rules
 on them (BROADCAST_TOPIC_AUTHORIZER).
 
-The authorizer is asked once per connection and topic, in a thread (the default
-one, which reads nothing, on the event loop), when the client subscribes; its verdict holds for the connection's life and is never asked
-again per broadcast.
+The authorizer is asked when the client subscribes, in a thread (the default one,
+which reads nothing, on the event loop); a custom authorizer's verdict is kept for the
+connection's life, and no verdict is ever asked again per broadcast.
 """
 
 from __future__ import annotations
