@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
 import urllib.error
@@ -30,28 +29,30 @@ def api_site(redis_site):
     return redis_site.with_env(BROADCAST_API_KEYS=KEY)
 
 
-def users(site, *names) -> dict[str, int]:
-    """Create users (the first one staff) and return their primary keys."""
+@pytest.fixture(scope="module")
+def accounts(site) -> dict[str, int]:
+    """Users in the site's database (staffer is staff), by name: their primary keys."""
     code = (
         "from django.contrib.auth.models import User\n"
-        f"for n, name in enumerate({list(names)!r}):\n"
-        "    user, _ = User.objects.get_or_create(username=name, defaults={'is_staff': n == 0})\n"
+        "for name in ['alice', 'bob', 'staffer', 'member']:\n"
+        "    user, _ = User.objects.get_or_create(username=name, "
+        "defaults={'is_staff': name == 'staffer'})\n"
         "    print(name, user.pk)\n"
     )
-    return {
-        name: int(pk)
-        for name, pk in (line.split() for line in site.shell(code).split("\n") if line)
-    }
+    lines = site.shell(code).splitlines()
+    return {name: int(pk) for name, pk in (line.split() for line in lines if line)}
 
 
-def token(site, username: str | None, topics=(), ttl: float = 600) -> str:
-    who = f"User.objects.get(username={username!r})" if username else "None"
-    code = (
-        "from django.contrib.auth.models import User\n"
-        "from broadcast.tokens import connect_token\n"
-        f"print(connect_token({who}, topics={list(topics)!r}, ttl={ttl!r}))\n"
-    )
-    return site.shell(code).strip()
+def token(pk: int | None, topics=(), ttl: float = 600) -> str:
+    """
+    A connect token for the user with this primary key, minted here: the servers share
+    this process's settings, SECRET_KEY included (a Django shell per token costs seconds).
+    """
+    from django.contrib.auth.models import User
+
+    from broadcast.tokens import connect_token
+
+    return connect_token(None if pk is None else User(pk=pk), topics=topics, ttl=ttl)
 
 
 def http_publish(server, body, key=KEY) -> tuple[int, dict]:
@@ -89,11 +90,10 @@ async def expect(ws, ids: list[int]) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_topics_and_user_streams_across_two_processes(kind, api_site, start_server):
+async def test_topics_and_user_streams_across_two_processes(kind, api_site, start_server, accounts):
     one, two = start_server(api_site, kind), start_server(api_site, kind)
-    pks = users(api_site, "alice", "bob")
-    alice, bob = pks["alice"], pks["bob"]
-    alice_token, bob_token = token(api_site, "alice"), token(api_site, "bob")
+    alice, bob = accounts["alice"], accounts["bob"]
+    alice_token, bob_token = token(alice), token(bob)
     # Token clients send no Origin at all, as a mobile app or a service would.
     alice_one = await client(one, f"?token={alice_token}&topics=user.{alice}", origin=False)
     alice_two = await client(two, f"?token={alice_token}&topics=user.{alice}", origin=False)
@@ -115,9 +115,9 @@ async def test_topics_and_user_streams_across_two_processes(kind, api_site, star
         f"print(publish_to_user(User.objects.get(pk={alice}), 'dm', {{'hi': 1}})['id'])\n"
     )
     private = int(out.strip())
-    shared = int(
-        re.search(r"id=(\d+)", api_site.manage("broadcast", "banner", "{}").stdout).group(1)
-    )
+    status, banner = http_publish(two, {"type": "banner"})
+    assert status == 201
+    shared = banner["id"]
 
     await expect(alice_one, [private, shared])
     await expect(alice_two, [private, shared])
@@ -131,18 +131,16 @@ async def test_topics_and_user_streams_across_two_processes(kind, api_site, star
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_the_authorizer_decides_who_subscribes(kind, redis_site, start_server):
+async def test_the_authorizer_decides_who_subscribes(kind, redis_site, start_server, accounts):
     site = redis_site.with_env(BROADCAST_TOPIC_AUTHORIZER="tests.e2e.topic_rules.staff_or_public")
     server = start_server(site, kind)
-    users(site, "staffer", "member")
-    staff = await client(server, f"?token={token(site, 'staffer')}&topics=staff.ops,public.x")
-    member = await client(server, f"?token={token(site, 'member')}&topics=staff.ops,public.x")
+    staffer, member_pk = accounts["staffer"], accounts["member"]
+    staff = await client(server, f"?token={token(staffer)}&topics=staff.ops,public.x")
+    member = await client(server, f"?token={token(member_pk)}&topics=staff.ops,public.x")
     assert staff.answer["payload"] == {"topics": ["staff.ops", "public.x"], "denied": []}
     assert member.answer["payload"] == {"topics": ["public.x"], "denied": ["staff.ops"]}
     # A token's own topics need no authorizer.
-    granted = await client(
-        server, f"?token={token(site, 'member', ['staff.ops'])}&topics=staff.ops"
-    )
+    granted = await client(server, f"?token={token(member_pk, ['staff.ops'])}&topics=staff.ops")
     assert granted.answer["payload"]["topics"] == ["staff.ops"]
     await member.send(json.dumps({"type": "hub.subscribe", "topics": ["staff.audit", "other"]}))
     (answer,) = await frames(member, 1)
@@ -152,11 +150,12 @@ async def test_the_authorizer_decides_who_subscribes(kind, redis_site, start_ser
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_bad_tokens_get_403_and_no_log_line_shows_a_token(kind, redis_site, start_server):
+async def test_bad_tokens_get_403_and_no_log_line_shows_a_token(
+    kind, redis_site, start_server, accounts
+):
     server = start_server(redis_site, kind)
-    users(redis_site, "alice")
-    expired = token(redis_site, "alice", ttl=1)
-    valid = token(redis_site, "alice")
+    expired = token(accounts["alice"], ttl=1)
+    valid = token(accounts["alice"])
     forged = valid[:-3] + ("xyz" if not valid.endswith("xyz") else "abc")
     await asyncio.sleep(2.1)
     for bad in (expired, forged, "garbage"):
