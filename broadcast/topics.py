@@ -57,7 +57,7 @@ def runs_on_loop() -> bool:
     """
     Whether the authorizer may run on the event loop: only the default one, which
     reads the user already resolved and nothing else. A thread hop per subscribing
-    connect slows a connect burst by half (scenario T, docs/benchmarks.md).
+    connect slows a connect burst (scenario T, docs/benchmarks.md).
     """
     return authorizer() is default_authorizer
 

@@ -265,28 +265,28 @@ def test_the_js_client_subscribes_unsubscribes_and_resumes_its_topics(
         f"user.{admin_pk}",
     ]
 
-    a = published_id(redis_site, "x", "1", "--topic", "t.a")
-    published_id(redis_site, "x", "2", "--topic", "t.c")
-    b = published_id(redis_site, "x", "3", "--topic", "t.b")
+    a = published_id(redis_site, "js.topics", "1", "--topic", "t.a")
+    published_id(redis_site, "js.topics", "2", "--topic", "t.c")
+    b = published_id(redis_site, "js.topics", "3", "--topic", "t.b")
     mine = int(
         redis_site.shell(
             "from django.contrib.auth.models import User\nfrom broadcast import publish_to_user\n"
             f"print(publish_to_user(User.objects.get(pk={admin_pk}), 'dm', 4)['id'])"
         )
     )
-    shared = published_id(redis_site, "x", "5")
+    shared = published_id(redis_site, "js.topics", "5")
     expected = [[a, "t.a"], [b, "t.b"], [mine, f"user.{admin_pk}"], [shared, None]]
     wait_for(browser, lambda d: d.execute_script("return window.got") == expected, what="topics")
 
     browser.execute_script("window.topical.unsubscribe(['t.a'])")
     time.sleep(0.5)
-    published_id(redis_site, "x", "6", "--topic", "t.a")
+    published_id(redis_site, "js.topics", "6", "--topic", "t.a")
 
     # Away across a restart: what its topics got meanwhile is resumed, nothing twice.
     server.stop()
     wait_for(browser, lambda d: d.execute_script("return window.topical.state") != "open")
-    missed = published_id(redis_site, "x", "7", "--topic", "t.b")
-    published_id(redis_site, "x", "8", "--topic", "t.a")
+    missed = published_id(redis_site, "js.topics", "7", "--topic", "t.b")
+    published_id(redis_site, "js.topics", "8", "--topic", "t.a")
     restarted = Server(redis_site, "uvicorn", port=server.port).start()
     try:
         wait_for(
@@ -295,7 +295,7 @@ def test_the_js_client_subscribes_unsubscribes_and_resumes_its_topics(
             timeout=30,
             what="the reconnect",
         )
-        after = published_id(redis_site, "x", "9")
+        after = published_id(redis_site, "js.topics", "9")
         wait_for(
             browser,
             lambda d: d.execute_script("return window.got").count([after, None]) == 1,

@@ -34,7 +34,8 @@ async def test_a_broadcast_saved_in_the_admin_reaches_every_client_once(server):
         ]
         assert received[0]["id"] < received[1]["id"]
         assert received[0]["id"] > ws.welcome["payload"]["last_id"]
-        assert all(set(frame) == {"id", "type", "payload", "timestamp"} for frame in received)
+        keys = {"id", "type", "topic", "payload", "timestamp"}
+        assert all(set(frame) == keys and frame["topic"] is None for frame in received)
         assert await no_frame(ws)
         await ws.close()
 
@@ -139,12 +140,13 @@ def test_publish_from_another_process_on_the_in_memory_layer_is_an_error(site, s
     result = site.manage(
         "shell",
         "-c",
-        "from broadcast import publish\ntry:\n    publish('x', 1)\n"
+        "from broadcast import publish\ntry:\n    publish('refused.in.memory', 1)\n"
         "except Exception as exc:\n    print(type(exc).__name__, exc)",
     )
     assert "ImproperlyConfigured" in result.stdout and "REDIS_URL" in result.stdout
     assert server.process.poll() is None
     rows = site.shell(
-        "from broadcast.models import Broadcast as B; print(B.objects.filter(type='x').count())"
+        "from broadcast.models import Broadcast as B\n"
+        "print(B.objects.filter(type='refused.in.memory').count())"
     )
     assert rows.strip() == "0"  # refused before anything was stored

@@ -181,7 +181,7 @@ async def test_resume_across_topics_misses_nothing_and_repeats_nothing(
 ):
     one, two = start_server(api_site, kind), start_server(api_site, kind)
     first = await client(one, "?topics=news")
-    _, start = http_publish(one, {"type": "x", "topic": "news"})
+    _, start = http_publish(one, {"type": "api.x", "topic": "news"})
     (got,) = await frames(first, 1)
     last_seen = got["id"]
     await first.close()
@@ -232,17 +232,17 @@ async def test_resume_across_topics_misses_nothing_and_repeats_nothing(
 @pytest.mark.parametrize("kind", KINDS)
 async def test_the_http_api_answers_every_status(kind, api_site, redis_site, start_server):
     server = start_server(api_site, kind)
-    assert http_publish(server, {"type": "x"})[0] == 201
-    assert http_publish(server, {"type": "x"}, key="wrong-key-wrong-key")[0] == 401
-    assert http_publish(server, {"type": "x"}, key=None)[0] == 401
+    assert http_publish(server, {"type": "api.x"})[0] == 201
+    assert http_publish(server, {"type": "api.x"}, key="wrong-key-wrong-key")[0] == 401
+    assert http_publish(server, {"type": "api.x"}, key=None)[0] == 401
     status, answer = http_publish(server, {"type": "hub.x"})
     assert status == 400 and "reserved" in answer["error"]
     assert http_publish(server, b"{not json")[0] == 400
-    assert http_publish(server, {"type": "x", "payload": "y" * 70_000})[0] == 413
-    assert http_publish(server, {"type": "x", "payload": "y" * 200_000})[0] == 413
+    assert http_publish(server, {"type": "api.x", "payload": "y" * 70_000})[0] == 413
+    assert http_publish(server, {"type": "api.x", "payload": "y" * 200_000})[0] == 413
     # Without keys the endpoint does not exist.
     closed = start_server(redis_site, kind)
-    assert http_publish(closed, {"type": "x"})[0] == 404
+    assert http_publish(closed, {"type": "api.x"})[0] == 404
     # With the channel layer down: 503, and the row is marked failed to resend.
     down = start_server(api_site.with_redis("redis://127.0.0.1:1/0"), kind)
     status, answer = http_publish(down, {"type": f"while.down.{kind}"})
