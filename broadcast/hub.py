@@ -93,7 +93,7 @@ class ProcessHub:
         if not self.relay.started or self._membership.locked():
             async with self._membership:
                 if not self.relay.started:
-                    self.last_id = max(self.last_id, await self.relay.start())
+                    await self.relay.start()  # sets last_id before it receives
         if self._heartbeat is None:
             self._heartbeat = asyncio.ensure_future(heartbeat(self.counts, self.relay.renew))
         # No await from here on: the limit holds for a burst of connects, and the

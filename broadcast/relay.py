@@ -80,11 +80,13 @@ class Relay:
             # Redis away, or a pooled connection it closed when it restarted.
             logger.warning("Could not join group %r yet (%s); the relay retries", self.group, exc)
             joined = False
-        if joined:
-            self._task = asyncio.ensure_future(self._run(lost=False))
         newest: int = await database_sync_to_async(newest_id)()
-        if not joined:  # it catches up from here once it has joined
-            self._task = asyncio.ensure_future(self._run(lost=True))
+        # Receiving starts only from a known position: a broadcast that arrives while
+        # the id is read waits in the layer, where it would otherwise look like a gap
+        # from 0 (and, past history, a hub.reset that skips ids not yet delivered).
+        self._clients.last_id = max(self._clients.last_id, newest)
+        # Not joined: it joins, and catches up from here, in its supervised loop.
+        self._task = asyncio.ensure_future(self._run(lost=not joined))
         return newest
 
     async def renew(self) -> None:

@@ -247,3 +247,31 @@ async def test_a_relay_back_from_an_outage_retries_a_stale_connection_at_once(
     ]
     assert hub.relay_state == "running"
     await client.disconnect()
+
+
+async def test_a_broadcast_arriving_while_the_first_client_joins_is_no_gap_from_zero(
+    hub, settings, monkeypatch, caplog
+):
+    # Found by CI's PostgreSQL leg (the resume-across-topics test): the relay began
+    # receiving before the process knew its last id, so a broadcast arriving during
+    # that read looked like a gap from 0; with more rows than history holds, the
+    # catch-up said hub.reset and moved the position past ids not yet delivered.
+    from broadcast.history import newest_id
+    from broadcast.publishing import publish
+
+    settings.BROADCAST_HISTORY_LIMIT = 5
+    for n in range(8):
+        await apublish("before", {"n": n})  # no relay yet: history only
+
+    def newest_id_while_a_broadcast_arrives():
+        publish("during.join", {"n": 8})
+        return newest_id()
+
+    monkeypatch.setattr("broadcast.relay.newest_id", newest_id_while_a_broadcast_arrives)
+    client = await connect()
+    after = await apublish("after.join", {"n": 9})
+    got = [await frame(client) for _ in range(1 + (client.welcome["payload"]["last_id"] < 9))]
+    assert got[-1]["id"] == after["id"]
+    assert all(f["type"] != "hub.reset" for f in got)
+    assert "beyond history" not in caplog.text
+    await client.disconnect()

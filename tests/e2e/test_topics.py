@@ -213,6 +213,7 @@ async def test_resume_across_topics_misses_nothing_and_repeats_nothing(
         if frame["type"] == "hub.resumed":
             continue
         assert frame["topic"] in (None, "news"), frame
+        assert frame["id"] is not None, frame  # no control frame but hub.resumed
         received.append(frame["id"])
         if frame["id"] == marker["id"]:
             break
