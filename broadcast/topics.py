@@ -19,7 +19,7 @@ from django.utils.module_loading import import_string
 
 from .conf import conf
 from .envelope import InvalidTopic, validate_topic
-from .publishing import USER_TOPIC_PREFIX
+from .publishing import USER_TOPIC_PREFIX, user_topic
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,7 @@ Authorizer = Callable[[Any, str], bool]
 def default_authorizer(user: Any, topic: str) -> bool:
     """Any topic, except ``user.<pk>``: only that user, logged in, gets it."""
     if topic.startswith(USER_TOPIC_PREFIX):
-        return bool(getattr(user, "is_authenticated", False)) and (
-            topic == f"{USER_TOPIC_PREFIX}{user.pk}"
-        )
+        return bool(getattr(user, "is_authenticated", False)) and topic == user_topic(user)
     return True
 
 
