@@ -197,6 +197,10 @@ class Settings:
         True, "be True or False", "broadcast.E023",
         "Write prepared frames to daphne's and uvicorn's transports; off: the ASGI send.",
     )  # fmt: skip
+    BROADCAST_COALESCE_MAX = Setting[int](
+        64, "be a positive integer", "broadcast.E029",
+        "Broadcasts a relay already holds that go out in one write per client; 1: off.",
+    )  # fmt: skip
     BROADCAST_MAX_TOPICS_PER_CLIENT = Setting[int](
         100, "be a positive integer", "broadcast.E025",
         "Topics one connection may subscribe to; more are denied with hub.error.",

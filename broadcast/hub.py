@@ -169,6 +169,42 @@ class ProcessHub:
         Hand one group message to every client (or, with a topic, to its subscribers),
         framed once for all of them.
         """
+        self.fan_out_batch([message])
+
+    def fan_out_batch(self, messages: list[dict[str, Any]]) -> None:
+        """
+        Hand several group messages, in order, to the clients each is for. A client
+        gets all of its messages in one write: one system call instead of one per
+        broadcast, which is most of what a burst costs.
+        """
+        started = time.perf_counter()
+        global_only: list[Outgoing] = []
+        # Each message for clients, and the topic it is for (None: every client).
+        ready: list[tuple[Outgoing, str | None]] = []
+        for message in messages:
+            outgoing = self._accept(message)
+            if outgoing is not None:
+                ready.append(outgoing)
+                if outgoing[1] is None:
+                    global_only.append(outgoing[0])
+        if not ready:
+            return
+        deliveries = 0
+        if len(global_only) == len(ready):  # every client gets the same bytes
+            batch = Outgoing.batch(global_only)
+            clients = tuple(self.clients)
+            self._push_each(clients, batch)
+            deliveries = len(clients) * len(ready)
+        else:
+            for outbox, batch, count in self._per_client(ready, global_only):
+                self._push_each((outbox,), batch)
+                deliveries += count
+        metrics.deliveries.inc(deliveries)
+        metrics.fan_out_batch.observe(len(ready))
+        metrics.fan_out_seconds.observe(time.perf_counter() - started)
+
+    def _accept(self, message: dict[str, Any]) -> tuple[Outgoing, str | None] | None:
+        """A group message as a client message and its topic; None if no client gets it."""
         text = message.get("text")
         if message.get("type") != "broadcast.message" or not isinstance(text, str):
             logger.warning(
@@ -176,24 +212,47 @@ class ProcessHub:
                 "envelope: %r",
                 {key: message.get(key) for key in ("type", "id")},
             )
-            return
+            return None
         msg_id = message.get("id")
         if isinstance(msg_id, int):
             if msg_id <= self.last_id:
-                return  # already delivered (a catch-up overlapping the live stream)
+                return None  # already delivered (a catch-up overlapping the live stream)
             self.last_id = msg_id
         else:
             msg_id = None
         topic = message.get("topic")
-        if topic is None:
-            clients = tuple(self.clients)
-        else:
-            subscribers = self.topics.get(topic)
-            if not subscribers:
-                return  # the id still counts (above): ids are global
-            clients = tuple(subscribers)
-        started = time.perf_counter()
-        outgoing = Outgoing.of_text(text, msg_id)
+        if topic is not None and not self.topics.get(topic):
+            return None  # the id still counts (above): ids are global
+        return Outgoing.of_text(text, msg_id), topic
+
+    def _per_client(
+        self, ready: list[tuple[Outgoing, str | None]], global_only: list[Outgoing]
+    ) -> Iterable[tuple[Outbox, Outgoing, int]]:
+        """
+        Each client's share of a batch with topics, in order: subscribers of its
+        topics get their own selection, every other client the global messages.
+        """
+        topics = {topic for _, topic in ready if topic is not None}
+        if len(topics) == 1 and not global_only:  # one topic's: the same bytes for all
+            batch = Outgoing.batch([outgoing for outgoing, _ in ready])
+            for outbox in tuple(self.topics[topics.pop()]):
+                yield outbox, batch, len(ready)
+            return
+        subscribers: set[Outbox] = set()
+        for topic in topics:
+            subscribers.update(self.topics.get(topic, ()))
+        if global_only:
+            batch = Outgoing.batch(global_only)
+            for outbox in tuple(self.clients):  # a cut client leaves the set at once
+                if outbox not in subscribers:
+                    yield outbox, batch, len(global_only)
+        for outbox in subscribers:
+            mine: set[str] | frozenset[str] = self._subscriptions.get(outbox, frozenset())
+            share = [outgoing for outgoing, topic in ready if topic is None or topic in mine]
+            yield outbox, Outgoing.batch(share), len(share)
+
+    @staticmethod
+    def _push_each(clients: Iterable[Outbox], outgoing: Outgoing) -> None:
         for outbox in clients:
             try:
                 outbox.push(outgoing)
@@ -201,8 +260,6 @@ class ProcessHub:
                 logger.exception("Delivery to a client failed; cutting it so it resumes")
                 with contextlib.suppress(Exception):
                     outbox.cut()
-        metrics.deliveries.inc(len(clients))
-        metrics.fan_out_seconds.observe(time.perf_counter() - started)
 
     # Stopping ----------------------------------------------------------------
 

@@ -65,8 +65,13 @@ backpressure_seconds = Counter(
 )
 fan_out_seconds = Histogram(
     "broadcast_fan_out_seconds",
-    "Time to hand one broadcast to every client of a process.",
+    "Time to hand one batch of broadcasts (usually one) to every client of a process.",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+fan_out_batch = Histogram(
+    "broadcast_fan_out_batch",
+    "Broadcasts per fan-out: more than one when a relay coalesced what the layer held.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import types
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from . import eager
 from .frames import text_frame
 from .servers import Writer
 
@@ -31,17 +31,35 @@ DRAIN_POLL_SECONDS = 0.005
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message for clients: its frame for a direct writer, its ASGI event, its id."""
+    """
+    One message for clients: its frame for a direct writer, its ASGI event, its id. Or
+    a batch of them (``parts``), whose frame is theirs concatenated, for one write.
+    """
 
     frame: bytes
-    event: dict[str, Any]
+    event: dict[str, Any] | None
     size: int
     id: int | None = None
+    parts: tuple[Outgoing, ...] = ()
 
     @classmethod
     def of_text(cls, text: str, msg_id: int | None = None) -> Outgoing:
         data = text.encode()
         return cls(text_frame(data), {"type": "websocket.send", "text": text}, len(data), msg_id)
+
+    @classmethod
+    def batch(cls, messages: list[Outgoing]) -> Outgoing:
+        """``messages`` as one (itself, if it is one); its id is the batch's lowest id."""
+        if len(messages) == 1:
+            return messages[0]
+        ids = [message.id for message in messages if message.id is not None]
+        return cls(
+            b"".join(message.frame for message in messages),
+            None,
+            sum(message.size for message in messages),
+            min(ids) if ids else None,
+            tuple(messages),
+        )
 
 
 class Outbox:
@@ -100,6 +118,9 @@ class Outbox:
         """Send one message, or hold it while history is replayed ahead of it."""
         if self.closed:
             return
+        if message.parts:
+            self._push_batch(message)
+            return
         if message.id is not None and message.id <= self._replayed_through:
             return  # sent from history already; its live copy can arrive later still
         if self._held is not None:
@@ -110,6 +131,30 @@ class Outbox:
                 self._held.append(message)
             return
         self._write(message, bounded=True)
+
+    def _push_batch(self, batch: Outgoing) -> None:
+        """
+        A batch in one write when the client can take it whole now; otherwise its
+        messages one by one, exactly as if they had been pushed apart (so the slow
+        client bound, holding and the replayed ids apply to each).
+        """
+        writer = self._writer
+        if (
+            writer is not None
+            and self._drainer is None
+            and self._held is None
+            and (batch.id is None or batch.id > self._replayed_through)
+        ):
+            try:
+                buffered = writer.buffered()
+                if buffered + batch.size <= self._max_pending and writer.write(
+                    batch.frame, buffered
+                ):
+                    return
+            except Exception as exc:  # a server internal that changed under us
+                self._degrade(exc)
+        for message in batch.parts:
+            self.push(message)
 
     def _write(self, message: Outgoing, *, bounded: bool) -> None:
         writer = self._writer
@@ -132,17 +177,16 @@ class Outbox:
                 self._queue = deque()
             self._queue.append(message)
             return
-        coroutine = self._send(message.event)
         try:
-            blocked_on = coroutine.send(None)
-        except StopIteration:
-            return  # written, with no task and no wake-up
+            started = eager.start(self._send(message.event))  # type: ignore[arg-type]
         except Exception as exc:
             logger.debug("Send to a client failed (%s); dropping it", exc)
             self.close()
             return
+        if started.done:
+            return  # written, with no task and no wake-up
         self._pending += message.size
-        self._drainer = asyncio.ensure_future(self._drain(coroutine, blocked_on, message.size))
+        self._drainer = asyncio.ensure_future(self._drain(started, message.size))
 
     def _degrade(self, exc: Exception) -> None:
         """A direct writer failed: this client goes on through the ASGI send."""
@@ -162,14 +206,14 @@ class Outbox:
             self._degrade(exc)
             return 0
 
-    async def _drain(self, coroutine: Any, blocked_on: Any, size: int) -> None:
+    async def _drain(self, started: eager.Started[None], size: int) -> None:
         try:
-            await _finish(coroutine, blocked_on)
+            await started.rest()
             self._pending -= size
             queue = self._queue  # no await between this read and the loop's test
             while queue and not self.closed:
                 message = queue.popleft()
-                await self._send(message.event)
+                await self._send(message.event)  # type: ignore[arg-type]
                 self._pending -= message.size
         except asyncio.CancelledError:
             raise
@@ -295,18 +339,3 @@ def _current_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None
-
-
-@types.coroutine
-def _finish(coroutine: Any, blocked_on: Any) -> Any:
-    """
-    Finish a coroutine whose first step already ran and suspended on ``blocked_on``:
-    hand that future to the running task, as the coroutine's own ``await`` would
-    have, then resume the coroutine (the same steps an eagerly started task takes).
-    """
-    try:
-        yield blocked_on
-    except BaseException:
-        coroutine.close()
-        raise
-    return (yield from coroutine)

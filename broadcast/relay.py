@@ -6,6 +6,11 @@ It is supervised (a failure is logged, retried with a growing delay, and followe
 a catch-up from the database), and it fills gaps: persisted ids reach the layer in
 order under the send lock, so a jump in ids means broadcasts the layer lost, which it
 reads from the database before it fans out the next one.
+
+It coalesces: after each receive, it takes every message the layer already holds
+(up to BROADCAST_COALESCE_MAX) without waiting for any, and hands them to the fan-out
+together, so that a burst costs each client one write instead of one per broadcast.
+A lone broadcast goes out at once: nothing waits to form a batch.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any, Protocol
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from . import metrics
+from . import eager, metrics
+from .conf import conf
 from .envelope import control_text
 from .history import newest_id, replay_after
 from .publishing import relay_message
@@ -48,6 +54,8 @@ class Clients(Protocol):
     last_id: int
 
     def fan_out(self, message: dict[str, Any]) -> None: ...
+
+    def fan_out_batch(self, messages: list[dict[str, Any]]) -> None: ...
 
 
 class Relay:
@@ -112,6 +120,9 @@ class Relay:
 
     async def _run(self, *, lost: bool) -> None:
         delay, retry_at_once = RESTART_FIRST_DELAY, True
+        # A receive that had to wait, begun while a batch was collected: the next
+        # batch starts with it (after a failure too, so no message it takes is lost).
+        waiting: eager.Started[dict[str, Any]] | None = None
         while True:
             receiving, recovered = True, False
             try:
@@ -121,14 +132,20 @@ class Relay:
                 self._set_running(True)
                 while True:
                     receiving = True
-                    message = await self.layer.receive(self.channel)
+                    if waiting is None:
+                        waiting = eager.start(self.layer.receive(self.channel))
+                    started, waiting = waiting, None
+                    batch = [await started.rest()]
+                    waiting, failed = self._take_held(batch, conf.BROADCAST_COALESCE_MAX)
                     receiving, delay, retry_at_once = False, RESTART_FIRST_DELAY, True
-                    msg_id = message.get("id")
-                    if isinstance(msg_id, int) and msg_id > self._clients.last_id + 1:
-                        await self._fill_gap(msg_id)
-                    self._clients.fan_out(message)
+                    await self._deliver(batch)
+                    if failed is not None:  # after delivering what it had taken
+                        receiving = True
+                        raise failed
             except asyncio.CancelledError:
                 self._set_running(False)
+                if waiting is not None:
+                    waiting.cancel()
                 raise
             except Exception as exc:
                 self._set_running(False)
@@ -150,6 +167,40 @@ class Relay:
                     logger.exception("Relay failed; restarting in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RESTART_MAX_DELAY)
+
+    def _take_held(
+        self, batch: list[dict[str, Any]], limit: int
+    ) -> tuple[eager.Started[dict[str, Any]] | None, Exception | None]:
+        """
+        Add to ``batch`` what the layer holds already, up to ``limit`` messages; then
+        the receive that has to wait (begun), or the failure that ended the taking.
+        """
+        while len(batch) < limit:
+            try:
+                started = eager.start(self.layer.receive(self.channel))
+            except Exception as exc:
+                return None, exc
+            if not started.done:
+                return started, None
+            batch.append(started.value)  # type: ignore[arg-type]
+        return None, None
+
+    async def _deliver(self, batch: list[dict[str, Any]]) -> None:
+        """Fan out a batch in order, filling any gap in its ids from the database first."""
+        ready: list[dict[str, Any]] = []
+        position = self._clients.last_id
+        for message in batch:
+            msg_id = message.get("id")
+            if isinstance(msg_id, int):
+                if msg_id > position + 1:
+                    if ready:
+                        self._clients.fan_out_batch(ready)
+                        ready = []
+                    await self._fill_gap(msg_id)
+                position = max(position, self._clients.last_id, msg_id)
+            ready.append(message)
+        if ready:
+            self._clients.fan_out_batch(ready)
 
     def _set_running(self, running: bool) -> None:
         if running != self.running:

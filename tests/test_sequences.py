@@ -92,15 +92,15 @@ async def test_a_failing_direct_writer_falls_back_to_the_asgi_send(caplog):
 
 async def test_a_relay_that_fails_restarts_and_delivers_again(hub, monkeypatch, caplog):
     client = await connect()
-    real_fan_out, failures = hub.fan_out, []
+    real_fan_out, failures = hub.fan_out_batch, []
 
-    def fan_out_failing_once(message):
+    def fan_out_failing_once(messages):
         if not failures:
-            failures.append(message)
+            failures.append(messages)
             raise RuntimeError("a bug in the fan-out")
-        real_fan_out(message)
+        real_fan_out(messages)
 
-    monkeypatch.setattr(hub, "fan_out", fan_out_failing_once)
+    monkeypatch.setattr(hub, "fan_out_batch", fan_out_failing_once)
     monkeypatch.setattr("broadcast.relay.RESTART_FIRST_DELAY", 0.05)
     first = await apublish("news", {"n": 1})
     second = await apublish("news", {"n": 2})

@@ -1,0 +1,110 @@
+"""
+Coalesced writes on daphne and uvicorn: a server that fell behind (stopped while a
+burst was published, so its relay finds the burst waiting) writes each client its
+batch at once, in order; a client reading slowly gets everything, and one that
+stops reading is cut as before. On channels-redis's pub/sub layer, which queues the
+burst in the server process.
+"""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from broadcast.consumers import SLOW_CLIENT_GRACE_SECONDS
+from tests.e2e.conftest import get_text, stuck_client
+from tests.e2e.test_slow_client import read_until_close
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+LIMIT = 256 * 1024
+
+
+def burst_code(count: int, pad: int) -> str:
+    return f"""
+import asyncio
+from broadcast import apublish
+async def main():
+    for n in range({count}):
+        await apublish("coalesce", {{"n": n, "pad": "{"x" * pad}"}}, persist=False)
+asyncio.run(main())
+"""
+
+
+async def burst_while_stopped(site, server, count: int, pad: int) -> None:
+    """Publish ``count`` broadcasts while the server is stopped, then let it go on."""
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        await asyncio.to_thread(site.shell, burst_code(count, pad))
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+async def numbers(ws, count: int, pause: float = 0.0, timeout: float = 30.0) -> list[int]:
+    out = []
+    for _ in range(count):
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        out.append(message["payload"]["n"])
+        if pause:
+            await asyncio.sleep(pause)
+    return out
+
+
+def batches(server) -> tuple[float, float]:
+    """The server's fan-outs so far, and the broadcasts they carried."""
+    text = get_text(server.http + "/metrics")
+    count = re.search(r"^broadcast_fan_out_batch_count (\S+)$", text, re.M)
+    total = re.search(r"^broadcast_fan_out_batch_sum (\S+)$", text, re.M)
+    return float(count.group(1)), float(total.group(1))
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_burst_is_coalesced_in_order_and_a_stuck_client_is_still_cut(
+    redis_site, start_server, kind
+):
+    site = redis_site.with_env(REDIS_LAYER="pubsub", BROADCAST_MAX_PENDING_BYTES=str(LIMIT))
+    server = start_server(site, kind)
+    fast, slow = await server.client(), await server.client()
+    await asyncio.to_thread(site.wait_for_live_total, 2)
+    before = await asyncio.to_thread(batches, server)
+
+    # 300 x 500 bytes: within the bound, so the client that reads one frame every
+    # 5 ms (1.5 s in all, long after the server wrote its batches) gets all of it.
+    await burst_while_stopped(site, server, 300, 500)
+    got_fast, got_slow = await asyncio.gather(numbers(fast, 300), numbers(slow, 300, 0.005))
+    assert got_fast == list(range(300))
+    assert got_slow == list(range(300))
+    fan_outs, broadcasts = (
+        a - b for a, b in zip(await asyncio.to_thread(batches, server), before, strict=True)
+    )
+    assert broadcasts == 300
+    assert fan_outs < 300 / 4, f"{fan_outs:.0f} fan-outs for a burst of 300 held at once"
+    await slow.close()
+
+    # 800 x 8 KB = 6.4 MB: past the bound plus what the kernel may buffer for a client
+    # that reads nothing, while the fast client reads everything in order.
+    stuck = await asyncio.to_thread(stuck_client, server.port)
+    await asyncio.to_thread(site.wait_for_live_total, 2)
+
+    def read_once_cut() -> int | None:
+        deadline = time.monotonic() + 30
+        while "Dropped a slow client" not in server.log():
+            assert time.monotonic() < deadline, "the stuck client was never cut"
+            time.sleep(0.05)
+        time.sleep(SLOW_CLIENT_GRACE_SECONDS - 3)
+        return read_until_close(stuck)
+
+    stuck_close = asyncio.ensure_future(asyncio.to_thread(read_once_cut))
+    await burst_while_stopped(site, server, 800, 8000)
+    assert await numbers(fast, 800) == list(range(800))
+    assert await stuck_close == 4008
+    assert server.log().count("Dropped a slow client") == 1
+    stuck.close()
+    await fast.close()
+    await asyncio.to_thread(server.stop)
+    if kind == "uvicorn":
+        assert "Exception in ASGI application" not in server.log()

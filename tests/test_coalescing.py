@@ -1,0 +1,212 @@
+"""
+Coalesced writes: what the relay takes at once goes to each client in one write, in
+order, and the slow-client bound, topics and resume work as they do one at a time.
+"""
+
+import asyncio
+import json
+
+import pytest
+from channels.layers import get_channel_layer
+from prometheus_client import REGISTRY
+
+from broadcast import apublish, eager, servers
+from broadcast.frames import text_frame
+from broadcast.outbox import Outbox, Outgoing
+from tests.clients import connect, frame, uvicorn_connection
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class CountingWriter:
+    """A real direct writer, with its writes counted."""
+
+    def __init__(self, writer):
+        self.writer, self.writes = writer, 0
+
+    def write(self, frame, buffered):
+        self.writes += 1
+        return self.writer.write(frame, buffered)
+
+    def buffered(self):
+        return self.writer.buffered()
+
+    def close(self, code, reason, grace=None):
+        return self.writer.close(code, reason, grace)
+
+    def abort(self):
+        self.writer.abort()
+
+
+async def read_texts(client, count=None, timeout=5.0):
+    """
+    ``count`` text frames from a raw client socket (server frames are unmasked), or
+    with no count, every frame until none arrives for ``timeout``.
+    """
+    loop, buffer, texts = asyncio.get_running_loop(), b"", []
+    async with asyncio.timeout(timeout if count else None):
+        while count is None or len(texts) < count:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(client, 65536), timeout)
+            except TimeoutError:
+                if count is None:
+                    return texts
+                raise
+            buffer += chunk
+            while len(buffer) >= 2:
+                length, offset = buffer[1] & 0x7F, 2
+                if length == 126:
+                    length, offset = int.from_bytes(buffer[2:4]), 4
+                elif length == 127:
+                    length, offset = int.from_bytes(buffer[2:10]), 10
+                if len(buffer) < offset + length:
+                    break
+                texts.append(buffer[offset : offset + length].decode())
+                buffer = buffer[offset + length :]
+    return texts
+
+
+@pytest.fixture
+async def uvicorn_client(settings):
+    settings.BROADCAST_FAST_PATH = True
+    send, client = await uvicorn_connection()
+    writer = servers.direct_writer(send)
+    assert writer is not None, "the uvicorn seam's probe failed"
+    yield send, CountingWriter(writer), client
+    client.close()
+
+
+def batch_of(texts, first_id=1):
+    return Outgoing.batch([Outgoing.of_text(t, first_id + n) for n, t in enumerate(texts)])
+
+
+async def test_a_batch_is_one_write_of_its_frames_in_order(uvicorn_client):
+    send, writer, client = uvicorn_client
+    outbox = Outbox(send, 1_000_000, lambda: None, writer)
+    texts = [f"message {n}" for n in range(20)]
+    batch = batch_of(texts)
+    assert batch.frame == b"".join(text_frame(t.encode()) for t in texts)
+    outbox.push(batch)
+    assert writer.writes == 1
+    assert await read_texts(client, 20) == texts
+
+
+async def test_a_batch_the_client_cannot_take_whole_goes_one_by_one_and_cuts_it_in_order(
+    uvicorn_client,
+):
+    send, writer, client = uvicorn_client
+    cuts = []
+    outbox = Outbox(send, 50_000, lambda: cuts.append(1), writer)
+    pushed, offered = [], []
+    # The client reads nothing: the kernel's buffer fills, then the transport's.
+    for n in range(400):
+        texts = [f"{n}.{k}:" + "x" * 2000 for k in range(8)]
+        offered += texts
+        outbox.push(batch_of(texts, n * 8 + 1))
+        if outbox.closed:
+            break
+        pushed += texts
+    assert cuts == [1], "a client over the bound is cut, once"
+    assert writer.buffered() <= 50_000, "no batch went past the bound"
+    # What did reach the client is every message up to the cut, in order, none torn
+    # (the batch that did not fit went one by one, up to the message over the bound).
+    received = await read_texts(client, timeout=0.5)
+    assert received == offered[: len(received)]
+    assert len(received) >= len(pushed)
+    assert writer.writes < len(received), "batches went in one write while they fitted"
+
+
+async def test_a_held_outbox_takes_a_batch_behind_history_and_skips_replayed_ids(
+    uvicorn_client,
+):
+    send, writer, client = uvicorn_client
+    outbox = Outbox(send, 1_000_000, lambda: None, writer)
+    outbox.hold()
+    outbox.push(batch_of(["live 3", "live 4", "live 5"], first_id=3))
+    assert writer.writes == 0
+    for n in (1, 2, 3):  # history, of which id 3 also came live
+        assert await outbox.write_paced(Outgoing.of_text(f"history {n}", n), 1e12)
+    outbox.release(after_id=3)
+    assert await read_texts(client, 5) == [
+        "history 1", "history 2", "history 3", "live 4", "live 5"
+    ]  # fmt: skip
+    # History was ahead of the live stream: live copies of ids 2 and 3 come late.
+    outbox.push(Outgoing.batch([Outgoing.of_text(f"live {n}", n) for n in (2, 3, 6)]))
+    outbox.push(batch_of(["live 7", "live 8"], first_id=7))
+    assert await read_texts(client, 3) == ["live 6", "live 7", "live 8"]
+
+
+def batch_samples():
+    count = REGISTRY.get_sample_value("broadcast_fan_out_batch_count") or 0
+    total = REGISTRY.get_sample_value("broadcast_fan_out_batch_sum") or 0
+    return count, total
+
+
+async def test_a_burst_the_layer_holds_is_fanned_out_together_in_order(hub):
+    client = await connect()
+    before = batch_samples()
+    # Published back to back: the in-memory layer holds them all when the relay wakes.
+    await asyncio.gather(*(apublish("burst", {"n": n}, persist=False) for n in range(30)))
+    got = [(await frame(client))["payload"]["n"] for _ in range(30)]
+    assert got == list(range(30))
+    fan_outs, broadcasts = (a - b for a, b in zip(batch_samples(), before, strict=True))
+    assert broadcasts == 30
+    assert fan_outs < 30, f"{fan_outs} fan-outs for 30 broadcasts held at once"
+    await client.disconnect()
+
+
+async def test_without_coalescing_each_broadcast_is_its_own_fan_out(hub, settings):
+    settings.BROADCAST_COALESCE_MAX = 1
+    client = await connect()
+    before = batch_samples()
+    await asyncio.gather(*(apublish("burst", {"n": n}, persist=False) for n in range(10)))
+    assert [(await frame(client))["payload"]["n"] for _ in range(10)] == list(range(10))
+    fan_outs, broadcasts = (a - b for a, b in zip(batch_samples(), before, strict=True))
+    assert (fan_outs, broadcasts) == (10, 10)
+    await client.disconnect()
+
+
+async def test_a_coalesced_burst_across_topics_gives_each_client_its_own_in_order(hub):
+    everyone = await connect()
+    on_x = await connect(query="?topics=x")
+    on_x_and_y = await connect(query="?topics=x,y")
+    for client in (on_x, on_x_and_y):
+        assert (await frame(client))["type"] == "hub.subscribed"
+    plan = [None, "x", "y", None, "x", "z", "y", None]
+    await asyncio.gather(
+        *(apublish("burst", {"n": n}, topic=t, persist=False) for n, t in enumerate(plan))
+    )
+
+    async def numbers(client, count):
+        return [(await frame(client))["payload"]["n"] for _ in range(count)]
+
+    assert await numbers(everyone, 3) == [0, 3, 7]
+    assert await numbers(on_x, 5) == [0, 1, 3, 4, 7]
+    assert await numbers(on_x_and_y, 7) == [0, 1, 2, 3, 4, 6, 7]
+    for client in (everyone, on_x, on_x_and_y):
+        assert await client.receive_nothing(timeout=0.2)
+        await client.disconnect()
+
+
+async def test_persisted_ids_of_a_coalesced_burst_stay_in_order_and_whole(hub):
+    client = await connect()
+    ids = [m["id"] for m in await asyncio.gather(*(apublish("p", {"n": n}) for n in range(25)))]
+    got = [(await frame(client))["id"] for _ in range(25)]
+    assert got == sorted(ids)
+    assert hub.last_id == max(ids)
+    await client.disconnect()
+
+
+@pytest.mark.redis
+async def test_a_waiting_receive_cancelled_leaves_channels_redis_able_to_receive(redis_layer):
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    started = eager.start(layer.receive(channel))
+    assert not started.done  # nothing there yet: it waits on Redis
+    await asyncio.sleep(0.05)  # its helper tasks run (one takes the receive lock)
+    started.cancel()
+    await layer.send(channel, {"type": "after"})
+    # A receive abandoned without its cleanup would keep the layer's receive lock.
+    assert await asyncio.wait_for(layer.receive(channel), 5) == {"type": "after"}
+    await asyncio.sleep(0.05)
+    assert json.dumps(layer.receive_buffer) == "{}"
