@@ -43,13 +43,17 @@ MEMORY_GROWTH_LIMIT = 150 * 1024 * 1024
 LOG_FAULTS = re.compile(r"Traceback|Exception in ASGI application|took too long to shut down")
 # Tracebacks the servers' libraries log for what the sequencer does on purpose, none
 # of them the hub's: uvicorn's websockets-sansio on invalid UTF-8 from a client (it
-# then closes that client with 1007), and channels-redis's fire-and-forget cleaner
-# task of a receive, whose failure while Redis is away asyncio reports.
+# then closes that client with 1007), channels-redis's fire-and-forget cleaner task
+# of a receive, whose failure while Redis is away asyncio reports, and its pub/sub
+# layer's reader, which logs each failed reconnect while Redis is away (a block that
+# ends at a Redis error no other exception chains onto).
 KNOWN_LOG_BLOCKS = re.compile(
     r"ERROR: +Invalid UTF-8 sequence received from client\.\n"
     r"Traceback.*?\nUnicodeDecodeError: [^\n]*\n"
     r"|Task exception was never retrieved\nfuture: <Task finished name='[^']*' "
-    r"coro=<RedisChannelLayer\._clean_receive_backup\(\).*?\nredis\.exceptions\.\w+: [^\n]*\n",
+    r"coro=<RedisChannelLayer\._clean_receive_backup\(\).*?\nredis\.exceptions\.\w+: [^\n]*\n"
+    r"|Unexpected exception in receive task\n(?:[^\n]*\n)*?"
+    r"redis\.exceptions\.\w+: [^\n]*\n(?!\nDuring handling|\nThe above exception)",
     re.DOTALL,
 )
 PUBLISHERS = 3

@@ -6,7 +6,9 @@ Run the fault sequencer for a time, on one or both servers, from a seed.
 
 Each sequence of ``--ops`` operations runs on two fresh server processes of one
 kind, sharing a private Redis and a fresh database. Sequence ``i`` of a run uses the
-seed ``seed + i``, so every sequence can be run again alone. A violation prints the
+seed ``seed + i``, so every sequence can be run again alone; the seed's parity picks
+channels-redis's layer (odd: pub/sub, which queues bursts in the process so that the
+relay coalesces them; even: core). A violation prints the
 seed and the shortest sequence that still fails, and the exit status is 1.
 """
 
@@ -21,6 +23,14 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsite.settings")
+
+
+# channels-redis's two layers (hubsite's REDIS_LAYER), by a sequence seed's parity.
+LAYERS = ("core", "pubsub")
+
+
+def layer_of(sequence_seed: int) -> str:
+    return LAYERS[sequence_seed % 2]
 
 
 def make_site(tmp: Path):
@@ -41,18 +51,24 @@ async def run(seconds: float, seed: int, kinds: list[str], ops: int, shrink_budg
             sequence = generate(sequence_seed, ops)
             with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
                 site, drop = make_site(Path(tmp))
+                layer = layer_of(sequence_seed)
+                site = site.with_env(REDIS_LAYER=layer)
                 try:
                     done, violation = await run_sequence(kind, sequence, site, log=_quiet)
                     if violation is None:
                         totals[kind][0] += 1
                         totals[kind][1] += done
                         print(
-                            f"{kind} seed {sequence_seed}: {done} operations, no violation "
+                            f"{kind} seed {sequence_seed} ({layer}): {done} operations, "
+                            "no violation "
                             f"({totals[kind][0]} sequences, {totals[kind][1]} operations so far)",
                             flush=True,
                         )
                         continue
-                    print(f"\nVIOLATION on {kind}, seed {sequence_seed}, after {done} operations:")
+                    print(
+                        f"\nVIOLATION on {kind} ({layer} layer), seed {sequence_seed}, "
+                        f"after {done} operations:"
+                    )
                     print(f"  {violation}", flush=True)
                     failing = sequence[:done]
                     print(f"Shrinking {len(failing)} operations (up to {shrink_budget:.0f}s)...")

@@ -10,6 +10,7 @@ a failing sequence can be run again, and shrunk, without the seed's randomness.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import socket
@@ -56,6 +57,7 @@ WEIGHTS = {
     "kill_publisher": 1,
     "server_restart": 1,
     "server_kill": 1,
+    "server_stall": 2,
 }
 
 
@@ -95,6 +97,9 @@ def generate(seed: int, count: int) -> list[Op]:
             args["kind"] = rng.choice(
                 ["nested", "invalid_utf8", "oversize", "binary", "flood", "resume_storm"]
             )
+        elif name == "server_stall":
+            args["count"] = rng.randint(5, 60)
+            args["topic"] = rng.choice((None, None, *TOPICS))
         elif name == "server_restart":
             args["signal"] = "SIGTERM"
         ops.append(Op(name, args))
@@ -185,6 +190,19 @@ class Run:
         self, server: Server, rng: random.Random, count: int, topic: str | None = None
     ) -> None:
         await self.oracle.publish(count, persist=False, size=rng.randint(1, 500), topic=topic)
+
+    async def op_server_stall(
+        self, server: Server, rng: random.Random, count: int, topic: str | None = None
+    ) -> None:
+        # The process stops (a long pause, a starved CPU) while broadcasts are
+        # published: its relay finds them all waiting, and coalesces them.
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            persist, size = rng.random() < 0.5, rng.randint(1, 2000)
+            await self.oracle.publish(count, persist=persist, size=size, topic=topic)
+            await asyncio.sleep(rng.random() * 0.5)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
 
     async def op_publish_large(self, server: Server, rng: random.Random, count: int) -> None:
         await self.oracle.publish(min(count, 10), persist=rng.random() < 0.7, size=50_000)
