@@ -2,7 +2,9 @@
 The control route both benchmark apps share: ``GET /bench/publish?count=M&rate=R``
 starts publishing M broadcasts at R per second (0: as fast as possible) inside the
 server process, each payload carrying its publish time, and answers at once. With
-``&topics=K``, broadcast n goes to topic ``t{n % K}`` instead of every client.
+``&topics=K``, broadcast n goes to topic ``t{n % K}`` instead of every client. With
+``&burst=B``, broadcasts go in bursts of B published back to back (nothing else runs
+between them), R bursts a second.
 """
 
 from __future__ import annotations
@@ -22,11 +24,18 @@ def topic_of(number: int, topics: int) -> str | None:
     return f"t{number % topics}" if topics else None
 
 
-async def paced(count: int, rate: float, publish_one: PublishOne, topics: int = 0) -> None:
+async def paced(
+    count: int, rate: float, publish_one: PublishOne, topics: int = 0, burst: int = 0
+) -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
     for number in range(count):
-        if rate > 0:
+        if burst:
+            if number % burst == 0:
+                delay = start + number // burst / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        elif rate > 0:
             delay = start + number / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -43,7 +52,8 @@ async def handle(scope: dict, receive: Callable, send: Callable, publish_one: Pu
     count = int(query.get("count", ["1"])[0])
     rate = float(query.get("rate", ["0"])[0])
     topics = int(query.get("topics", ["0"])[0])
-    task = asyncio.ensure_future(paced(count, rate, publish_one, topics))
+    burst = int(query.get("burst", ["0"])[0])
+    task = asyncio.ensure_future(paced(count, rate, publish_one, topics, burst))
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
     await send({"type": "http.response.start", "status": 202, "headers": []})

@@ -2,7 +2,7 @@
 The out-of-process publisher: ``apublish`` over REDIS_URL from its own process, at
 the same pace as the in-process one.
 
-    python -m bench.publisher COUNT RATE [TOPICS]
+    python -m bench.publisher COUNT RATE [TOPICS [BURST]]
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ def main() -> None:
     persist = os.environ.get("BENCH_PERSIST", "0") == "1"
     count, rate = int(sys.argv[1]), float(sys.argv[2])
     topics = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    burst = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 
     async def publish_one(number: int, sent_at: float, topic: str | None) -> None:
         payload = json.loads(payload_text(number, sent_at))
         await apublish("bench", payload, topic=topic, persist=persist)
 
-    asyncio.run(paced(count, rate, publish_one, topics))
+    asyncio.run(paced(count, rate, publish_one, topics, burst))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,17 @@ second, and measure every delivery.
     python -m bench.run --scenarios A --servers uvicorn --apps hub,raw
     python -m bench.run --scenarios A --layer redis --publisher external
     python -m bench.run --scenarios A,D,T        # T: topic broadcasts (see SCENARIOS)
+    python -m bench.run --scenarios C,E --apps hub,hub-single,raw   # coalescing on and off
+    python -m bench.run --scenarios C --layer redis-pubsub --procs 1,2 --apps hub
 
 Each run prints a progress line while clients connect, then one JSON line
 (``RESULT {...}``); a table per scenario closes the report. The raw ASGI app
 (bench/rawapp.py) on the same server is the ceiling the hub is compared with;
-ratios taken in one run are what count on a shared machine.
+ratios taken in one run are what count on a shared machine. ``hub-single`` is the
+hub with coalescing off (BROADCAST_COALESCE_MAX=1): one write per broadcast. With
+``--procs 2`` the server runs as two processes behind Redis: uvicorn ``--workers 2``
+on one port, or two daphne processes on two ports with the load clients split
+between them; CPU and memory are then the whole process tree's.
 """
 
 from __future__ import annotations
@@ -45,6 +51,14 @@ class Scenario:
     # t{j % topics}, and global_only more clients subscribe to none (owed nothing).
     topics: int = 0
     global_only: int = 0
+    # Broadcasts published back to back each time; ``rate`` is then bursts a second.
+    burst: int = 0
+
+    @property
+    def publish_seconds(self) -> float:
+        if not self.rate:
+            return 0
+        return self.messages / self.rate / (self.burst or 1)
 
     def owed(self, client: int) -> int:
         """Broadcasts client number ``client`` (of the subscribing ones) must get."""
@@ -61,9 +75,13 @@ SCENARIOS = {
     # 10,000 clients over 1,000 topics (10 each) and 1,000 on the global stream only;
     # 200 topic broadcasts a second for 10 s: each reaches its 10 subscribers.
     "T": Scenario("T", 10_000, 2_000, 200, topics=1_000, global_only=1_000),
+    # Bursts of 50 broadcasts published back to back, one a second for 20 s.
+    "E": Scenario("E", 1_000, 1_000, 1, burst=50),
 }
 
-APPS = {"hub": "bench.hubapp:app", "raw": "bench.rawapp:app"}
+APPS = {"hub": "bench.hubapp:app", "hub-single": "bench.hubapp:app", "raw": "bench.rawapp:app"}
+# Each app's own settings: hub-single is the hub with coalescing off.
+APP_ENV = {"hub-single": {"BROADCAST_COALESCE_MAX": "1"}}
 
 
 def free_port() -> int:
@@ -109,7 +127,7 @@ UVICORN_WS = os.environ.get("BENCH_UVICORN_WS", "websockets-sansio")
 DAPHNE_BACKLOG = int(os.environ.get("BENCH_DAPHNE_BACKLOG", "2048"))
 
 
-def server_command(server: str, app: str, port: int) -> list[str]:
+def server_command(server: str, app: str, port: int, workers: int = 1) -> list[str]:
     if server == "daphne":
         endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog={DAPHNE_BACKLOG}"
         return [PY, "-m", "daphne", "-e", endpoint, "-v", "0", APPS[app]]
@@ -118,7 +136,7 @@ def server_command(server: str, app: str, port: int) -> list[str]:
             PY, "-m", "uvicorn", APPS[app], "--host", "127.0.0.1", "--port", str(port),
             "--loop", "uvloop", "--http", "httptools", "--ws", UVICORN_WS,
             "--lifespan", "off", "--log-level", "warning", "--no-access-log",
-        ]  # fmt: skip
+        ] + (["--workers", str(workers)] if workers > 1 else [])  # fmt: skip
     raise SystemExit(f"unknown server {server!r}")
 
 
@@ -130,6 +148,28 @@ def proc_stat(pid: int) -> tuple[float, int, int]:
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
     return cpu, int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process under it (uvicorn's workers)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += descendants(int(child))
+    return found
+
+
+def tree_stat(pids: list[int]) -> tuple[float, int, int]:
+    """proc_stat summed over ``pids`` and every process under them."""
+    totals = [0.0, 0, 0]
+    for root in pids:
+        for pid in descendants(root):
+            try:
+                for index, value in enumerate(proc_stat(pid)):
+                    totals[index] += value
+            except FileNotFoundError:  # a helper that has just exited
+                pass
+    return totals[0], int(totals[1]), int(totals[2])
 
 
 def percentile(sorted_values: array | list, fraction: float) -> float:
@@ -210,9 +250,13 @@ def run_one(
     client_procs: int,
     publisher: str,
     workdir: Path,
+    procs: int = 1,
 ) -> dict:
-    port = free_port()
-    command = server_command(server, app, port)
+    env = {**env, **APP_ENV.get(app, {})}
+    # uvicorn's workers share one port; daphne processes listen on a port each.
+    ports = [free_port() for _ in range(procs if server == "daphne" else 1)]
+    port = ports[0]
+    command = server_command(server, app, port, procs if server == "uvicorn" else 1)
     if PROFILE_DIR:
         # py-spy samples the server; the folded stacks show where its time goes.
         out = Path(PROFILE_DIR) / f"{scenario.name}-{app}-{server}.folded"
@@ -225,10 +269,16 @@ def run_one(
     if PROFILE_DIR:
         time.sleep(1.0)
         server_process = _ProfiledServer(server_process)
+    processes = [server_process] + [
+        subprocess.Popen(server_command(server, app, other), cwd=ROOT, env=env)
+        for other in ports[1:]
+    ]
+    pids = [process.pid for process in processes]
     try:
-        wait_until_serving(port, server_process)
-        time.sleep(0.5)
-        connect_cpu_before, rss_base, _ = proc_stat(server_process.pid)
+        for each_port, process in zip(ports, processes, strict=True):
+            wait_until_serving(each_port, process)
+        time.sleep(0.5 if procs == 1 else 2.0)  # uvicorn's workers start one by one
+        connect_cpu_before, rss_base, _ = tree_stat(pids)
         shares = [scenario.clients // client_procs] * client_procs
         shares[0] += scenario.clients - sum(shares)
         label = f"{scenario.name} {app}@{server}"
@@ -240,15 +290,18 @@ def run_one(
                 raise SystemExit("a topic scenario needs messages divisible by topics")
             firsts = [sum(shares[:index]) for index in range(len(shares))]
             clients = [
-                LoadClient(port, share, per, workdir, index, (scenario.topics, first))
+                LoadClient(
+                    ports[index % len(ports)], share, per, workdir, index,
+                    (scenario.topics, first),
+                )
                 for index, (share, first) in enumerate(zip(shares, firsts, strict=True))
                 if share
-            ]
+            ]  # fmt: skip
             if scenario.global_only:
-                clients.append(LoadClient(port, scenario.global_only, 0, workdir, len(shares)))
+                clients.append(LoadClient(ports[-1], scenario.global_only, 0, workdir, len(shares)))
         else:
             clients = [
-                LoadClient(port, share, scenario.messages, workdir, index)
+                LoadClient(ports[index % len(ports)], share, scenario.messages, workdir, index)
                 for index, share in enumerate(shares)
                 if share
             ]
@@ -262,22 +315,22 @@ def run_one(
         connect_seconds = max(client.ready["seconds"] for client in clients)
         connected = sum(client.ready["connected"] for client in clients)
         owed_clients = sum(c.ready["connected"] for c in clients if not c.owed_nothing)
-        connect_cpu = proc_stat(server_process.pid)[0] - connect_cpu_before
+        connect_cpu = tree_stat(pids)[0] - connect_cpu_before
         print(f"  {label}: {connected}/{total} connected", file=sys.stderr)
         time.sleep(1.0)
-        cpu_before, rss_idle, _ = proc_stat(server_process.pid)
+        cpu_before, rss_idle, _ = tree_stat(pids)
         publish_start = time.time()
-        publish_seconds = scenario.messages / scenario.rate if scenario.rate else 0
+        publish_seconds = scenario.publish_seconds
         if publisher == "inprocess":
             urllib.request.urlopen(
                 f"http://127.0.0.1:{port}/bench/publish?count={scenario.messages}"
-                f"&rate={scenario.rate}&topics={scenario.topics}",
+                f"&rate={scenario.rate}&topics={scenario.topics}&burst={scenario.burst}",
                 timeout=10,
             ).close()
         else:
             subprocess.run(
                 [PY, "-m", "bench.publisher", str(scenario.messages), str(scenario.rate),
-                 str(scenario.topics)],
+                 str(scenario.topics), str(scenario.burst)],
                 cwd=ROOT, env=env, check=True,
             )  # fmt: skip
         for client in clients:
@@ -285,13 +338,15 @@ def run_one(
         for client in clients:
             client.process.wait(timeout=publish_seconds + 120)
             client.thread.join(5)
-        cpu_after, _, rss_peak = proc_stat(server_process.pid)
+        cpu_after, _, rss_peak = tree_stat(pids)
     finally:
-        server_process.terminate()
-        try:
-            server_process.wait(10)
-        except subprocess.TimeoutExpired:
-            server_process.kill()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
     latencies = sorted(value for client in clients for value in client.latencies())
     delivered = sum(c.result["delivered"] for c in clients if not c.owed_nothing)
     # Deliveries to clients owed nothing: a topic broadcast that leaked to them.
@@ -308,6 +363,7 @@ def run_one(
         "scenario": scenario.name,
         "app": app,
         "server": server,
+        "procs": procs,
         "daphne_backlog": DAPHNE_BACKLOG if server == "daphne" else None,
         "layer": env.get("REDIS_LAYER", "core") if env.get("REDIS_URL") else "memory",
         "publisher": publisher,
@@ -319,6 +375,7 @@ def run_one(
         "connect_cpu_s": round(connect_cpu, 2),
         "messages": scenario.messages,
         "rate": scenario.rate,
+        "burst": scenario.burst,
         "expected": expected,
         "delivered": delivered,
         "stray": stray,
@@ -338,7 +395,7 @@ def run_one(
 
 
 COLUMNS = [
-    ("app@server", lambda r: f"{r['app']}@{r['server']}"),
+    ("app@server", lambda r: f"{r['app']}@{r['server']}" + procs_label(r)),
     ("conn", lambda r: f"{r['connected']}"),
     ("conn s", lambda r: f"{r['connect_s']:.2f}"),
     ("complete", lambda r: f"{r['completeness'] * 100:.2f}%"),
@@ -355,12 +412,18 @@ COLUMNS = [
 ]
 
 
+def procs_label(result: dict) -> str:
+    return f" x{result['procs']}" if result.get("procs", 1) > 1 else ""
+
+
 def table(results: list[dict]) -> str:
     lines = []
     for name in sorted({r["scenario"] for r in results}):
         rows = [r for r in results if r["scenario"] == name]
         first = rows[0]
         rate = f"{first['rate']:g}/s" if first["rate"] else "max rate"
+        if first.get("burst"):
+            rate = f"bursts of {first['burst']}, {rate}"
         extra = {f"{r['layer']}/{r['publisher']}" for r in rows}
         over = f" over {first['topics']} topics" if first.get("topics") else ""
         lines.append(f"\nScenario {name}: {first['clients']} clients{over} x {first['messages']} "
@@ -377,12 +440,23 @@ def table(results: list[dict]) -> str:
 def ratios(rows: list[dict]) -> list[str]:
     out = []
     for server in sorted({r["server"] for r in rows}):
-        hub = [r for r in rows if r["server"] == server and r["app"] == "hub"]
         raw = [r for r in rows if r["server"] == server and r["app"] == "raw"]
-        if hub and raw:
+        for app in ("hub", "hub-single"):
+            hub = [r for r in rows if r["server"] == server and r["app"] == app]
+            single = [r for r in hub if r.get("procs", 1) == 1]
+            for many in (r for r in hub if r.get("procs", 1) > 1 and single):
+                one = single[0]
+                out.append(
+                    f"  {server}: {app} x{many['procs']} / x1 CPU per delivery "
+                    f"{many['cpu_us_per_delivery'] / max(one['cpu_us_per_delivery'], 0.1):.2f}x, "
+                    f"deliveries/s {many['deliveries_per_s'] / max(one['deliveries_per_s'], 1):.0%}"
+                )
+            hub = single
+            if not (hub and raw):
+                continue
             h, w = hub[0], raw[0]
             out.append(
-                f"  {server}: hub/raw p99 {h['p99_ms'] / max(w['p99_ms'], 0.1):.2f}x, "
+                f"  {server}: {app}/raw p99 {h['p99_ms'] / max(w['p99_ms'], 0.1):.2f}x, "
                 f"deliveries/s {h['deliveries_per_s'] / max(w['deliveries_per_s'], 1):.0%}, "
                 f"CPU per delivery "
                 f"{h['cpu_us_per_delivery'] / max(w['cpu_us_per_delivery'], 0.1):.2f}x"
@@ -399,6 +473,9 @@ def main() -> None:
     parser.add_argument("--publisher", choices=["inprocess", "external"], default="inprocess")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11")
     parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument(
+        "--procs", default="1", help="server processes, e.g. 1,2 (more than 1 needs Redis)"
+    )
     parser.add_argument("--persist", action="store_true", help="publish persisted broadcasts")
     parser.add_argument("--clients", type=int, help="override the scenario's client count")
     parser.add_argument("--messages", type=int, help="override the scenario's message count")
@@ -410,6 +487,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.publisher == "external" and args.layer == "memory":
         parser.error("--publisher external needs --layer redis or redis-pubsub")
+    procs_list = [int(n) for n in args.procs.split(",")]
+    if max(procs_list) > 1 and args.layer == "memory":
+        parser.error("--procs above 1 needs --layer redis or redis-pubsub")
+    if max(procs_list) > 1 and PROFILE_DIR:
+        parser.error("profiling measures one server process: --procs 1")
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -441,20 +523,27 @@ def main() -> None:
                 scenario.rate,
                 args.topics if args.topics and scenario.topics else scenario.topics,
                 scenario.global_only if args.global_only is None else args.global_only,
+                scenario.burst,
             )
-        for server in args.servers.split(","):
-            for app in args.apps.split(","):
-                if args.layer != "memory" and app == "raw" and args.publisher == "external":
-                    continue  # the raw app has no channel layer to publish through
-                if args.layer != "memory":
-                    subprocess.run(["redis-cli", "-u", args.redis_url, "flushdb"],
-                                   check=True, capture_output=True)  # fmt: skip
-                print(f"{scenario.name} {app}@{server}: starting", file=sys.stderr)
-                result = run_one(
-                    scenario, server, app, env, args.client_procs, args.publisher, workdir
-                )
-                results.append(result)
-                print("RESULT " + json.dumps(result), flush=True)
+        for server, procs, app in (
+            (server, procs, app)
+            for server in args.servers.split(",")
+            for procs in procs_list
+            for app in args.apps.split(",")
+        ):
+            if procs > 1 and app == "raw":
+                continue  # the raw app cannot reach another process's clients
+            if args.layer != "memory" and app == "raw" and args.publisher == "external":
+                continue  # the raw app has no channel layer to publish through
+            if args.layer != "memory":
+                subprocess.run(["redis-cli", "-u", args.redis_url, "flushdb"],
+                               check=True, capture_output=True)  # fmt: skip
+            print(f"{scenario.name} {app}@{server} x{procs}: starting", file=sys.stderr)
+            result = run_one(
+                scenario, server, app, env, args.client_procs, args.publisher, workdir, procs
+            )
+            results.append(result)
+            print("RESULT " + json.dumps(result), flush=True)
     print(table(results), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
