@@ -114,13 +114,21 @@ def publish(
     row.save()
     envelope = prepared.envelope(None, row.created_at)
 
+    in_atomic = transaction.get_connection().in_atomic_block
+
     def send_after_commit() -> None:
-        envelope.update(send_row(row, prepared, layer=layer))
+        try:
+            envelope.update(send_row(row, prepared, layer=layer))
+        except PublishFailed:
+            if not in_atomic:
+                raise
+            # Marked failed on its row and logged as one WARNING by send_row; Django
+            # would log it again, with a stack, for an expected outage.
 
     # Inside atomic(), robust: a hook that raises would make Django skip every later
     # hook of the transaction, leaving their rows pending with no id. Each failure
     # is recorded on its row (failed, resendable) and logged instead.
-    transaction.on_commit(send_after_commit, robust=transaction.get_connection().in_atomic_block)
+    transaction.on_commit(send_after_commit, robust=in_atomic)
     return envelope
 
 

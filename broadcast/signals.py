@@ -5,6 +5,7 @@ and the ``post_save`` receiver publishes Broadcast rows saved directly (the admi
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from django.db import transaction
@@ -31,7 +32,7 @@ def on_broadcast_requested(
 def on_broadcast_saved(sender: Any, instance: Any, created: bool, raw: bool, **kwargs: Any) -> None:
     if raw or not created or instance.sent_by_publish:
         return
-    from .publishing import send_saved_row
+    from .publishing import PublishFailed, send_saved_row
 
     pk = instance.pk
 
@@ -39,8 +40,10 @@ def on_broadcast_saved(sender: Any, instance: Any, created: bool, raw: bool, **k
     # with the hook's __qualname__, which a partial lacks, so the failure became an
     # AttributeError (a 500 in the admin) instead of a log line.
     def send_after_commit() -> None:
-        send_saved_row(pk)
+        # A failure is marked on the row and logged as one WARNING: no stack to add.
+        with contextlib.suppress(PublishFailed):
+            send_saved_row(pk)
 
-    # robust: a failed send is recorded on the row (and logged) rather than turning
-    # the admin's save into a 500; the admin reports the row's status.
+    # robust: anything else (a bug) is logged with its stack rather than turning the
+    # admin's save into a 500; the admin reports the row's status.
     transaction.on_commit(send_after_commit, robust=True)

@@ -219,6 +219,10 @@ def test_every_publish_of_a_transaction_is_failed_not_pending_when_the_layer_is_
     statuses = list(Broadcast.objects.order_by("pk").values_list("status", flat=True))
     assert statuses == [Broadcast.Status.FAILED] * 3
     assert list(Broadcast.objects.unsent().order_by("pk")) == list(Broadcast.objects.order_by("pk"))
+    # A WARNING line each, and no stack: an expected failure while the layer is down.
+    warnings = [r for r in caplog.records if r.levelname != "INFO"]
+    assert [r.levelname for r in warnings] == ["WARNING"] * 3
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 def test_resend_failed_also_takes_pending_rows_a_dead_publisher_left(observer):
