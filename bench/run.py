@@ -483,6 +483,9 @@ def main() -> None:
     parser.add_argument(
         "--global-only", type=int, help="override a topic scenario's global-only clients"
     )
+    parser.add_argument(
+        "--burst", type=int, help="publish in bursts of this many, back to back (C: 500)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write all results to this file")
     args = parser.parse_args()
     if args.publisher == "external" and args.layer == "memory":
@@ -515,7 +518,13 @@ def main() -> None:
     results = []
     for name in args.scenarios.split(","):
         scenario = SCENARIOS[name.strip()]
-        if args.clients or args.messages or args.topics or args.global_only is not None:
+        if (
+            args.clients
+            or args.messages
+            or args.topics
+            or args.global_only is not None
+            or args.burst is not None
+        ):
             scenario = Scenario(
                 scenario.name,
                 args.clients or scenario.clients,
@@ -523,7 +532,7 @@ def main() -> None:
                 scenario.rate,
                 args.topics if args.topics and scenario.topics else scenario.topics,
                 scenario.global_only if args.global_only is None else args.global_only,
-                scenario.burst,
+                scenario.burst if args.burst is None else args.burst,
             )
         for server, procs, app in (
             (server, procs, app)
