@@ -11,13 +11,11 @@ import json
 import os
 import re
 import signal
-import time
 
 import pytest
 
-from broadcast.consumers import SLOW_CLIENT_GRACE_SECONDS
 from tests.e2e.conftest import get_text, stuck_client
-from tests.e2e.test_slow_client import read_until_close
+from tests.e2e.test_slow_client import read_once_cut
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -90,15 +88,7 @@ async def test_a_burst_is_coalesced_in_order_and_a_stuck_client_is_still_cut(
     stuck = await asyncio.to_thread(stuck_client, server.port)
     await asyncio.to_thread(site.wait_for_live_total, 2)
 
-    def read_once_cut() -> int | None:
-        deadline = time.monotonic() + 30
-        while "Dropped a slow client" not in server.log():
-            assert time.monotonic() < deadline, "the stuck client was never cut"
-            time.sleep(0.05)
-        time.sleep(SLOW_CLIENT_GRACE_SECONDS - 3)
-        return read_until_close(stuck)
-
-    stuck_close = asyncio.ensure_future(asyncio.to_thread(read_once_cut))
+    stuck_close = asyncio.ensure_future(asyncio.to_thread(read_once_cut, server, stuck))
     await burst_while_stopped(site, server, 800, 8000)
     assert await numbers(fast, 800) == list(range(800))
     assert await stuck_close == 4008

@@ -80,6 +80,20 @@ def read_until_close(sock: socket.socket, timeout: float = 20) -> int | None:
         buffer += chunk
 
 
+def read_once_cut(server, stuck: socket.socket) -> int | None:
+    """Once the server says it cut ``stuck``, read it late: its close code."""
+    # A slow client that reads again within the grace finds the close frame behind
+    # its backlog; one that never reads is dropped after it. Reading 2 s late (of
+    # SLOW_CLIENT_GRACE_SECONDS) catches a server that drops it sooner: autobahn's
+    # own close-handshake timeout is 1 s, which once cut such clients on daphne.
+    deadline = time.monotonic() + 30
+    while "Dropped a slow client" not in server.log():
+        assert time.monotonic() < deadline, "the stuck client was never cut"
+        time.sleep(0.05)
+    time.sleep(SLOW_CLIENT_GRACE_SECONDS - 3)
+    return read_until_close(stuck)
+
+
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
 async def test_a_client_that_stops_reading_is_cut_and_the_others_get_everything(
     redis_site, start_server, kind
@@ -93,19 +107,7 @@ async def test_a_client_that_stops_reading_is_cut_and_the_others_get_everything(
     stuck = await asyncio.to_thread(stuck_client, server.port)
     await asyncio.to_thread(site.wait_for_live_total, 4)
 
-    def read_once_cut() -> int | None:
-        # A slow client that reads again within the grace finds the close frame behind
-        # its backlog; one that never reads is dropped after it. Reading 2 s late (of
-        # SLOW_CLIENT_GRACE_SECONDS) catches a server that drops it sooner: autobahn's
-        # own close-handshake timeout is 1 s, which once cut such clients on daphne.
-        deadline = time.monotonic() + 30
-        while "Dropped a slow client" not in server.log():
-            assert time.monotonic() < deadline, "the stuck client was never cut"
-            time.sleep(0.05)
-        time.sleep(SLOW_CLIENT_GRACE_SECONDS - 3)
-        return read_until_close(stuck)
-
-    stuck_close = asyncio.ensure_future(asyncio.to_thread(read_once_cut))
+    stuck_close = asyncio.ensure_future(asyncio.to_thread(read_once_cut, server, stuck))
     p99_with_stuck = await flood_and_read(site, healthy)
     # A stuck client costs the others nothing measurable; the bound only absorbs the
     # noise of a shared 2-core machine. Both figures are printed for the record.
