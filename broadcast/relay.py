@@ -10,7 +10,9 @@ reads from the database before it fans out the next one.
 It coalesces: after each receive, it takes every message the layer already holds
 (up to BROADCAST_COALESCE_MAX) without waiting for any, and hands them to the fan-out
 together, so that a burst costs each client one write instead of one per broadcast.
-A lone broadcast goes out at once: nothing waits to form a batch.
+A lone broadcast goes out at once: nothing waits to form a batch. On channels-redis's
+core layer, whose receive takes one message per Redis round trip, what Redis holds
+is taken in one round trip after the fan-out instead.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from . import eager, metrics
 from .conf import conf
 from .envelope import control_text
 from .history import newest_id, replay_after
+from .layers import redis as redis_layer
 from .publishing import relay_message
 
 logger = logging.getLogger("broadcast.hub")
@@ -69,6 +72,7 @@ class Relay:
         self.running = False
         self._clients = clients
         self._task: asyncio.Task[None] | None = None
+        self._takes_from_redis: bool | None = None  # known at the first batch
 
     @property
     def started(self) -> bool:
@@ -136,12 +140,24 @@ class Relay:
                         waiting = eager.start(self.layer.receive(self.channel))
                     started, waiting = waiting, None
                     batch = [await started.rest()]
-                    waiting, failed = self._take_held(batch, conf.BROADCAST_COALESCE_MAX)
+                    limit = conf.BROADCAST_COALESCE_MAX
+                    from_redis = limit > 1 and self._redis_holds_the_queue()
+                    failed = None
+                    if not from_redis:
+                        waiting, failed = self._take_held(batch, limit)
                     receiving, delay, retry_at_once = False, RESTART_FIRST_DELAY, True
                     await self._deliver(batch)
                     if failed is not None:  # after delivering what it had taken
                         receiving = True
                         raise failed
+                    channel = self.channel or ""  # set by start(), before this task
+                    while from_redis:  # no receive is under way: ask Redis for the rest
+                        receiving = True
+                        more = await redis_layer.take_queued(self.layer, channel, limit)
+                        receiving = False
+                        if not more:
+                            break
+                        await self._deliver(more)
             except asyncio.CancelledError:
                 self._set_running(False)
                 if waiting is not None:
@@ -167,6 +183,12 @@ class Relay:
                     logger.exception("Relay failed; restarting in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RESTART_MAX_DELAY)
+
+    def _redis_holds_the_queue(self) -> bool:
+        """Whether this relay's messages wait in channels-redis core's queue, to take at once."""
+        if self._takes_from_redis is None:
+            self._takes_from_redis = redis_layer.can_take_queued(self.layer)
+        return self._takes_from_redis
 
     def _take_held(
         self, batch: list[dict[str, Any]], limit: int

@@ -5,6 +5,7 @@ order, and the slow-client bound, topics and resume work as they do one at a tim
 
 import asyncio
 import json
+import threading
 
 import pytest
 from channels.layers import get_channel_layer
@@ -247,3 +248,64 @@ async def test_a_gap_inside_a_batch_is_filled_in_place_and_the_rest_follows(capl
     await relay._deliver([messages[4], messages[6], messages[7], messages[8]])
     assert clients.delivered == [4, 5, 6, 7, 8]
     assert "missed persisted broadcast(s) 5 in the channel layer" in caplog.text
+
+
+@pytest.mark.redis
+async def test_channels_redis_core_hands_over_what_it_holds_in_one_round_trip(redis_layer):
+    from broadcast.layers import redis as redis_layer_seam
+    from broadcast.relay import RELAY_PREFIX
+
+    layer = get_channel_layer()
+    assert redis_layer_seam.can_take_queued(layer)
+    relay = await layer.new_channel(prefix=RELAY_PREFIX)
+    other = await layer.new_channel(prefix=RELAY_PREFIX)
+    # Both channels share the process's queue in Redis, as the relay and /healthz do.
+    for n in range(5):
+        await layer.send(relay, {"type": "m", "n": n})
+        if n == 2:
+            await layer.send(other, {"type": "for the other channel"})
+    taken = await redis_layer_seam.take_queued(layer, relay, 64)
+    assert [m["n"] for m in taken] == [0, 1, 2, 3, 4]
+    assert await redis_layer_seam.take_queued(layer, relay, 64) == []
+    # The other channel's message waits where the layer's own receive finds it.
+    assert await asyncio.wait_for(layer.receive(other), 2) == {"type": "for the other channel"}
+
+
+@pytest.mark.redis
+async def test_a_relay_on_channels_redis_core_takes_a_backlog_at_once_in_order(redis_layer, hub):
+    from broadcast.conf import conf
+    from broadcast.publishing import relay_message
+
+    client = await connect()
+    layer = get_channel_layer()
+    before = batch_samples()
+
+    async def burst():
+        for n in range(40):
+            text = json.dumps({"id": None, "type": "m", "topic": None, "payload": {"n": n}})
+            await layer.group_send(conf.BROADCAST_GROUP, relay_message(text, None))
+
+    # Sent from another thread while this loop is held: the relay, as if it had fallen
+    # behind, finds them queued in Redis.
+    sender = threading.Thread(target=asyncio.run, args=(burst(),))
+    sender.start()
+    sender.join()
+    got = [(await frame(client))["payload"]["n"] for _ in range(40)]
+    assert got == list(range(40))
+    fan_outs, broadcasts = (a - b for a, b in zip(batch_samples(), before, strict=True))
+    assert broadcasts == 40
+    assert fan_outs <= 2, f"{fan_outs} fan-outs for 40 broadcasts queued in Redis"
+    await client.disconnect()
+
+
+@pytest.mark.redis
+async def test_a_core_layer_whose_internals_moved_is_received_one_by_one(
+    redis_layer, monkeypatch, caplog
+):
+    from broadcast.layers import redis as redis_layer_seam
+
+    monkeypatch.setattr(redis_layer_seam, "take_verdict", None)
+    monkeypatch.setattr(redis_layer_seam, "TAKE_NAMES", ("receive_count", "gone_in_a_release"))
+    assert not redis_layer_seam.can_take_queued(get_channel_layer())
+    assert "RedisChannelLayer.gone_in_a_release" in caplog.text
+    monkeypatch.setattr(redis_layer_seam, "take_verdict", None)

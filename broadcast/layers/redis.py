@@ -1,6 +1,8 @@
 """
 channels-redis's private parts: its key layout, read by publisher backpressure
-(:mod:`broadcast.backpressure`), and the Redis hosts the send lock shares.
+(:mod:`broadcast.backpressure`); the Redis hosts the send lock shares; and taking
+every message queued for a relay in one round trip (:func:`take_queued`), where the
+core layer's own receive takes one message per four.
 """
 
 from __future__ import annotations
@@ -17,8 +19,16 @@ PROVEN = (Proven("channels-redis", "4.3", "5"), Proven("redis", "5", "9"))
 # The core layer's private method for a group's key, and its public name helpers.
 LAYER_NAMES = ("_group_key", "non_local_name", "prefix", "hosts")
 
-# This process's probe answer: None until the first client (or publish) asks.
+# What taking queued messages at once reads: the layer's receive state (so as never to
+# race its own receive), its connections, and its message format.
+TAKE_NAMES = (
+    "receive_count", "receive_buffer", "connection", "consistent_hash", "deserialize",
+    "non_local_name", "prefix",
+)  # fmt: skip
+
+# This process's probe answers: None until the first client (or publish) asks.
 verdict: Verdict | None = None
+take_verdict: Verdict | None = None
 
 
 def is_core(layer: Any) -> bool:
@@ -39,6 +49,52 @@ def key_layout_known(layer: Any) -> bool:
             ),
         )
     return verdict.safe
+
+
+def can_take_queued(layer: Any) -> bool:
+    """Whether :func:`take_queued` may read ``layer`` (the core layer); probed once."""
+    global take_verdict
+    if not is_core(layer):
+        return False
+    if take_verdict is None:
+        take_verdict = probe(
+            "channels-redis batched receive",
+            PROVEN,
+            lambda: (
+                f"RedisChannelLayer.{name}" for name in TAKE_NAMES if not hasattr(layer, name)
+            ),
+        )
+    return take_verdict.safe
+
+
+async def take_queued(layer: Any, channel: str, limit: int) -> list[dict[str, Any]]:
+    """
+    Up to ``limit`` messages for the process-local ``channel`` that the core layer
+    already holds, oldest first, in one round trip (``ZPOPMIN`` with a count). None
+    at all while another receive of the layer is under way in this process: it may be
+    taking from the same queue, and its messages would then arrive out of order with
+    these. Messages for this process's other channels on that queue go where the
+    layer's own receive would put them, in its buffer.
+    """
+    if layer.receive_count:
+        return []
+    taken: list[dict[str, Any]] = []
+    buffered = layer.receive_buffer.get(channel)
+    while buffered is not None and not buffered.empty() and len(taken) < limit:
+        taken.append(buffered.get_nowait())  # taken from Redis earlier: older
+    if taken:
+        return taken
+    connection = layer.connection(layer.consistent_hash(layer.non_local_name(channel)))
+    for member, _score in await connection.zpopmin(queue_key(layer, channel), limit):
+        message = layer.deserialize(member)
+        # One channel, or (a group send to several of this process's) a list of them.
+        targets = message.pop("__asgi_channel__", channel)
+        for target in [targets] if isinstance(targets, str) else targets:
+            if target == channel:
+                taken.append(message)
+            else:
+                layer.receive_buffer[target].put_nowait(message)
+    return taken
 
 
 def group_key(layer: Any, group: str) -> bytes:
