@@ -141,6 +141,7 @@ class Outbox:
         writer = self._writer
         if (
             writer is not None
+            and writer.writes_itself
             and self._drainer is None
             and self._held is None
             and (batch.id is None or batch.id > self._replayed_through)

@@ -140,7 +140,10 @@ class Relay:
                         waiting = eager.start(self.layer.receive(self.channel))
                     started, waiting = waiting, None
                     batch = [await started.rest()]
-                    limit = conf.BROADCAST_COALESCE_MAX
+                    # Through the ASGI send a batch is still one write per broadcast, and
+                    # handing them over in one loop turn leaves daphne no turn to flush
+                    # between them: the public path takes broadcasts one at a time.
+                    limit = conf.BROADCAST_COALESCE_MAX if conf.BROADCAST_FAST_PATH else 1
                     from_redis = limit > 1 and self._redis_holds_the_queue()
                     failed = None
                     if not from_redis:

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 class CountingWriter:
     """A real direct writer, with its writes counted."""
 
+    writes_itself = True
+
     def __init__(self, writer):
         self.writer, self.writes = writer, 0
 
@@ -309,3 +311,26 @@ async def test_a_core_layer_whose_internals_moved_is_received_one_by_one(
     assert not redis_layer_seam.can_take_queued(get_channel_layer())
     assert "RedisChannelLayer.gone_in_a_release" in caplog.text
     monkeypatch.setattr(redis_layer_seam, "take_verdict", None)
+
+
+async def test_daphnes_public_path_counts_a_batch_once_against_the_bound():
+    # Found by CI's fast-path-off leg: the public path's writer counts what is written
+    # while Twisted's producer is paused, and writes nothing itself. Offered a batch
+    # whole and then its messages one by one, it counted the batch twice, and a client
+    # within the bound was cut.
+    from types import SimpleNamespace
+
+    from broadcast.servers.daphne import PausedWriter
+
+    sent = []
+
+    async def send(event):
+        sent.append(event["text"])
+
+    transport = SimpleNamespace(producerPaused=True, bufferSize=65536)
+    writer = PausedWriter(SimpleNamespace(transport=transport))
+    outbox = Outbox(send, 256 * 1024, lambda: None, writer)
+    texts = [f"{n}:" + "x" * 998 for n in range(100)]
+    outbox.push(batch_of(texts))
+    assert sent == texts and not outbox.closed
+    assert writer.buffered() == 65536 + sum(len(t) + 4 for t in texts)  # each frame once

@@ -64,6 +64,8 @@ async def test_the_connection_cap_holds_for_a_burst_of_connects(hub, settings):
 class FailingWriter:
     """A direct writer whose server changed under it: every call raises."""
 
+    writes_itself = True
+
     def write(self, frame, buffered):
         raise AttributeError("'Protocol' object has no attribute 'state'")
 

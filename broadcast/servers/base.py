@@ -22,6 +22,11 @@ logger = logging.getLogger("broadcast.servers")
 class Writer(Protocol):
     """A direct writer: one client's connection, reached beneath the ASGI ``send``."""
 
+    #: False for a writer that leaves every message to the ASGI send and only keeps
+    #: count (daphne's public path): several frames must not be offered to it at once
+    #: and then again one by one.
+    writes_itself: bool
+
     def write(self, frame: bytes, buffered: int) -> bool:
         """
         Write a prepared frame now, or return False for the ASGI send to write the

@@ -113,6 +113,7 @@ class DaphneWriter:
     """
 
     __slots__ = ("_protocol", "_transport", "_socket", "_open")
+    writes_itself = True
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
@@ -159,6 +160,7 @@ class PausedWriter:
     """
 
     __slots__ = ("_protocol", "_transport", "_floor", "_since_paused")
+    writes_itself = False
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = protocol

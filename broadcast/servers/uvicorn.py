@@ -62,6 +62,7 @@ class SansioWriter:
     """A client of uvicorn's websockets-sansio protocol, written to through its transport."""
 
     __slots__ = ("_server", "_transport", "_conn", "_open")
+    writes_itself = True
 
     def __init__(self, server: Any, open_state: Any) -> None:
         self._server = server

@@ -80,8 +80,17 @@ async def test_a_burst_is_coalesced_in_order_and_a_stuck_client_is_still_cut(
         a - b for a, b in zip(await asyncio.to_thread(batches, server), before, strict=True)
     )
     assert broadcasts == 300
-    assert fan_outs < 300 / 4, f"{fan_outs:.0f} fan-outs for a burst of 300 held at once"
+    if os.environ.get("BROADCAST_FAST_PATH") == "0":  # CI's public-path leg
+        assert fan_outs == 300, "the public path takes broadcasts one at a time"
+    else:
+        assert fan_outs < 300 / 4, f"{fan_outs:.0f} fan-outs for a burst of 300 held at once"
     await slow.close()
+    if os.environ.get("BROADCAST_FAST_PATH") == "0":
+        # 6.4 MB released at once is past a 256 KiB bound for any reader where the
+        # bound counts the server's own buffer (daphne's public path); test_slow_client
+        # covers that path's bound with a paced flood.
+        await fast.close()
+        return
 
     # 800 x 8 KB = 6.4 MB: past the bound plus what the kernel may buffer for a client
     # that reads nothing, while the fast client reads everything in order.
