@@ -306,11 +306,12 @@ async def test_a_core_layer_whose_internals_moved_is_received_one_by_one(
 ):
     from broadcast.layers import redis as redis_layer_seam
 
-    monkeypatch.setattr(redis_layer_seam, "take_verdict", None)
+    monkeypatch.setattr(redis_layer_seam, "verdicts", {})
     monkeypatch.setattr(redis_layer_seam, "TAKE_NAMES", ("receive_count", "gone_in_a_release"))
     assert not redis_layer_seam.can_take_queued(get_channel_layer())
     assert "RedisChannelLayer.gone_in_a_release" in caplog.text
-    monkeypatch.setattr(redis_layer_seam, "take_verdict", None)
+    # The backpressure seam reads other names, and is still on.
+    assert redis_layer_seam.key_layout_known(get_channel_layer())
 
 
 async def test_daphnes_public_path_counts_a_batch_once_against_the_bound():

@@ -26,9 +26,8 @@ TAKE_NAMES = (
     "non_local_name", "prefix",
 )  # fmt: skip
 
-# This process's probe answers: None until the first client (or publish) asks.
-verdict: Verdict | None = None
-take_verdict: Verdict | None = None
+# This process's probe answers, by seam: asked once, by the first client or publish.
+verdicts: dict[str, Verdict] = {}
 
 
 def is_core(layer: Any) -> bool:
@@ -38,33 +37,25 @@ def is_core(layer: Any) -> bool:
 
 
 def key_layout_known(layer: Any) -> bool:
-    """Whether the core layer's keys can be read here; probed once a process."""
-    global verdict
-    if verdict is None:
-        verdict = probe(
-            "channels-redis backpressure",
-            PROVEN,
-            lambda: (
-                f"RedisChannelLayer.{name}" for name in LAYER_NAMES if not hasattr(layer, name)
-            ),
-        )
-    return verdict.safe
+    """Whether the core layer's keys can be read here."""
+    return _probed("channels-redis backpressure", LAYER_NAMES, layer)
 
 
 def can_take_queued(layer: Any) -> bool:
-    """Whether :func:`take_queued` may read ``layer`` (the core layer); probed once."""
-    global take_verdict
-    if not is_core(layer):
-        return False
-    if take_verdict is None:
-        take_verdict = probe(
-            "channels-redis batched receive",
+    """Whether :func:`take_queued` may read ``layer`` (the core layer)."""
+    return is_core(layer) and _probed("channels-redis batched receive", TAKE_NAMES, layer)
+
+
+def _probed(seam: str, names: tuple[str, ...], layer: Any) -> bool:
+    """Whether the layer has ``names`` and channels-redis is proven; once a process."""
+    verdict = verdicts.get(seam)
+    if verdict is None:
+        verdict = verdicts[seam] = probe(
+            seam,
             PROVEN,
-            lambda: (
-                f"RedisChannelLayer.{name}" for name in TAKE_NAMES if not hasattr(layer, name)
-            ),
+            lambda: (f"RedisChannelLayer.{name}" for name in names if not hasattr(layer, name)),
         )
-    return take_verdict.safe
+    return verdict.safe
 
 
 async def take_queued(layer: Any, channel: str, limit: int) -> list[dict[str, Any]]:
