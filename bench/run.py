@@ -8,6 +8,7 @@ second, and measure every delivery.
     python -m bench.run --scenarios A,D,T        # T: topic broadcasts (see SCENARIOS)
     python -m bench.run --scenarios C,E --apps hub,hub-single,raw   # coalescing on and off
     python -m bench.run --scenarios C --layer redis-pubsub --procs 1,2 --apps hub
+    python -m bench.run --scenarios E --layer redis-pubsub --procs 1,2 --apps hub --rounds 5
 
 Each run prints a progress line while clients connect, then one JSON line
 (``RESULT {...}``); a table per scenario closes the report. The raw ASGI app
@@ -16,7 +17,9 @@ ratios taken in one run are what count on a shared machine. ``hub-single`` is th
 hub with coalescing off (BROADCAST_COALESCE_MAX=1): one write per broadcast. With
 ``--procs 2`` the server runs as two processes behind Redis: uvicorn ``--workers 2``
 on one port, or two daphne processes on two ports with the load clients split
-between them; CPU and memory are then the whole process tree's.
+between them; CPU and memory are then the whole process tree's. ``--rounds N`` runs
+every configuration N times, interleaved, and gives each ratio as the median of the
+rounds' ratios, each taken within one round.
 """
 
 from __future__ import annotations
@@ -413,7 +416,8 @@ COLUMNS = [
 
 
 def procs_label(result: dict) -> str:
-    return f" x{result['procs']}" if result.get("procs", 1) > 1 else ""
+    label = f" x{result['procs']}" if result.get("procs", 1) > 1 else ""
+    return label + (f" #{result['round']}" if result.get("rounds", 1) > 1 else "")
 
 
 def table(results: list[dict]) -> str:
@@ -438,30 +442,56 @@ def table(results: list[dict]) -> str:
 
 
 def ratios(rows: list[dict]) -> list[str]:
+    """Each comparison within one round; with several rounds, their median and each one."""
     out = []
     for server in sorted({r["server"] for r in rows}):
-        raw = [r for r in rows if r["server"] == server and r["app"] == "raw"]
         for app in ("hub", "hub-single"):
-            hub = [r for r in rows if r["server"] == server and r["app"] == app]
-            single = [r for r in hub if r.get("procs", 1) == 1]
-            for many in (r for r in hub if r.get("procs", 1) > 1 and single):
-                one = single[0]
+            mine = [r for r in rows if r["server"] == server and r["app"] == app]
+            for procs in sorted({r.get("procs", 1) for r in mine} - {1}):
+                many = [r for r in mine if r.get("procs", 1) == procs]
+                pairs = paired(many, [r for r in mine if single_process(r)])
+                if pairs:
+                    out.append(
+                        f"  {server}: {app} x{procs} / x1 CPU per delivery "
+                        f"{spread(pairs, 'cpu_us_per_delivery')}, "
+                        f"deliveries/s {spread(pairs, 'deliveries_per_s', percent=True)}"
+                    )
+            raw = [r for r in rows if r["server"] == server and r["app"] == "raw"]
+            pairs = paired([r for r in mine if single_process(r)], raw)
+            if pairs:
                 out.append(
-                    f"  {server}: {app} x{many['procs']} / x1 CPU per delivery "
-                    f"{many['cpu_us_per_delivery'] / max(one['cpu_us_per_delivery'], 0.1):.2f}x, "
-                    f"deliveries/s {many['deliveries_per_s'] / max(one['deliveries_per_s'], 1):.0%}"
+                    f"  {server}: {app}/raw p99 {spread(pairs, 'p99_ms')}, "
+                    f"deliveries/s {spread(pairs, 'deliveries_per_s', percent=True)}, "
+                    f"CPU per delivery {spread(pairs, 'cpu_us_per_delivery')}"
                 )
-            hub = single
-            if not (hub and raw):
-                continue
-            h, w = hub[0], raw[0]
-            out.append(
-                f"  {server}: {app}/raw p99 {h['p99_ms'] / max(w['p99_ms'], 0.1):.2f}x, "
-                f"deliveries/s {h['deliveries_per_s'] / max(w['deliveries_per_s'], 1):.0%}, "
-                f"CPU per delivery "
-                f"{h['cpu_us_per_delivery'] / max(w['cpu_us_per_delivery'], 0.1):.2f}x"
-            )
     return out
+
+
+def single_process(result: dict) -> bool:
+    return result.get("procs", 1) == 1
+
+
+def paired(these: list[dict], those: list[dict]) -> list[tuple[dict, dict]]:
+    """Results from the same round: side by side on a machine whose speed drifts."""
+    return [
+        (one, other)
+        for one in these
+        for other in those
+        if other.get("round", 1) == one.get("round", 1)
+    ]
+
+
+def spread(pairs: list[tuple[dict, dict]], key: str, *, percent: bool = False) -> str:
+    """The ratio of ``key``, or its median over the rounds followed by each round's."""
+    values = [one[key] / max(other[key], 0.1 if not percent else 1) for one, other in pairs]
+
+    def shown(value: float) -> str:
+        return f"{value:.0%}" if percent else f"{value:.2f}x"
+
+    if len(values) == 1:
+        return shown(values[0])
+    each = ", ".join(shown(value) for value in values)
+    return f"median {shown(statistics.median(values))} ({each})"
 
 
 def main() -> None:
@@ -486,11 +516,17 @@ def main() -> None:
     parser.add_argument(
         "--burst", type=int, help="publish in bursts of this many, back to back (C: 500)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run every configuration this many times, interleaved; ratios are medians",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="also write all results to this file")
     args = parser.parse_args()
     if args.publisher == "external" and args.layer == "memory":
         parser.error("--publisher external needs --layer redis or redis-pubsub")
     procs_list = [int(n) for n in args.procs.split(",")]
+    if args.rounds < 1:
+        parser.error("--rounds needs a positive number")
     if max(procs_list) > 1 and args.layer == "memory":
         parser.error("--procs above 1 needs --layer redis or redis-pubsub")
     if max(procs_list) > 1 and PROFILE_DIR:
@@ -534,9 +570,10 @@ def main() -> None:
                 scenario.global_only if args.global_only is None else args.global_only,
                 scenario.burst if args.burst is None else args.burst,
             )
-        for server, procs, app in (
-            (server, procs, app)
+        for server, round_number, procs, app in (
+            (server, round_number, procs, app)
             for server in args.servers.split(",")
+            for round_number in range(1, args.rounds + 1)
             for procs in procs_list
             for app in args.apps.split(",")
         ):
@@ -551,6 +588,7 @@ def main() -> None:
             result = run_one(
                 scenario, server, app, env, args.client_procs, args.publisher, workdir, procs
             )
+            result.update(round=round_number, rounds=args.rounds)
             results.append(result)
             print("RESULT " + json.dumps(result), flush=True)
     print(table(results), flush=True)

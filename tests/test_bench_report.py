@@ -1,0 +1,42 @@
+"""The benchmark's report: each ratio taken within one round, their median over rounds."""
+
+from bench.run import ratios
+
+
+def result(app: str, procs: int, round_number: int, cpu: float, rate: int, p99: float) -> dict:
+    return {
+        "server": "uvicorn",
+        "app": app,
+        "procs": procs,
+        "round": round_number,
+        "rounds": 3,
+        "cpu_us_per_delivery": cpu,
+        "deliveries_per_s": rate,
+        "p99_ms": p99,
+    }
+
+
+def test_two_processes_are_compared_with_one_of_the_same_round_and_the_median_is_given():
+    rows = [
+        # Round 2 ran on a slower machine for both: its ratio is still 1.10x.
+        result("hub", 1, 1, 1.0, 100, 10),
+        result("hub", 2, 1, 1.2, 100, 10),
+        result("hub", 1, 2, 2.0, 50, 10),
+        result("hub", 2, 2, 2.2, 50, 10),
+        result("hub", 1, 3, 1.0, 100, 10),
+        result("hub", 2, 3, 1.5, 90, 10),
+    ]
+    (line,) = ratios(rows)
+    assert "hub x2 / x1 CPU per delivery median 1.20x (1.20x, 1.10x, 1.50x)" in line
+    assert "deliveries/s median 100% (100%, 100%, 90%)" in line
+
+
+def test_one_round_gives_plain_ratios_against_the_raw_app():
+    rows = [
+        {**result("hub", 1, 1, 0.5, 300, 12), "rounds": 1},
+        {**result("raw", 1, 1, 5.0, 100, 24), "rounds": 1},
+    ]
+    (line,) = ratios(rows)
+    assert line == (
+        "  uvicorn: hub/raw p99 0.50x, deliveries/s 300%, CPU per delivery 0.10x"
+    )
