@@ -17,9 +17,11 @@ ratios taken in one run are what count on a shared machine. ``hub-single`` is th
 hub with coalescing off (BROADCAST_COALESCE_MAX=1): one write per broadcast. With
 ``--procs 2`` the server runs as two processes behind Redis: uvicorn ``--workers 2``
 on one port, or two daphne processes on two ports with the load clients split
-between them; CPU and memory are then the whole process tree's. ``--rounds N`` runs
-every configuration N times, interleaved, and gives each ratio as the median of the
-rounds' ratios, each taken within one round.
+between them; CPU and memory are then the whole process tree's. ``--idle-seconds S``
+first measures the servers' CPU for S seconds with the clients connected and nothing
+sent: the fixed cost a process adds. ``--rounds N`` runs every configuration N times,
+interleaved, and gives each ratio as the median of the rounds' ratios, each taken
+within one round.
 """
 
 from __future__ import annotations
@@ -254,6 +256,7 @@ def run_one(
     publisher: str,
     workdir: Path,
     procs: int = 1,
+    idle_seconds: float = 0,
 ) -> dict:
     env = {**env, **APP_ENV.get(app, {})}
     # uvicorn's workers share one port; daphne processes listen on a port each.
@@ -321,6 +324,8 @@ def run_one(
         connect_cpu = tree_stat(pids)[0] - connect_cpu_before
         print(f"  {label}: {connected}/{total} connected", file=sys.stderr)
         time.sleep(1.0)
+        idle_cpu_before = tree_stat(pids)[0]
+        time.sleep(idle_seconds)  # what the processes cost with nothing to send
         cpu_before, rss_idle, _ = tree_stat(pids)
         publish_start = time.time()
         publish_seconds = scenario.publish_seconds
@@ -390,6 +395,9 @@ def run_one(
         "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
         "deliveries_per_s": round(delivered / span),
         "server_cpu_s": round(cpu_after - cpu_before, 2),
+        "idle_cpu_ms_per_s": (
+            round((cpu_before - idle_cpu_before) / idle_seconds * 1000, 1) if idle_seconds else None
+        ),
         "cpu_us_per_delivery": round((cpu_after - cpu_before) / max(delivered, 1) * 1e6, 1),
         "peak_rss_mib": round(rss_peak / 1024, 1),
         "rss_per_conn_kib": round((rss_idle - rss_base) / max(connected, 1), 1),
@@ -409,10 +417,15 @@ COLUMNS = [
     ("deliv/s", lambda r: f"{r['deliveries_per_s']:,}"),
     ("cpu s", lambda r: f"{r['server_cpu_s']:.2f}"),
     ("µs/deliv", lambda r: f"{r['cpu_us_per_delivery']:.1f}"),
+    ("idle ms/s", lambda r: optional(r.get("idle_cpu_ms_per_s"))),
     ("stray", lambda r: f"{r['stray']}"),
     ("peak MiB", lambda r: f"{r['peak_rss_mib']:.1f}"),
     ("KiB/conn", lambda r: f"{r['rss_per_conn_kib']:.1f}"),
 ]
+
+
+def optional(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def procs_label(result: dict) -> str:
@@ -520,11 +533,17 @@ def main() -> None:
         "--rounds", type=int, default=1,
         help="run every configuration this many times, interleaved; ratios are medians",
     )  # fmt: skip
+    parser.add_argument(
+        "--idle-seconds", type=float, default=0,
+        help="before publishing, measure the servers' CPU this long with nothing sent",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="also write all results to this file")
     args = parser.parse_args()
     if args.publisher == "external" and args.layer == "memory":
         parser.error("--publisher external needs --layer redis or redis-pubsub")
     procs_list = [int(n) for n in args.procs.split(",")]
+    if args.idle_seconds < 0:
+        parser.error("--idle-seconds cannot be negative")
     if args.rounds < 1:
         parser.error("--rounds needs a positive number")
     if max(procs_list) > 1 and args.layer == "memory":
@@ -586,8 +605,9 @@ def main() -> None:
                                check=True, capture_output=True)  # fmt: skip
             print(f"{scenario.name} {app}@{server} x{procs}: starting", file=sys.stderr)
             result = run_one(
-                scenario, server, app, env, args.client_procs, args.publisher, workdir, procs
-            )
+                scenario, server, app, env, args.client_procs, args.publisher, workdir, procs,
+                args.idle_seconds,
+            )  # fmt: skip
             result.update(round=round_number, rounds=args.rounds)
             results.append(result)
             print("RESULT " + json.dumps(result), flush=True)

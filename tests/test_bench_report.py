@@ -37,6 +37,4 @@ def test_one_round_gives_plain_ratios_against_the_raw_app():
         {**result("raw", 1, 1, 5.0, 100, 24), "rounds": 1},
     ]
     (line,) = ratios(rows)
-    assert line == (
-        "  uvicorn: hub/raw p99 0.50x, deliveries/s 300%, CPU per delivery 0.10x"
-    )
+    assert line == ("  uvicorn: hub/raw p99 0.50x, deliveries/s 300%, CPU per delivery 0.10x")

@@ -30,7 +30,7 @@ def bench(*args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
 def test_the_benchmark_runs_hub_and_raw_app_on_both_servers_and_reports_every_delivery():
     run, results = bench(
         "--scenarios", "A", "--clients", "40", "--messages", "5",
-        "--servers", "daphne,uvicorn", "--apps", "hub,raw",
+        "--servers", "daphne,uvicorn", "--apps", "hub,raw", "--idle-seconds", "1",
     )  # fmt: skip
     assert {(r["app"], r["server"]) for r in results} == {
         (app, server) for app in ("hub", "raw") for server in ("daphne", "uvicorn")
@@ -40,6 +40,7 @@ def test_the_benchmark_runs_hub_and_raw_app_on_both_servers_and_reports_every_de
         assert result["delivered"] == result["expected"] == 200
         assert result["completeness"] == 1.0
         assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+        assert result["idle_cpu_ms_per_s"] >= 0  # measured, with the clients connected
     assert "40/40 connected" in run.stderr  # progress while clients connect
     assert "hub/raw p99" in run.stdout  # the table's ratio lines
 
