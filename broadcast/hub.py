@@ -33,7 +33,7 @@ from .conf import conf
 from .counts import Counts, heartbeat
 from .outbox import Outbox, Outgoing
 from .relay import STOP_WAIT_SECONDS, Relay
-from .shutdown import close_in_batches
+from .shutdown import close_in_batches, drain
 
 logger = logging.getLogger(__name__)
 
@@ -266,12 +266,13 @@ class ProcessHub:
     async def shutdown(self) -> None:
         """
         Close every client with 1012 (service restart), in batches spread over half of
-        BROADCAST_SHUTDOWN_TIMEOUT; then stop and mark this process's row stopped.
+        BROADCAST_SHUTDOWN_TIMEOUT, and wait, within the whole of it, for the close
+        frames to leave this process; then stop and mark this process's row stopped.
         """
         self.stopping = True  # from now on, connects are turned away (consumers.py)
         timeout = conf.BROADCAST_SHUTDOWN_TIMEOUT
-        await close_in_batches(self.clients, timeout / 2)
-        await asyncio.sleep(min(0.5, timeout / 4))  # let the close frames go out
+        until = asyncio.get_running_loop().time() + timeout
+        await drain(await close_in_batches(self.clients, timeout / 2, until), until)
         metrics.connections.dec(len(self.clients))
         self.clients.clear()
         metrics.process_stopped()

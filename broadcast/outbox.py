@@ -284,8 +284,16 @@ class Outbox:
 
     # Closing -------------------------------------------------------------------
 
-    async def close_through_send(self, code: int, reason: str) -> None:
-        """Close the outbox, then the connection through the ASGI ``send``."""
+    async def close_through_send(self, code: int, reason: str, until: float | None = None) -> None:
+        """
+        Close the outbox, then the connection through the ASGI ``send``. With ``until``
+        (the loop's clock), what is queued for the client goes out first, for as long
+        as it reads before then: closing drops the queue.
+        """
+        drainer = self._drainer
+        if until is not None and drainer is not None:
+            left = until - asyncio.get_running_loop().time()
+            await asyncio.wait([drainer], timeout=max(0.0, left))
         self.close()
         await close_through_send(self._send, code, reason)
 

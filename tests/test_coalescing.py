@@ -328,7 +328,7 @@ async def test_daphnes_public_path_counts_a_batch_once_against_the_bound():
     async def send(event):
         sent.append(event["text"])
 
-    transport = SimpleNamespace(producerPaused=True, bufferSize=65536)
+    transport = SimpleNamespace(producerPaused=True, bufferSize=65536, disconnected=0)
     writer = PausedWriter(SimpleNamespace(transport=transport))
     outbox = Outbox(send, 256 * 1024, lambda: None, writer)
     texts = [f"{n}:" + "x" * 998 for n in range(100)]

@@ -9,7 +9,7 @@ APP = Path(broadcast.__file__).parent
 SEAMS = {APP / "servers", APP / "layers"}
 # Internals the seams own, as attribute names or strings anywhere in a module.
 INTERNALS = {
-    "dataBuffer", "offset", "_tempDataLen", "disconnecting", "sendCloseFrame",
+    "dataBuffer", "offset", "_tempDataLen", "disconnecting", "disconnected", "sendCloseFrame",
     "closeHandshakeTimeout", "abortConnection", "producerPaused", "streamingProducer",
     "handle_reply", "WebSocketsSansIOProtocol", "close_sent", "writable", "real_send",
     "_asgi_single_callable", "_group_key", "non_local_name", "_kwargs",

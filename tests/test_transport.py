@@ -41,7 +41,7 @@ class BackpressuredSend:
 
     async def __call__(self, event):
         await self.writable.wait()
-        self.sent.append(event["text"])
+        self.sent.append(event.get("text", event["type"]))
 
 
 def push(outbox, text, msg_id=None):
@@ -162,3 +162,61 @@ async def test_held_messages_are_released_only_when_they_fit_behind_the_replay()
         "live 2",
     ]
     assert cuts == [] and not outbox.closed
+
+
+async def test_a_close_through_the_send_goes_out_behind_what_is_queued():
+    send = BackpressuredSend()
+    outbox = Outbox(send, 1000, lambda: None)
+    send.writable.clear()
+    for text in ["1", "2", "3"]:
+        push(outbox, text)
+    loop = asyncio.get_running_loop()
+    closing = asyncio.ensure_future(outbox.close_through_send(1012, "restart", loop.time() + 5))
+    await asyncio.sleep(0.01)
+    send.writable.set()  # the client reads again
+    await asyncio.wait_for(closing, 1)
+    assert send.sent == ["1", "2", "3", "websocket.close"]
+    assert outbox.closed
+
+
+async def test_a_close_through_the_send_drops_the_queue_when_the_client_reads_too_late():
+    send = BackpressuredSend()
+    outbox = Outbox(send, 1000, lambda: None)
+    send.writable.clear()
+    for text in ["1", "2", "3"]:
+        push(outbox, text)
+    loop = asyncio.get_running_loop()
+    closing = asyncio.ensure_future(outbox.close_through_send(1012, "restart", loop.time() + 0.05))
+    await asyncio.sleep(0.1)
+    assert outbox.closed and outbox.pending == 0
+    send.writable.set()
+    await asyncio.wait_for(closing, 1)
+    assert send.sent == ["websocket.close"]
+
+
+async def test_drain_waits_for_a_backlog_to_leave_and_gives_up_at_its_deadline(settings):
+    settings.BROADCAST_FAST_PATH = True
+    from broadcast.servers import direct_writer
+    from broadcast.shutdown import drain
+
+    loop = asyncio.get_running_loop()
+    send, client = await uvicorn_connection()
+    writer = direct_writer(send)
+    frame = text_frame(b"x" * 60_000)
+    for _ in range(100):  # 6 MB: more than the socket pair buffers
+        writer.write(frame, writer.buffered())
+    assert writer.buffered() > 0
+    started = loop.time()
+    assert await drain([writer], loop.time() + 0.2) == 1  # the client reads nothing
+    assert 0.2 <= loop.time() - started < 1
+
+    async def read_all():
+        while await loop.sock_recv(client, 1 << 20):
+            pass
+
+    reading = asyncio.ensure_future(read_all())
+    assert await drain([writer], loop.time() + 10) == 0
+    assert writer.buffered() == 0
+    assert loop.time() - started < 5
+    reading.cancel()
+    client.close()

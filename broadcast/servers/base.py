@@ -35,7 +35,7 @@ class Writer(Protocol):
         """
 
     def buffered(self) -> int:
-        """Bytes written but not yet accepted by the socket."""
+        """Bytes written but not yet accepted by the socket; 0 once the connection is lost."""
 
     def close(self, code: int, reason: str, grace: float | None = None) -> bool:
         """

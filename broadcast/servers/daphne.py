@@ -30,11 +30,12 @@ PROVEN = (
 # What each writer reads and calls on autobahn's protocol and Twisted's transport.
 FAST_NAMES = (
     ("STATE_OPEN", "state", "transport", "sendCloseFrame"),
-    ("dataBuffer", "offset", "_tempDataLen", "disconnecting", "write", "abortConnection"),
-)
+    ("dataBuffer", "offset", "_tempDataLen", "disconnecting", "disconnected", "write",
+     "abortConnection"),
+)  # fmt: skip
 PUBLIC_NAMES = (
     ("STATE_OPEN", "state", "transport", "sendCloseFrame"),
-    ("producerPaused", "streamingProducer", "abortConnection"),
+    ("producerPaused", "streamingProducer", "disconnected", "abortConnection"),
 )
 # Twisted's default FileDescriptor.bufferSize: a paused producer means at least this much.
 TWISTED_BUFFER_SIZE = 2**16
@@ -139,8 +140,11 @@ class DaphneWriter:
 
     def buffered(self) -> int:
         # FileDescriptor keeps unsent bytes in dataBuffer (from offset on) and in
-        # _tempDataBuffer (_tempDataLen bytes).
+        # _tempDataBuffer (_tempDataLen bytes), and keeps them once the connection is
+        # lost, when none of them will ever be sent.
         transport = self._transport
+        if transport.disconnected:
+            return 0
         return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
 
     def close(self, code: int, reason: str, grace: float | None = None) -> bool:
@@ -176,7 +180,10 @@ class PausedWriter:
         return False  # not written here: the ASGI send writes it
 
     def buffered(self) -> int:
-        return self._floor + self._since_paused if self._transport.producerPaused else 0
+        transport = self._transport
+        if transport.disconnected or not transport.producerPaused:
+            return 0
+        return self._floor + self._since_paused
 
     def close(self, code: int, reason: str, grace: float | None = None) -> bool:
         return _close(self._protocol, code, reason, grace)

@@ -12,6 +12,7 @@ import http.cookiejar
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -209,6 +210,44 @@ def stuck_client(port: int) -> socket.socket:
         response += sock.recv(1)
     assert b" 101 " in response.split(b"\r\n")[0]
     return sock
+
+
+def read_to_close(sock: socket.socket, timeout: float = 20) -> tuple[list[bytes], int | None]:
+    """
+    Read a raw client's frames until the server's close: the text frames' payloads
+    in order, and the close code, or None if the socket just ended.
+    """
+    sock.settimeout(timeout)
+    texts: list[bytes] = []
+    buffer = b""
+    while True:
+        while len(buffer) >= 2:
+            length, offset = buffer[1] & 0x7F, 2
+            if length == 126:
+                offset = 4
+            elif length == 127:
+                offset = 10
+            if len(buffer) < offset:
+                break  # the extended length has not all arrived
+            if offset == 4:
+                length = struct.unpack("!H", buffer[2:4])[0]
+            elif offset == 10:
+                length = struct.unpack("!Q", buffer[2:10])[0]
+            if len(buffer) < offset + length:
+                break
+            opcode, payload = buffer[0] & 0x0F, buffer[offset : offset + length]
+            if opcode == 8:
+                return texts, struct.unpack("!H", payload[:2])[0]
+            if opcode == 1:
+                texts.append(payload)
+            buffer = buffer[offset + length :]
+        try:
+            chunk = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            return texts, None
+        if not chunk:
+            return texts, None
+        buffer += chunk
 
 
 class Browser:

@@ -1,12 +1,16 @@
 """Server processes stopping, crashing and restarting, with real clients."""
 
 import asyncio
+import json
 import os
 import signal
+import socket
+import struct
+import time
 
 import pytest
 
-from tests.e2e.conftest import close_code, frames
+from tests.e2e.conftest import close_code, frames, get_text, read_to_close, stuck_client
 
 pytestmark = [pytest.mark.e2e]
 
@@ -41,6 +45,77 @@ async def test_sigterm_closes_every_client_with_1012_in_paced_batches_and_marks_
     assert " stopped " in row
     assert "Exception in ASGI application" not in server.log()
     assert "Graceful shutdown failed" not in server.log()
+
+
+BACKLOG = 1000
+BACKLOG_PAYLOAD = "x" * 8000  # 8 MB in all: more than the kernel buffers for one socket
+PUBLISH_BACKLOG = f"""
+import asyncio
+from broadcast import apublish
+async def main():
+    for n in range({BACKLOG}):
+        await apublish("backlog", {{"n": n, "pad": "{BACKLOG_PAYLOAD}"}}, persist=False)
+asyncio.run(main())
+"""
+
+
+def wait_for_deliveries(server, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while f"\nbroadcast_deliveries_total {float(count)}\n" not in get_text(
+        server.http + "/metrics"
+    ):
+        assert time.monotonic() < deadline, f"the server never delivered {count}"
+        time.sleep(0.05)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_client_behind_on_its_backlog_at_a_restart_reads_all_of_it_then_1012(
+    redis_site, start_server, kind
+):
+    # A restart can find a client catching up (a slow link, a busy tab): it is owed
+    # what the server has taken for it, then the 1012, even when it answers nothing
+    # for longer than the servers' own close timeouts (autobahn's is 1 s).
+    site = redis_site.with_env(
+        BROADCAST_SHUTDOWN_TIMEOUT="8", BROADCAST_MAX_PENDING_BYTES=str(32 * 1024 * 1024)
+    )
+    server = start_server(site, kind)
+    behind = await asyncio.to_thread(stuck_client, server.port)
+    await asyncio.to_thread(site.wait_for_live_total, 1)
+    await asyncio.to_thread(site.shell, PUBLISH_BACKLOG)
+    await asyncio.to_thread(wait_for_deliveries, server, BACKLOG)
+    server.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(1.5)
+    texts, code = await asyncio.to_thread(read_to_close, behind)
+    owed = [json.loads(text) for text in texts]
+    numbers = [frame["payload"]["n"] for frame in owed if frame["type"] == "backlog"]
+    assert numbers == list(range(BACKLOG)), f"{len(numbers)} of {BACKLOG} arrived"
+    assert code == 1012
+    behind.close()
+    await asyncio.to_thread(server.process.wait, 15)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_client_that_drops_while_a_restart_waits_for_its_backlog_does_not_hold_it(
+    redis_site, start_server, kind
+):
+    site = redis_site.with_env(
+        BROADCAST_SHUTDOWN_TIMEOUT="8", BROADCAST_MAX_PENDING_BYTES=str(32 * 1024 * 1024)
+    )
+    server = start_server(site, kind)
+    behind = await asyncio.to_thread(stuck_client, server.port)
+    await asyncio.to_thread(site.wait_for_live_total, 1)
+    await asyncio.to_thread(site.shell, PUBLISH_BACKLOG)
+    await asyncio.to_thread(wait_for_deliveries, server, BACKLOG)
+    sent = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    behind.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    behind.close()  # a reset, its backlog unread
+    await asyncio.to_thread(server.process.wait, 15)
+    # Well within the 8 s it would give a client still reading.
+    assert time.monotonic() - sent < 4, f"the restart took {time.monotonic() - sent:.1f} s"
 
 
 async def test_a_killed_process_drops_out_of_the_live_total_and_a_restart_gets_a_new_row(

@@ -4,13 +4,12 @@ import asyncio
 import json
 import socket
 import statistics
-import struct
 import time
 
 import pytest
 
 from broadcast.consumers import SLOW_CLIENT_GRACE_SECONDS
-from tests.e2e.conftest import get_text, stuck_client
+from tests.e2e.conftest import get_text, read_to_close, stuck_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -49,37 +48,6 @@ async def timed_frames(ws, count):
     return out
 
 
-def read_until_close(sock: socket.socket, timeout: float = 20) -> int | None:
-    """Read every frame; the close frame's code, or None if the socket just ended."""
-    sock.settimeout(timeout)
-    buffer = b""
-    while True:
-        while len(buffer) >= 2:
-            length, offset = buffer[1] & 0x7F, 2
-            if length == 126:
-                offset = 4
-            elif length == 127:
-                offset = 10
-            if len(buffer) < offset:
-                break  # the extended length has not all arrived
-            if offset == 4:
-                length = struct.unpack("!H", buffer[2:4])[0]
-            elif offset == 10:
-                length = struct.unpack("!Q", buffer[2:10])[0]
-            if len(buffer) < offset + length:
-                break
-            if buffer[0] & 0x0F == 8:
-                return struct.unpack("!H", buffer[offset : offset + 2])[0]
-            buffer = buffer[offset + length :]
-        try:
-            chunk = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            return None
-        if not chunk:
-            return None
-        buffer += chunk
-
-
 def read_once_cut(server, stuck: socket.socket) -> int | None:
     """Once the server says it cut ``stuck``, read it late: its close code."""
     # A slow client that reads again within the grace finds the close frame behind
@@ -91,7 +59,7 @@ def read_once_cut(server, stuck: socket.socket) -> int | None:
         assert time.monotonic() < deadline, "the stuck client was never cut"
         time.sleep(0.05)
     time.sleep(SLOW_CLIENT_GRACE_SECONDS - 3)
-    return read_until_close(stuck)
+    return read_to_close(stuck)[1]
 
 
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
