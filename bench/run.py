@@ -460,9 +460,10 @@ def ratios(rows: list[dict]) -> list[str]:
     for server in sorted({r["server"] for r in rows}):
         for app in ("hub", "hub-single"):
             mine = [r for r in rows if r["server"] == server and r["app"] == app]
+            one_process = [r for r in mine if single_process(r)]
             for procs in sorted({r.get("procs", 1) for r in mine} - {1}):
                 many = [r for r in mine if r.get("procs", 1) == procs]
-                pairs = paired(many, [r for r in mine if single_process(r)])
+                pairs = paired(many, one_process)
                 if pairs:
                     out.append(
                         f"  {server}: {app} x{procs} / x1 CPU per delivery "
@@ -470,7 +471,7 @@ def ratios(rows: list[dict]) -> list[str]:
                         f"deliveries/s {spread(pairs, 'deliveries_per_s', percent=True)}"
                     )
             raw = [r for r in rows if r["server"] == server and r["app"] == "raw"]
-            pairs = paired([r for r in mine if single_process(r)], raw)
+            pairs = paired(one_process, raw)
             if pairs:
                 out.append(
                     f"  {server}: {app}/raw p99 {spread(pairs, 'p99_ms')}, "

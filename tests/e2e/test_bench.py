@@ -1,6 +1,7 @@
 """The benchmark, small: it starts both servers itself and measures every delivery."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,8 @@ def test_the_benchmark_runs_hub_and_raw_app_on_both_servers_and_reports_every_de
         assert result["delivered"] == result["expected"] == 200
         assert result["completeness"] == 1.0
         assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
-        assert result["idle_cpu_ms_per_s"] >= 0  # measured, with the clients connected
+        # Measured with the clients connected; CPU ms a second cannot pass 1000 a core.
+        assert 0 <= result["idle_cpu_ms_per_s"] < 1000 * (os.cpu_count() or 1)
     assert "40/40 connected" in run.stderr  # progress while clients connect
     assert "hub/raw p99" in run.stdout  # the table's ratio lines
 
