@@ -38,3 +38,36 @@ def test_one_round_gives_plain_ratios_against_the_raw_app():
     ]
     (line,) = ratios(rows)
     assert line == ("  uvicorn: hub/raw p99 0.50x, deliveries/s 300%, CPU per delivery 0.10x")
+
+
+def test_the_idle_clock_counts_every_thread_to_the_scheduler_s_nanosecond():
+    import os
+    import threading
+    import time
+
+    from bench.run import tree_cpu_ns
+
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    spun, release = threading.Event(), threading.Event()
+
+    def worker_body() -> None:
+        spin(0.1)
+        spun.set()
+        release.wait()  # alive while counted: a finished thread is not
+
+    before_ns, before_cpu = tree_cpu_ns([os.getpid()]), time.process_time()
+    worker = threading.Thread(target=worker_body)
+    worker.start()
+    spin(0.1)
+    spun.wait()
+    counted = (tree_cpu_ns([os.getpid()]) - before_ns) / 1e9
+    used = time.process_time() - before_cpu
+    release.set()
+    worker.join()
+    # Both clocks see both threads' 0.2 s; /proc's ticks would be 10 ms apart at best.
+    assert counted >= 0.19
+    assert abs(counted - used) < 0.005
