@@ -164,12 +164,18 @@ async def test_held_messages_are_released_only_when_they_fit_behind_the_replay()
     assert cuts == [] and not outbox.closed
 
 
-async def test_a_close_through_the_send_goes_out_behind_what_is_queued():
+def behind_a_blocked_send(texts):
+    """An outbox with ``texts`` queued behind a send that does not complete."""
     send = BackpressuredSend()
     outbox = Outbox(send, 1000, lambda: None)
     send.writable.clear()
-    for text in ["1", "2", "3"]:
+    for text in texts:
         push(outbox, text)
+    return send, outbox
+
+
+async def test_a_close_through_the_send_goes_out_behind_what_is_queued():
+    send, outbox = behind_a_blocked_send(["1", "2", "3"])
     loop = asyncio.get_running_loop()
     closing = asyncio.ensure_future(outbox.close_through_send(1012, "restart", loop.time() + 5))
     await asyncio.sleep(0.01)
@@ -180,11 +186,7 @@ async def test_a_close_through_the_send_goes_out_behind_what_is_queued():
 
 
 async def test_a_close_through_the_send_drops_the_queue_when_the_client_reads_too_late():
-    send = BackpressuredSend()
-    outbox = Outbox(send, 1000, lambda: None)
-    send.writable.clear()
-    for text in ["1", "2", "3"]:
-        push(outbox, text)
+    send, outbox = behind_a_blocked_send(["1", "2", "3"])
     loop = asyncio.get_running_loop()
     closing = asyncio.ensure_future(outbox.close_through_send(1012, "restart", loop.time() + 0.05))
     await asyncio.sleep(0.1)

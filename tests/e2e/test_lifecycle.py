@@ -68,14 +68,8 @@ def wait_for_deliveries(server, count: int, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.redis
-@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
-async def test_a_client_behind_on_its_backlog_at_a_restart_reads_all_of_it_then_1012(
-    redis_site, start_server, kind
-):
-    # A restart can find a client catching up (a slow link, a busy tab): it is owed
-    # what the server has taken for it, then the 1012, even when it answers nothing
-    # for longer than the servers' own close timeouts (autobahn's is 1 s).
+async def a_client_behind(redis_site, start_server, kind):
+    """A server (8 s to shut down) and a raw client that has read none of 8 MB sent it."""
     site = redis_site.with_env(
         BROADCAST_SHUTDOWN_TIMEOUT="8", BROADCAST_MAX_PENDING_BYTES=str(32 * 1024 * 1024)
     )
@@ -84,6 +78,18 @@ async def test_a_client_behind_on_its_backlog_at_a_restart_reads_all_of_it_then_
     await asyncio.to_thread(site.wait_for_live_total, 1)
     await asyncio.to_thread(site.shell, PUBLISH_BACKLOG)
     await asyncio.to_thread(wait_for_deliveries, server, BACKLOG)
+    return server, behind
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_client_behind_on_its_backlog_at_a_restart_reads_all_of_it_then_1012(
+    redis_site, start_server, kind
+):
+    # A restart can find a client catching up (a slow link, a busy tab): it is owed
+    # what the server has taken for it, then the 1012, even when it answers nothing
+    # for longer than the servers' own close timeouts (autobahn's is 1 s).
+    server, behind = await a_client_behind(redis_site, start_server, kind)
     server.process.send_signal(signal.SIGTERM)
     await asyncio.sleep(1.5)
     texts, code = await asyncio.to_thread(read_to_close, behind)
@@ -100,14 +106,7 @@ async def test_a_client_behind_on_its_backlog_at_a_restart_reads_all_of_it_then_
 async def test_a_client_that_drops_while_a_restart_waits_for_its_backlog_does_not_hold_it(
     redis_site, start_server, kind
 ):
-    site = redis_site.with_env(
-        BROADCAST_SHUTDOWN_TIMEOUT="8", BROADCAST_MAX_PENDING_BYTES=str(32 * 1024 * 1024)
-    )
-    server = start_server(site, kind)
-    behind = await asyncio.to_thread(stuck_client, server.port)
-    await asyncio.to_thread(site.wait_for_live_total, 1)
-    await asyncio.to_thread(site.shell, PUBLISH_BACKLOG)
-    await asyncio.to_thread(wait_for_deliveries, server, BACKLOG)
+    server, behind = await a_client_behind(redis_site, start_server, kind)
     sent = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.5)
