@@ -175,6 +175,9 @@ async def close_code(ws, timeout: float = 15.0) -> int | None:
         while True:
             await asyncio.wait_for(ws.recv(), timeout)
     except ConnectionClosed as closed:
+        if closed.rcvd is None:  # shown with a failing test: what ended it instead
+            ended = f"{closed!r}, sent {closed.sent!r}, cause {closed.__cause__!r}"
+            print(f"no close frame received: {ended}", file=sys.stderr)
         return closed.rcvd.code if closed.rcvd else None
 
 
