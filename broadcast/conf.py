@@ -199,7 +199,8 @@ class Settings:
     )  # fmt: skip
     BROADCAST_COALESCE_MAX = Setting[int](
         64, "be a positive integer", "broadcast.E029",
-        "Broadcasts a relay already holds that go out in one write per client; 1: off.",
+        "Broadcasts a relay already holds that go out in one write per client, and"
+        " ephemeral publishes that go to the pub/sub layer in one pipeline; 1: off.",
     )  # fmt: skip
     BROADCAST_MAX_TOPICS_PER_CLIENT = Setting[int](
         100, "be a positive integer", "broadcast.E025",

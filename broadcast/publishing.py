@@ -24,6 +24,7 @@ from . import backpressure, metrics, singleprocess
 from .conf import conf
 from .envelope import BroadcastError, InvalidTopic, Prepared, prepare
 from .layerconf import is_process_local, load_layer, needs_shared_layer
+from .layers import pubsub
 from .models import Broadcast
 from .sendlock import redis_client, send_lock
 
@@ -188,7 +189,8 @@ async def _send_ephemeral(prepared: Prepared, layer: Any) -> dict[str, Any]:
             await sync_to_async(_wait_for_relays, thread_sensitive=False)(layer)
         now = timezone.now()
         message = relay_message(prepared.text(None, now), None, prepared.topic)
-        await layer.group_send(conf.BROADCAST_GROUP, message)
+        # Several at once from this process: one round trip, where the layer allows it.
+        await pubsub.group_send(layer, conf.BROADCAST_GROUP, message, conf.BROADCAST_COALESCE_MAX)
     except Exception as exc:
         metrics.publish_failures.inc()
         logger.warning("Ephemeral broadcast %r failed: %s", prepared.type, exc)

@@ -15,10 +15,10 @@ TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
-def redis_layers(url: str = TEST_REDIS_URL) -> dict:
+def redis_layers(url: str = TEST_REDIS_URL, backend: str = "core.RedisChannelLayer") -> dict:
     return {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": f"channels_redis.{backend}",
             "CONFIG": {"hosts": [{"address": url, "socket_timeout": 30}]},
         }
     }
@@ -80,5 +80,12 @@ def unreachable_layer(settings):
 @pytest.fixture
 def redis_layer(settings, redis_url):
     settings.CHANNEL_LAYERS = redis_layers(redis_url)
+    channel_layers.backends.clear()
+    return redis_url
+
+
+@pytest.fixture
+def pubsub_layer(settings, redis_url):
+    settings.CHANNEL_LAYERS = redis_layers(redis_url, "pubsub.RedisPubSubChannelLayer")
     channel_layers.backends.clear()
     return redis_url

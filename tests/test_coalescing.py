@@ -15,6 +15,7 @@ from broadcast import apublish, eager, servers
 from broadcast.frames import text_frame
 from broadcast.outbox import Outbox, Outgoing
 from tests.clients import connect, frame, uvicorn_connection
+from tests.conftest import redis_layers
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -335,3 +336,68 @@ async def test_daphnes_public_path_counts_a_batch_once_against_the_bound():
     outbox.push(batch_of(texts))
     assert sent == texts and not outbox.closed
     assert writer.buffered() == 65536 + sum(len(t) + 4 for t in texts)  # each frame once
+
+
+async def publish_concurrently(count, start=0):
+    """``count`` ephemeral publishes issued at once, as concurrent requests would."""
+    return await asyncio.gather(
+        *(apublish("m", {"n": n}, persist=False) for n in range(start, start + count)),
+        return_exceptions=True,
+    )
+
+
+@pytest.mark.redis
+async def test_a_burst_published_at_once_on_pubsub_reaches_the_relay_as_one_batch(
+    pubsub_layer, hub
+):
+    client = await connect()
+    for start in (0, 50):  # and again, after the first pipeline's sender has ended
+        before = batch_samples()
+        assert all(isinstance(r, dict) for r in await publish_concurrently(50, start))
+        got = [(await frame(client))["payload"]["n"] for _ in range(50)]
+        assert got == list(range(start, start + 50))
+        fan_outs, broadcasts = (a - b for a, b in zip(batch_samples(), before, strict=True))
+        assert broadcasts == 50
+        # One round trip apart, a relay receives them one by one: about 50 fan-outs.
+        assert fan_outs <= 2, f"{fan_outs} fan-outs for a burst of 50 published at once"
+    await client.disconnect()
+
+
+@pytest.mark.redis
+async def test_a_publish_cancelled_before_its_pipeline_left_is_not_sent(pubsub_layer, hub):
+    client = await connect()
+    tasks = [asyncio.ensure_future(apublish("m", {"n": n}, persist=False)) for n in range(5)]
+    await asyncio.sleep(0)  # every publish is queued; the pipeline has not left
+    tasks[2].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert tasks[2].cancelled()
+    assert [(await frame(client))["payload"]["n"] for _ in range(4)] == [0, 1, 3, 4]
+    assert await client.receive_nothing(timeout=0.3)
+    await client.disconnect()
+
+
+async def test_every_publish_in_a_failed_pipeline_fails_and_the_next_is_tried_again(settings):
+    from broadcast.publishing import PublishFailed
+
+    settings.CHANNEL_LAYERS = redis_layers(
+        "redis://127.0.0.1:1/0", "pubsub.RedisPubSubChannelLayer"
+    )
+    for _ in range(2):  # a failed pipeline leaves no sender behind to wait on
+        results = await asyncio.wait_for(publish_concurrently(5), 10)
+        assert [type(result) for result in results] == [PublishFailed] * 5
+
+
+@pytest.mark.redis
+async def test_a_pubsub_layer_whose_internals_moved_publishes_one_by_one(
+    pubsub_layer, hub, monkeypatch, caplog
+):
+    from broadcast.layers import pubsub
+
+    monkeypatch.setattr(pubsub, "verdicts", {})
+    monkeypatch.setattr(pubsub, "SHARD_NAMES", ("_lock", "gone_in_a_release"))
+    client = await connect()
+    assert all(isinstance(r, dict) for r in await publish_concurrently(10))
+    assert [(await frame(client))["payload"]["n"] for _ in range(10)] == list(range(10))
+    assert "RedisSingleShardConnection.gone_in_a_release" in caplog.text
+    assert "pipelined publish fast path off" in caplog.text
+    await client.disconnect()

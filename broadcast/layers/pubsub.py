@@ -1,0 +1,158 @@
+"""
+channels-redis's pub/sub layer's private parts: the broadcasts one process publishes
+at the same time go to Redis in one round trip (:func:`group_send`).
+
+The layer's own ``group_send`` holds its connection's lock for each PUBLISH, so a
+burst published at once from one process reaches Redis one round trip apart, and
+every subscribed process wakes for each broadcast alone: its relay receives them one
+by one, and each client gets one write per broadcast. Sent in one pipeline instead,
+a burst reaches each subscriber in one read, and its relay fans it out as one batch.
+
+Nothing waits to form a batch: a publish goes out at the next turn of the loop, with
+every publish issued before that turn; what is issued while a pipeline is in flight
+goes in the next one. The order is the order of the calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..servers.base import Proven, Verdict, probe
+
+PROVEN = (Proven("channels-redis", "4.3", "5"), Proven("redis", "5", "9"))
+# What is read on the layer, on its layer for the running loop, and on the shard (one
+# Redis host's connections) that a group's messages go through.
+LAYER_NAMES = ("_get_layer", "serialize")
+LOOP_LAYER_NAMES = ("_shards", "_get_shard", "_get_group_channel_name")
+SHARD_NAMES = ("_lock", "_ensure_redis", "_redis")
+
+# This process's probe answer: asked once, by the first publish on the layer.
+verdicts: dict[str, Verdict] = {}
+
+
+def is_pubsub(layer: Any) -> bool:
+    """Whether ``layer`` is channels-redis's pub/sub layer (imported, if it is in use)."""
+    pubsub = sys.modules.get("channels_redis.pubsub")
+    return pubsub is not None and isinstance(layer, pubsub.RedisPubSubChannelLayer)
+
+
+async def group_send(layer: Any, group: str, message: dict[str, Any], most: int) -> None:
+    """
+    ``layer.group_send(group, message)``, in one pipeline with the other publishes of
+    this loop that are ready at the same time, at most ``most`` in one. Raises what
+    the pipeline raised, for every publish in it. Cancelled before its pipeline left,
+    the message is not sent; after, it may have been.
+    """
+    if most < 2 or not is_pubsub(layer) or not _probed(layer):
+        await layer.group_send(group, message)
+        return
+    loop_layer = layer._get_layer()
+    channel = loop_layer._get_group_channel_name(group)
+    shard = loop_layer._get_shard(channel)
+    outgoing = _outgoing.get(shard)
+    if outgoing is None:
+        outgoing = _outgoing[shard] = Outgoing(shard)
+    await outgoing.send(channel, layer.serialize(message), most)
+
+
+def _probed(layer: Any) -> bool:
+    verdict = verdicts.get("pubsub")
+    if verdict is None:
+        verdict = verdicts["pubsub"] = probe(
+            "channels-redis pub/sub pipelined publish", PROVEN, lambda: _missing(layer)
+        )
+    return verdict.safe
+
+
+def _missing(layer: Any) -> list[str]:
+    absent = _absent(layer, "RedisPubSubChannelLayer", LAYER_NAMES)
+    if absent:
+        return absent
+    loop_layer = layer._get_layer()
+    absent = _absent(loop_layer, "RedisPubSubLoopLayer", LOOP_LAYER_NAMES)
+    if absent:
+        return absent
+    return _absent(loop_layer._shards[0], "RedisSingleShardConnection", SHARD_NAMES)
+
+
+def _absent(owner: Any, kind: str, names: tuple[str, ...]) -> list[str]:
+    return [f"{kind}.{name}" for name in names if not hasattr(owner, name)]
+
+
+@dataclass(eq=False)
+class Pending:
+    channel: str
+    data: bytes
+    sent: asyncio.Future[None]
+
+
+@dataclass
+class Outgoing:
+    """The publishes waiting for one shard's connection, and the task that sends them."""
+
+    shard: Any
+    queue: list[Pending] = field(default_factory=list)
+    sender: asyncio.Task[None] | None = None
+
+    async def send(self, channel: str, data: bytes, most: int) -> None:
+        pending = Pending(channel, data, asyncio.get_running_loop().create_future())
+        self.queue.append(pending)
+        if self.sender is None:
+            self.sender = asyncio.ensure_future(self._send_queued(most))
+        # Cancelling the caller cancels this future: a queued message is then left out.
+        await pending.sent
+
+    async def _send_queued(self, most: int) -> None:
+        batch: list[Pending] = []
+        try:
+            while self.queue:
+                batch, self.queue = self.queue[:most], self.queue[most:]
+                batch = [pending for pending in batch if not pending.sent.done()]
+                if not batch:
+                    continue
+                try:
+                    await self._publish(batch)
+                except Exception as exc:
+                    _settle(batch, exc)
+                else:
+                    _settle(batch, None)
+        except BaseException as exc:  # cancelled with its loop: nobody is left waiting
+            _settle(batch + self.queue, exc)
+            self.queue = []
+            raise
+        finally:
+            self.sender = None
+
+    async def _publish(self, batch: list[Pending]) -> None:
+        # The shard's lock keeps these in order with the layer's own publishes and
+        # subscriptions on the same connection pool.
+        async with self.shard._lock:
+            self.shard._ensure_redis()
+            redis = self.shard._redis
+            if len(batch) == 1:
+                await redis.publish(batch[0].channel, batch[0].data)
+                return
+            async with redis.pipeline(transaction=False) as pipe:
+                for pending in batch:
+                    pipe.publish(pending.channel, pending.data)
+                await pipe.execute()
+
+
+def _settle(batch: list[Pending], error: BaseException | None) -> None:
+    for pending in batch:
+        if pending.sent.done():  # its caller was cancelled
+            continue
+        if error is None:
+            pending.sent.set_result(None)
+        elif isinstance(error, asyncio.CancelledError):
+            pending.sent.cancel()
+        else:
+            pending.sent.set_exception(error)
+
+
+# One per shard, and so per event loop: the layer keeps a loop layer per loop.
+_outgoing: weakref.WeakKeyDictionary[Any, Outgoing] = weakref.WeakKeyDictionary()
