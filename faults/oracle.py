@@ -82,6 +82,7 @@ class Client:
         self.start: int | None = None  # ids after this one are owed to it
         self.gaps: list[tuple[int, int]] = []  # (after, before): ids missing between
         self.resets: list[tuple[int, int]] = []  # (from, to): ranges a reset excused
+        self.ephemeral_n: dict[str, int] = {}  # publish request -> the last n it got
         self.leaving = False
         self.reconnects = 0
         # What a violation report shows: each (re)connect and the frames that followed.
@@ -171,6 +172,7 @@ class Client:
             self.last_seen = max(self.last_seen, to)
             return
         if not isinstance(msg_id, int):
+            self.take_ephemeral(frame)
             return
         if msg_id <= self.last_seen:
             self.oracle.fail(
@@ -182,6 +184,19 @@ class Client:
         if msg_id > self.last_seen + 1:
             self.gaps.append((self.last_seen, msg_id))
         self.last_seen = msg_id
+
+    def take_ephemeral(self, frame: dict) -> None:
+        """One publish request's ephemeral broadcasts arrive in the order it sent them."""
+        payload = frame.get("payload")
+        if frame.get("type") != "fault.seq" or not isinstance(payload, dict):
+            return
+        burst, n = payload.get("burst"), payload["n"]
+        if n <= self.ephemeral_n.get(burst, -1):
+            self.oracle.fail(
+                f"client got ephemeral n={n} of request {burst} after n="
+                f"{self.ephemeral_n[burst]} on {self.server.kind}:{self.server.port}"
+            )
+        self.ephemeral_n[burst] = n
 
     def owes(self, msg_id: int, topic: str | None) -> bool:
         """Whether this client must have got ``msg_id`` of ``topic``."""
@@ -378,10 +393,12 @@ class Oracle:
         size: int,
         may_fail: bool = False,
         topic: str | None = None,
+        at_once: bool = False,
     ):
         answer = await self.publishers.ask(
-            {"op": "publish", "count": count, "persist": persist, "size": size, "topic": topic}
-        )
+            {"op": "publish", "count": count, "persist": persist, "size": size, "topic": topic,
+             "at_once": at_once}
+        )  # fmt: skip
         if answer["failures"] and not may_fail:
             self.fail(f"{answer['failures']} of {count} publishes failed with every service up")
         return answer["ids"]

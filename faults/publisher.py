@@ -4,11 +4,13 @@ environment (like an app server or a worker that publishes), driven by one JSON
 request a line on stdin, one JSON answer a line on stdout.
 
     {"op": "publish", "count": 5, "persist": true, "size": 100, "topic": null}
+    {"op": "publish", "count": 5, "persist": false, "size": 9, "at_once": true}
     {"op": "newest"}        {"op": "rows"}        {"op": "live_total"}
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -19,24 +21,31 @@ def main() -> None:
     import django
 
     django.setup()
-    from broadcast import BroadcastError, publish
+    from broadcast import BroadcastError
     from broadcast.history import newest_id
     from broadcast.models import Broadcast, HubProcess
 
+    requests = 0
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "publish":
-            ids, failures = [], 0
-            for n in range(request["count"]):
-                try:
-                    envelope = publish(
-                        "fault.seq", {"n": n, "pad": "x" * request["size"]},
-                        persist=request["persist"], topic=request.get("topic"),
-                    )  # fmt: skip
-                    ids.append(envelope["id"])
-                except BroadcastError:
-                    failures += 1
-            answer = {"ids": ids, "failures": failures}
+            requests += 1
+            # The oracle checks the order within one request's ephemeral broadcasts.
+            tag = f"{os.getpid()}.{requests}"
+            payloads = [{"n": n, "pad": "x" * request["size"], "burst": tag}
+                        for n in range(request["count"])]  # fmt: skip
+            if request.get("at_once"):
+                results = asyncio.run(publish_at_once(payloads, request))
+            else:
+                results = [publish_one(payload, request) for payload in payloads]
+            errors = [r for r in results if isinstance(r, BaseException)]
+            for error in errors:
+                if not isinstance(error, BroadcastError):
+                    raise error
+            answer = {
+                "ids": [r["id"] for r in results if not isinstance(r, BaseException)],
+                "failures": len(errors),
+            }
         elif request["op"] == "newest":
             answer = {"newest": newest_id()}
         elif request["op"] == "live_total":
@@ -51,6 +60,25 @@ def main() -> None:
             answer = {"error": f"unknown op {request['op']!r}"}
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
+
+
+def publish_one(payload: dict, request: dict) -> dict | BaseException:
+    from broadcast import BroadcastError, publish
+
+    try:
+        return publish("fault.seq", payload, persist=request["persist"], topic=request.get("topic"))
+    except BroadcastError as exc:
+        return exc
+
+
+async def publish_at_once(payloads: list[dict], request: dict) -> list:
+    """Ephemeral publishes issued together, as one process's concurrent requests would."""
+    from broadcast import apublish
+
+    return await asyncio.gather(
+        *(apublish("fault.seq", p, persist=False, topic=request.get("topic")) for p in payloads),
+        return_exceptions=True,
+    )
 
 
 if __name__ == "__main__":

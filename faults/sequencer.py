@@ -189,7 +189,9 @@ class Run:
     async def op_publish_ephemeral(
         self, server: Server, rng: random.Random, count: int, topic: str | None = None
     ) -> None:
-        await self.oracle.publish(count, persist=False, size=rng.randint(1, 500), topic=topic)
+        # Issued together, half the time: one process's publishes leave in one pipeline.
+        at_once, size = rng.random() < 0.5, rng.randint(1, 500)
+        await self.oracle.publish(count, persist=False, size=size, topic=topic, at_once=at_once)
 
     async def op_server_stall(
         self, server: Server, rng: random.Random, count: int, topic: str | None = None
