@@ -366,6 +366,7 @@ def run_one(
             client.process.wait(timeout=publish_seconds + 120)
             client.thread.join(5)
         cpu_after, _, rss_peak = tree_stat(pids)
+        cpu_window = time.time() - publish_start
     finally:
         for process in processes:
             process.terminate()
@@ -415,7 +416,20 @@ def run_one(
         "deliveries_per_s": round(delivered / span),
         "server_cpu_s": round(cpu_after - cpu_before, 2),
         "idle_cpu_ms_per_s": (round(idle_cpu_ns / idle_seconds / 1e6, 2) if idle_seconds else None),
-        "cpu_us_per_delivery": round((cpu_after - cpu_before) / max(delivered, 1) * 1e6, 1),
+        # Three places: below 1 µs a delivery, one place would make the ratios coarse.
+        "cpu_us_per_delivery": round((cpu_after - cpu_before) / max(delivered, 1) * 1e6, 3),
+        # What delivering cost above the processes' idle rate over the same window: the
+        # per-delivery part, without what each process costs with nothing to send.
+        "cpu_above_idle_us_per_delivery": (
+            round(
+                (cpu_after - cpu_before - idle_cpu_ns / idle_seconds / 1e9 * cpu_window)
+                / max(delivered, 1)
+                * 1e6,
+                3,
+            )
+            if idle_seconds
+            else None
+        ),
         "peak_rss_mib": round(rss_peak / 1024, 1),
         "rss_per_conn_kib": round((rss_idle - rss_base) / max(connected, 1), 1),
         "close_codes": close_codes,
@@ -433,7 +447,7 @@ COLUMNS = [
     ("max ms", lambda r: f"{r['max_ms']:.1f}"),
     ("deliv/s", lambda r: f"{r['deliveries_per_s']:,}"),
     ("cpu s", lambda r: f"{r['server_cpu_s']:.2f}"),
-    ("µs/deliv", lambda r: f"{r['cpu_us_per_delivery']:.1f}"),
+    ("µs/deliv", lambda r: f"{r['cpu_us_per_delivery']:.2f}"),
     ("idle ms/s", lambda r: optional(r.get("idle_cpu_ms_per_s"))),
     ("stray", lambda r: f"{r['stray']}"),
     ("peak MiB", lambda r: f"{r['peak_rss_mib']:.1f}"),
@@ -482,9 +496,14 @@ def ratios(rows: list[dict]) -> list[str]:
                 many = [r for r in mine if r.get("procs", 1) == procs]
                 pairs = paired(many, one_process)
                 if pairs:
+                    above_idle = ""
+                    if all(r.get("cpu_above_idle_us_per_delivery") for pair in pairs for r in pair):
+                        above_idle = (
+                            f" (above idle {spread(pairs, 'cpu_above_idle_us_per_delivery')})"
+                        )
                     out.append(
                         f"  {server}: {app} x{procs} / x1 CPU per delivery "
-                        f"{spread(pairs, 'cpu_us_per_delivery')}, "
+                        f"{spread(pairs, 'cpu_us_per_delivery')}{above_idle}, "
                         f"deliveries/s {spread(pairs, 'deliveries_per_s', percent=True)}"
                     )
             raw = [r for r in rows if r["server"] == server and r["app"] == "raw"]

@@ -31,6 +31,17 @@ def test_two_processes_are_compared_with_one_of_the_same_round_and_the_median_is
     assert "deliveries/s median 100% (100%, 100%, 90%)" in line
 
 
+def test_with_an_idle_window_the_cost_above_idle_is_compared_too():
+    rows = [
+        # Each process costs 0.1 µs a delivery with nothing to send: the second one's
+        # fixed cost is the whole difference.
+        {**result("hub", 1, 1, 0.5, 100, 10), "cpu_above_idle_us_per_delivery": 0.4},
+        {**result("hub", 2, 1, 0.6, 100, 10), "cpu_above_idle_us_per_delivery": 0.4},
+    ]
+    (line,) = ratios(rows)
+    assert "hub x2 / x1 CPU per delivery 1.20x (above idle 1.00x)" in line
+
+
 def test_one_round_gives_plain_ratios_against_the_raw_app():
     rows = [
         {**result("hub", 1, 1, 0.5, 300, 12), "rounds": 1},

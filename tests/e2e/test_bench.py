@@ -43,6 +43,8 @@ def test_the_benchmark_runs_hub_and_raw_app_on_both_servers_and_reports_every_de
         assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
         # Measured with the clients connected; CPU ms a second cannot pass 1000 a core.
         assert 0 <= result["idle_cpu_ms_per_s"] < 1000 * (os.cpu_count() or 1)
+        # The idle rate over the window is taken off, never added.
+        assert result["cpu_above_idle_us_per_delivery"] <= result["cpu_us_per_delivery"]
     assert "40/40 connected" in run.stderr  # progress while clients connect
     assert "hub/raw p99" in run.stdout  # the table's ratio lines
 
