@@ -21,7 +21,7 @@ CLOSE_SERVICE_RESTART = 1012
 MAX_BATCHES = 20
 CLIENTS_PER_BATCH = 100
 # How often the drain looks at the buffers: neither server has an event for "empty".
-DRAIN_POLL_SECONDS = 0.05
+BUFFER_POLL_SECONDS = 0.05
 # What a close through the ASGI send is given to leave: it has no buffer to measure.
 PUBLIC_CLOSE_SETTLE_SECONDS = 0.5
 
@@ -71,19 +71,16 @@ async def drain(writers: Iterable[Writer], until: float) -> int:
     ``until``. The number of clients still buffering then.
     """
     loop = asyncio.get_running_loop()
-    waiting = list(writers)
-    if not waiting:
+    closing = list(writers)
+    if not closing:
         return 0
-    while True:
+    waiting = [writer for writer in closing if _buffering(writer)]
+    while waiting and loop.time() < until:
+        await asyncio.sleep(min(BUFFER_POLL_SECONDS, until - loop.time()))
         waiting = [writer for writer in waiting if _buffering(writer)]
-        left = until - loop.time()
-        if left <= 0:
-            break
-        # One poll more when all look drained: daphne's public writer sees its buffer
-        # only past 64 KiB, and what is under that leaves on a later loop turn.
-        await asyncio.sleep(min(DRAIN_POLL_SECONDS, left))
-        if not waiting:
-            break
+    # One poll more: daphne's public writer sees its buffer only past 64 KiB, and what
+    # is under that leaves on a later loop turn.
+    await asyncio.sleep(max(0.0, min(BUFFER_POLL_SECONDS, until - loop.time())))
     if waiting:
         logger.warning(
             "Shutting down with %s client(s) still behind on their backlog: "
