@@ -32,9 +32,10 @@ def main() -> None:
             requests += 1
             # The oracle checks the order within one request's ephemeral broadcasts.
             tag = f"{os.getpid()}.{requests}"
-            payloads = [{"n": n, "pad": "x" * request["size"], "burst": tag}
+            at_once = bool(request.get("at_once"))
+            payloads = [{"n": n, "pad": "x" * request["size"], "burst": tag, "at_once": at_once}
                         for n in range(request["count"])]  # fmt: skip
-            if request.get("at_once"):
+            if at_once:
                 results = asyncio.run(publish_at_once(payloads, request))
             else:
                 results = [publish_one(payload, request) for payload in payloads]
