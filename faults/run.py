@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsite.settings")
 
@@ -107,7 +110,26 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown server(s) {sorted(unknown)}; choose daphne and/or uvicorn")
     print(f"Fault sequencer: seed {args.seed}, {args.seconds:.0f}s, servers {', '.join(kinds)}")
-    sys.exit(asyncio.run(run(args.seconds, args.seed, kinds, args.ops, args.shrink_seconds)))
+    try:
+        status = asyncio.run(
+            until_terminated(run(args.seconds, args.seed, kinds, args.ops, args.shrink_seconds))
+        )
+    except asyncio.CancelledError:
+        print("Stopped by SIGTERM: its servers and Redis are stopped")
+        status = 128 + signal.SIGTERM
+    sys.exit(status)
+
+
+async def until_terminated(coroutine: Coroutine[Any, Any, int]) -> int:
+    """
+    Run ``coroutine`` until SIGTERM cancels it, which stops the sequence's servers and
+    Redis (and resumes a stalled server) as Ctrl-C does; by default the signal would
+    end this process at once and leave them running.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await coroutine
 
 
 if __name__ == "__main__":

@@ -6,10 +6,16 @@ killed publishers and server restarts, checked by the oracle after every step.
 """
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from faults.run import run
+from tests.e2e.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -46,3 +52,51 @@ async def test_a_first_client_after_a_redis_restart_is_welcomed(kind, tmp_path):
         drop()
     assert violation is None, violation
     assert done == 3
+
+
+def descendants(pid):
+    """Every process under ``pid``, from /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += [int(child), *descendants(int(child))]
+    return found
+
+
+def running(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_sequencer_stopped_with_sigterm_leaves_no_server_or_redis_running():
+    # Killed mid-run, it used to leave its servers (one of them stopped with SIGSTOP by
+    # a stall) and its Redis running, where they went on taking CPU from what ran next.
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "faults.run", "--seconds", "300", "--servers", "uvicorn"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            spawned = descendants(runner.pid)
+            commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in spawned
+                        if running(pid)]  # fmt: skip
+            if any(b"uvicorn" in c for c in commands) and any(
+                b"redis-server" in c for c in commands
+            ):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the sequencer started no server and Redis within 60 s")
+        time.sleep(2)  # into its operations
+        spawned = descendants(runner.pid)
+        runner.send_signal(signal.SIGTERM)
+        output, _ = runner.communicate(timeout=60)
+    finally:
+        runner.kill()
+    assert runner.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert "Stopped by SIGTERM" in output
+    assert [pid for pid in spawned if running(pid)] == []
