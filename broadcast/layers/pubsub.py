@@ -55,8 +55,8 @@ async def group_send(layer: Any, group: str, message: dict[str, Any], most: int)
     shard = loop_layer._get_shard(channel)
     outgoing = _outgoing.get(shard)
     if outgoing is None:
-        outgoing = _outgoing[shard] = Outgoing(shard)
-    await outgoing.send(channel, layer.serialize(message), most)
+        outgoing = _outgoing[shard] = Outgoing()
+    await outgoing.send(shard, channel, layer.serialize(message), most)
 
 
 def _probed(layer: Any) -> bool:
@@ -92,21 +92,25 @@ class Pending:
 
 @dataclass
 class Outgoing:
-    """The publishes waiting for one shard's connection, and the task that sends them."""
+    """
+    The publishes waiting for one shard's connection, and the task that sends them.
+    Only that task holds the shard, while it runs: an idle entry must not keep its
+    key alive, or every event loop that published once (each ``async_to_sync``
+    call of a sync ``publish``) would leave its shard behind.
+    """
 
-    shard: Any
     queue: list[Pending] = field(default_factory=list)
     sender: asyncio.Task[None] | None = None
 
-    async def send(self, channel: str, data: bytes, most: int) -> None:
+    async def send(self, shard: Any, channel: str, data: bytes, most: int) -> None:
         pending = Pending(channel, data, asyncio.get_running_loop().create_future())
         self.queue.append(pending)
         if self.sender is None:
-            self.sender = asyncio.ensure_future(self._send_queued(most))
+            self.sender = asyncio.ensure_future(self._send_queued(shard, most))
         # Cancelling the caller cancels this future: a queued message is then left out.
         await pending.sent
 
-    async def _send_queued(self, most: int) -> None:
+    async def _send_queued(self, shard: Any, most: int) -> None:
         batch: list[Pending] = []
         try:
             while self.queue:
@@ -115,7 +119,7 @@ class Outgoing:
                 if not batch:
                     continue
                 try:
-                    await self._publish(batch)
+                    await _publish(shard, batch)
                 except Exception as exc:
                     _settle(batch, exc)
                 else:
@@ -127,19 +131,20 @@ class Outgoing:
         finally:
             self.sender = None
 
-    async def _publish(self, batch: list[Pending]) -> None:
-        # The shard's lock keeps these in order with the layer's own publishes and
-        # subscriptions on the same connection pool.
-        async with self.shard._lock:
-            self.shard._ensure_redis()
-            redis = self.shard._redis
-            if len(batch) == 1:
-                await redis.publish(batch[0].channel, batch[0].data)
-                return
-            async with redis.pipeline(transaction=False) as pipe:
-                for pending in batch:
-                    pipe.publish(pending.channel, pending.data)
-                await pipe.execute()
+
+async def _publish(shard: Any, batch: list[Pending]) -> None:
+    # The shard's lock keeps these in order with the layer's own publishes and
+    # subscriptions on the same connection pool.
+    async with shard._lock:
+        shard._ensure_redis()
+        redis = shard._redis
+        if len(batch) == 1:
+            await redis.publish(batch[0].channel, batch[0].data)
+            return
+        async with redis.pipeline(transaction=False) as pipe:
+            for pending in batch:
+                pipe.publish(pending.channel, pending.data)
+            await pipe.execute()
 
 
 def _settle(batch: list[Pending], error: BaseException | None) -> None:
