@@ -60,7 +60,8 @@ class Held:
 
     def __init__(self, lock: Any = None) -> None:
         self._lock = lock
-        self._deadline = time.monotonic() + LOCK_EXPIRY_SECONDS - LOCK_MARGIN_SECONDS
+        self._taken = time.monotonic()
+        self._deadline = self._taken + LOCK_EXPIRY_SECONDS - LOCK_MARGIN_SECONDS
 
     def remaining(self) -> float:
         """Seconds left for work under the lock; raises SendLockLost when none are."""
@@ -73,8 +74,22 @@ class Held:
         """``remaining()``, and for a Redis lock, that Redis still holds it for us."""
         left = self.remaining()
         if self._lock is not None and not self._lock.owned():
-            raise SendLockLost("The send lock expired in Redis before the broadcast was sent.")
+            raise SendLockLost(
+                "The send lock expired in Redis before the broadcast was sent "
+                f"({self._whereabouts()}, {time.monotonic() - self._taken:.2f}s after it was "
+                "taken)."
+            )
         return left
+
+    def _whereabouts(self) -> str:
+        """Where the lock went: gone (expired early, deleted) or taken by another holder."""
+        try:
+            left_ms = self._lock.redis.pttl(self._lock.name)
+        except Exception as exc:
+            return f"Redis did not say where it went: {exc}"
+        if left_ms < 0:
+            return "no longer in Redis"
+        return f"held by another publisher for {left_ms} ms more"
 
 
 def redis_client(layer: Any) -> redis.Redis | None:

@@ -273,6 +273,23 @@ def test_resending_a_row_whose_id_was_burnt_leaves_no_hole_in_history(observer):
     assert "No failed broadcasts to resend." in out.getvalue()
 
 
+def test_a_send_lock_lost_in_redis_says_where_it_went(redis_layer):
+    import redis
+
+    from broadcast.sendlock import LOCK_NAME, SendLockLost, send_lock
+
+    admin = redis.Redis.from_url(redis_layer)
+    for meddle, where in [
+        (lambda: admin.delete(LOCK_NAME), "no longer in Redis"),
+        (lambda: admin.set(LOCK_NAME, "another", px=5000), "held by another publisher"),
+    ]:
+        with send_lock(get_channel_layer()) as held:
+            meddle()
+            with pytest.raises(SendLockLost, match=f"expired in Redis .*{where}.* after it was"):
+                held.check()
+        admin.delete(LOCK_NAME)
+
+
 @pytest.mark.slow
 def test_a_publisher_stalled_under_the_lock_fails_undelivered_and_the_next_proceeds(
     observer, redis_url, monkeypatch
