@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,19 @@ WEIGHTS = {
     "server_kill": 1,
     "server_stall": 2,
 }
+
+
+async def to_thread_to_the_end(function: Callable[[], Any]) -> Any:
+    """
+    ``asyncio.to_thread(function)``, which cancelling does not cut short: the server or
+    Redis it starts must exist before a stopped run stops it, or it would outlive it.
+    """
+    started = asyncio.ensure_future(asyncio.to_thread(function))
+    try:
+        return await asyncio.shield(started)
+    except asyncio.CancelledError:
+        await asyncio.wait([started])
+        raise
 
 
 @dataclass
@@ -121,7 +135,9 @@ class Run:
 
     async def start(self) -> None:
         for _ in range(2):
-            self.servers.append(await asyncio.to_thread(Server(self.site, self.kind).start))
+            server = Server(self.site, self.kind)
+            self.servers.append(server)  # before it starts: a stopped run stops it too
+            await to_thread_to_the_end(server.start)
 
     async def stop(self) -> None:
         await self.oracle.close_all()
@@ -236,7 +252,7 @@ class Run:
         await asyncio.to_thread(self.redis.stop)
         await self.oracle.publish(2, persist=True, size=10, may_fail=True)
         await asyncio.sleep(rng.random())
-        await asyncio.to_thread(self.redis.start)
+        await to_thread_to_the_end(self.redis.start)
         await self.oracle.await_redis()
 
     async def op_kill_publisher(self, server: Server, rng: random.Random) -> None:
@@ -248,9 +264,11 @@ class Run:
             [sys.executable, "manage.py", "shell", "-c", code],
             cwd=ROOT, env=self.site.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        await asyncio.sleep(1.0 + rng.random())
-        process.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(process.wait)
+        try:
+            await asyncio.sleep(1.0 + rng.random())
+        finally:  # also when the run is stopped meanwhile
+            process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(process.wait)
         self.killed_publishers += 1
 
     async def op_server_restart(self, server: Server, rng: random.Random, signal: str) -> None:
@@ -266,7 +284,7 @@ class Run:
 
     async def _restart(self, server: Server) -> None:
         server.port = free_port()
-        await asyncio.to_thread(server.start)
+        await to_thread_to_the_end(server.start)
         await self.oracle.server_back(server)
 
     def redis_client(self):

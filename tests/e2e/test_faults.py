@@ -71,9 +71,11 @@ def running(pid):
     return state != "Z"
 
 
-def test_a_sequencer_stopped_with_sigterm_leaves_no_server_or_redis_running():
+@pytest.mark.parametrize("after", [0, 2], ids=["as-its-second-server-starts", "mid-sequence"])
+def test_a_sequencer_stopped_with_sigterm_leaves_no_server_or_redis_running(after):
     # Killed mid-run, it used to leave its servers (one of them stopped with SIGSTOP by
-    # a stall) and its Redis running, where they went on taking CPU from what ran next.
+    # a stall) and its Redis running, where they went on taking CPU from what ran next;
+    # stopped while a server was starting, it left that one.
     runner = subprocess.Popen(
         [sys.executable, "-m", "faults.run", "--seconds", "300", "--servers", "uvicorn"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -91,7 +93,7 @@ def test_a_sequencer_stopped_with_sigterm_leaves_no_server_or_redis_running():
             time.sleep(0.2)
         else:
             pytest.fail("the sequencer started no server and Redis within 60 s")
-        time.sleep(2)  # into its operations
+        time.sleep(after)
         spawned = descendants(runner.pid)
         runner.send_signal(signal.SIGTERM)
         output, _ = runner.communicate(timeout=60)
