@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.run import descendants
 from faults.run import run
 from tests.e2e.conftest import ROOT
 
@@ -54,15 +55,6 @@ async def test_a_first_client_after_a_redis_restart_is_welcomed(kind, tmp_path):
     assert done == 3
 
 
-def descendants(pid):
-    """Every process under ``pid``, from /proc."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += [int(child), *descendants(int(child))]
-    return found
-
-
 def running(pid):
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -83,7 +75,7 @@ def test_a_sequencer_stopped_with_sigterm_leaves_no_server_or_redis_running(afte
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            spawned = descendants(runner.pid)
+            spawned = descendants(runner.pid)[1:]  # the runner, then what it started
             commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in spawned
                         if running(pid)]  # fmt: skip
             if any(b"uvicorn" in c for c in commands) and any(
@@ -94,7 +86,7 @@ def test_a_sequencer_stopped_with_sigterm_leaves_no_server_or_redis_running(afte
         else:
             pytest.fail("the sequencer started no server and Redis within 60 s")
         time.sleep(after)
-        spawned = descendants(runner.pid)
+        spawned = descendants(runner.pid)[1:]  # the runner, then what it started
         runner.send_signal(signal.SIGTERM)
         output, _ = runner.communicate(timeout=60)
     finally:
