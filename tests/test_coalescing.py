@@ -270,8 +270,28 @@ async def test_channels_redis_core_hands_over_what_it_holds_in_one_round_trip(re
     taken = await redis_layer_seam.take_queued(layer, relay, 64)
     assert [m["n"] for m in taken] == [0, 1, 2, 3, 4]
     assert await redis_layer_seam.take_queued(layer, relay, 64) == []
-    # The other channel's message waits where the layer's own receive finds it.
+    # The other channel's message is back in Redis, where the layer's own receive finds it.
     assert await asyncio.wait_for(layer.receive(other), 2) == {"type": "for the other channel"}
+
+
+@pytest.mark.redis
+async def test_a_receive_begun_while_the_relay_takes_its_queue_still_gets_its_message(
+    redis_layer,
+):
+    from broadcast.layers import redis as redis_layer_seam
+    from broadcast.relay import RELAY_PREFIX
+
+    layer = get_channel_layer()
+    relay = await layer.new_channel(prefix=RELAY_PREFIX)
+    health = await layer.new_channel(prefix=RELAY_PREFIX)
+    await layer.send(health, {"type": "healthz"})
+    # /healthz receives on the relay's queue. Its receive begins while the relay's take
+    # is in flight, and blocks in Redis for the queue's next message: the message the
+    # take carried off must reach it all the same, with nothing else sent.
+    taking = asyncio.ensure_future(redis_layer_seam.take_queued(layer, relay, 64))
+    receiving = asyncio.ensure_future(layer.receive(health))
+    assert await taking == []
+    assert await asyncio.wait_for(receiving, 2) == {"type": "healthz"}
 
 
 @pytest.mark.redis

@@ -7,12 +7,15 @@ core layer's own receive takes one message per four.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 from django.conf import settings
 
 from ..servers.base import Proven, Verdict, probe
+
+logger = logging.getLogger(__name__)
 
 # The versions CI installs on its oldest and newest legs (ci/constraints-*.txt).
 PROVEN = (Proven("channels-redis", "4.3", "5"), Proven("redis", "5", "9"))
@@ -23,7 +26,7 @@ LAYER_NAMES = ("_group_key", "non_local_name", "prefix", "hosts")
 # race its own receive), its connections, and its message format.
 TAKE_NAMES = (
     "receive_count", "receive_buffer", "connection", "consistent_hash", "deserialize",
-    "non_local_name", "prefix",
+    "serialize", "non_local_name", "prefix", "expiry",
 )  # fmt: skip
 
 # This process's probe answers, by seam: asked once, by the first client or publish.
@@ -64,8 +67,7 @@ async def take_queued(layer: Any, channel: str, limit: int) -> list[dict[str, An
     already holds, oldest first, in one round trip (``ZPOPMIN`` with a count). None
     at all while another receive of the layer is under way in this process: it may be
     taking from the same queue, and its messages would then arrive out of order with
-    these. Messages for this process's other channels on that queue go where the
-    layer's own receive would put them, in its buffer.
+    these. Messages for this process's other channels on that queue go back to Redis.
     """
     if layer.receive_count:
         return []
@@ -76,7 +78,9 @@ async def take_queued(layer: Any, channel: str, limit: int) -> list[dict[str, An
     if taken:
         return taken
     connection = layer.connection(layer.consistent_hash(layer.non_local_name(channel)))
-    for member, _score in await connection.zpopmin(queue_key(layer, channel), limit):
+    key = queue_key(layer, channel)
+    others: list[tuple[str, dict[str, Any], float]] = []
+    for member, score in await connection.zpopmin(key, limit):
         message = layer.deserialize(member)
         # One channel, or (a group send to several of this process's) a list of them.
         targets = message.pop("__asgi_channel__", channel)
@@ -84,8 +88,34 @@ async def take_queued(layer: Any, channel: str, limit: int) -> list[dict[str, An
             if target == channel:
                 taken.append(message)
             else:
-                layer.receive_buffer[target].put_nowait(message)
+                others.append((target, message, score))
+    if others:
+        await _give_back(layer, connection, key, others)
     return taken
+
+
+async def _give_back(
+    layer: Any, connection: Any, key: str, others: list[tuple[str, dict[str, Any], float]]
+) -> None:
+    """
+    Return other channels' messages to the queue, where they were. A receive of the
+    layer may have begun while they were taken, and it waits in Redis for the queue's
+    next message: in this process's buffer, they would wait with it until one came.
+    """
+    members = {
+        layer.serialize({**message, "__asgi_channel__": target}): score
+        for target, message, score in others
+    }
+    try:
+        async with connection.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, members)
+            pipe.expire(key, int(layer.expiry))
+            await pipe.execute()
+    except Exception as exc:
+        # Taken off Redis already: the buffer is where a receive begun later finds them.
+        logger.warning("Could not return %d message(s) to Redis (%s)", len(others), exc)
+        for target, message, _score in others:
+            layer.receive_buffer[target].put_nowait(message)
 
 
 def group_key(layer: Any, group: str) -> bytes:
