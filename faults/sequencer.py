@@ -10,6 +10,7 @@ a failing sequence can be run again, and shrunk, without the seed's randomness.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -30,6 +31,7 @@ from tests.e2e.conftest import (
     Server,
     Site,
     free_port,
+    get_json,
     stuck_client,
 )
 from tests.e2e.test_redis_outage import PrivateRedis
@@ -38,6 +40,10 @@ from tests.e2e.test_redis_outage import PrivateRedis
 # Topics clients subscribe to and broadcasts go to; None is the global stream.
 TOPICS = ("t0", "t1", "t2")
 TOPIC_CHOICES = ((), (), ("t0",), ("t1", "t2"), TOPICS)
+
+# How long /healthz may report a relay restarting (after a Redis restart, say) before
+# it counts as a fault; a channel layer reported down with Redis up never may.
+HEALTH_SETTLE_SECONDS = 5.0
 
 WEIGHTS = {
     "connect": 14,
@@ -52,6 +58,7 @@ WEIGHTS = {
     "publish_concurrent": 3,
     "publish_admin": 2,
     "stuck_client": 2,
+    "healthz": 3,
     "hostile": 5,
     "redis_pause": 1,
     "redis_restart": 1,
@@ -103,7 +110,7 @@ def generate(seed: int, count: int) -> list[Op]:
             args["unsubscribe"] = rng.random() < 0.3
         elif name == "burst":
             args["count"] = rng.randint(50, 200)
-        elif name.startswith("publish"):
+        elif name.startswith("publish") or name == "healthz":
             args["count"] = rng.randint(1, 30)
             if name in ("publish", "publish_ephemeral", "publish_concurrent"):
                 args["topic"] = rng.choice((None, None, *TOPICS))
@@ -237,6 +244,34 @@ class Run:
         """Inside the server: a staff user saves broadcasts in the admin."""
         await asyncio.to_thread(_admin_publish, server, min(count, 5))
 
+    async def op_healthz(self, server: Server, rng: random.Random, count: int) -> None:
+        """
+        /healthz, whose round trip shares the relay's queue in Redis, asked the moment
+        a client has a broadcast: as that relay goes back to Redis for more.
+        """
+        ws = await server.client()
+        try:
+            for _ in range(min(count, 5)):
+                persist = rng.random() < 0.5
+                publishing = asyncio.ensure_future(self.oracle.publish(1, persist=persist, size=10))
+                try:
+                    await _next_broadcast(ws, server)
+                    await self._healthy(server)
+                finally:
+                    await publishing
+        finally:
+            await ws.close()
+
+    async def _healthy(self, server: Server) -> None:
+        deadline = time.monotonic() + HEALTH_SETTLE_SECONDS
+        while True:
+            status, body = await asyncio.to_thread(get_json, server.http + "/healthz")
+            if status == 200:
+                return
+            if not body.get("channel_layer", {}).get("ok") or time.monotonic() > deadline:
+                raise Violation(f"/healthz of {server.kind} answered {status}, Redis up: {body}")
+            await asyncio.sleep(0.2)
+
     async def op_stuck_client(self, server: Server, rng: random.Random) -> None:
         self.stuck.append(await asyncio.to_thread(stuck_client, server.port))
 
@@ -302,6 +337,20 @@ def _admin_publish(server: Server, count: int) -> None:
         )
         if status != 200:  # the admin redirects, and the opener follows to the list
             raise Violation(f"saving a broadcast in the admin answered {status}")
+
+
+async def _next_broadcast(ws: Any, server: Server) -> None:
+    """Read ``ws`` until a broadcast (not the hub's own frames) arrives."""
+    deadline = time.monotonic() + HEALTH_SETTLE_SECONDS
+    while True:
+        try:
+            text = await asyncio.wait_for(ws.recv(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise Violation(
+                f"a client of {server.kind} got no broadcast within {HEALTH_SETTLE_SECONDS}s"
+            ) from None
+        if not json.loads(text)["type"].startswith("hub."):
+            return
 
 
 def _extra(args: dict[str, Any]) -> dict[str, Any]:
