@@ -295,6 +295,33 @@ async def test_a_receive_begun_while_the_relay_takes_its_queue_still_gets_its_me
 
 
 @pytest.mark.redis
+async def test_a_message_that_cannot_go_back_to_redis_waits_in_the_buffer(
+    redis_layer, monkeypatch, caplog
+):
+    import redis.exceptions
+
+    from broadcast.layers import redis as redis_layer_seam
+    from broadcast.relay import RELAY_PREFIX
+
+    layer = get_channel_layer()
+    relay = await layer.new_channel(prefix=RELAY_PREFIX)
+    health = await layer.new_channel(prefix=RELAY_PREFIX)
+    await layer.send(relay, {"type": "m"})
+    await layer.send(health, {"type": "healthz"})
+    connection = layer.connection(layer.consistent_hash(layer.non_local_name(relay)))
+
+    def gone(*args, **kwargs):
+        raise redis.exceptions.ConnectionError("Connection closed by server.")
+
+    # Redis goes away between the take and the return: what was taken is not lost.
+    monkeypatch.setattr(connection, "pipeline", gone)
+    assert await redis_layer_seam.take_queued(layer, relay, 64) == [{"type": "m"}]
+    assert "Could not return 1 message(s) to Redis" in caplog.text
+    monkeypatch.undo()
+    assert await asyncio.wait_for(layer.receive(health), 2) == {"type": "healthz"}
+
+
+@pytest.mark.redis
 async def test_a_relay_on_channels_redis_core_takes_a_backlog_at_once_in_order(redis_layer, hub):
     from broadcast.conf import conf
     from broadcast.publishing import relay_message
