@@ -127,7 +127,8 @@ class Settings:
     )  # fmt: skip
     BROADCAST_HEARTBEAT_SECONDS = Setting[float](
         5.0, "be a positive number", "broadcast.E005",
-        "How often each server process writes its connection-count row.",
+        "How often each server process writes its connection-count row and looks for "
+        "persisted broadcasts the channel layer lost.",
     )  # fmt: skip
     BROADCAST_STALE_HEARTBEATS = Setting[int](
         3, "be a positive integer", "broadcast.E006",

@@ -7,6 +7,11 @@ a catch-up from the database), and it fills gaps: persisted ids reach the layer 
 order under the send lock, so a jump in ids means broadcasts the layer lost, which it
 reads from the database before it fans out the next one.
 
+A broadcast the layer lost with nothing after it (a pub/sub process not yet subscribed
+again after Redis restarted) leaves no gap to notice: on each heartbeat, a relay that
+has waited on an empty layer for LOST_AFTER_SECONDS sends from the database what was
+sent before then and never reached it.
+
 It coalesces: after each receive, it takes every message the layer already holds
 (up to BROADCAST_COALESCE_MAX) without waiting for any, and hands them to the fan-out
 together, so that a burst costs each client one write instead of one per broadcast.
@@ -20,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
@@ -29,7 +36,7 @@ from django.utils import timezone
 from . import eager, metrics
 from .conf import conf
 from .envelope import control_text
-from .history import newest_id, replay_after
+from .history import newest_id, newest_sent_before, replay_after
 from .layers import redis as redis_layer
 from .publishing import relay_message
 
@@ -41,6 +48,9 @@ RESTART_FIRST_DELAY, RESTART_MAX_DELAY = 0.5, 5.0
 # How long stopping waits for a cancelled task: channels-redis's receive can swallow
 # a cancellation inside redis-py's retry and carry on, and a stop must not hang on it.
 STOP_WAIT_SECONDS = 2.0
+# A relay delivers within milliseconds: one idle for this long, while a broadcast sent
+# this long ago never reached it, will not get that broadcast from the layer.
+LOST_AFTER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class Relay:
         self._clients = clients
         self._task: asyncio.Task[None] | None = None
         self._takes_from_redis: bool | None = None  # known at the first batch
+        self._idle_since: float | None = None  # waiting on an empty layer since
 
     @property
     def started(self) -> bool:
@@ -102,10 +113,35 @@ class Relay:
         return newest
 
     async def renew(self) -> None:
-        """Refresh the membership, which channels-redis expires after ``group_expiry``."""
+        """
+        Refresh the membership, which channels-redis expires after ``group_expiry``,
+        and send what the layer lost with nothing after it; on each heartbeat.
+        """
         if self.channel is not None:
             with contextlib.suppress(Exception):
                 await self.layer.group_add(self.group, self.channel)
+            await self._send_lost()
+
+    async def _send_lost(self) -> None:
+        """Send from the database what was sent a while ago and never reached this idle relay."""
+        idle_since = self._idle_since
+        if idle_since is None or time.monotonic() - idle_since < LOST_AFTER_SECONDS:
+            return  # receiving, or restarting (whose recovery catches up itself)
+        before = timezone.now() - timedelta(seconds=LOST_AFTER_SECONDS)
+        try:
+            newest = await database_sync_to_async(newest_sent_before)(self._clients.last_id, before)
+            if newest <= self._clients.last_id or self._idle_since != idle_since:
+                return  # nothing lost; or the relay woke meanwhile: the next heartbeat looks
+            caught_up = await self._catch_up(newest)
+        except Exception as exc:
+            logger.warning("Relay could not look for broadcasts the layer lost (%s)", exc)
+            return
+        if caught_up.ids:
+            logger.warning(
+                "Relay missed persisted broadcast(s) %s in the channel layer, with none "
+                "after them; sent them from the database",
+                ", ".join(str(missed_id) for missed_id in caught_up.ids),
+            )
 
     async def stop(self) -> None:
         """Stop receiving and leave the group, without hanging on either."""
@@ -139,7 +175,12 @@ class Relay:
                     if waiting is None:
                         waiting = eager.start(self.layer.receive(self.channel))
                     started, waiting = waiting, None
-                    batch = [await started.rest()]
+                    if not started.done:
+                        self._idle_since = time.monotonic()
+                    try:
+                        batch = [await started.rest()]
+                    finally:
+                        self._idle_since = None
                     # Through the ASGI send a batch is still one write per broadcast, and
                     # handing them over in one loop turn leaves daphne no turn to flush
                     # between them: the public path takes broadcasts one at a time.

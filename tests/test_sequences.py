@@ -277,3 +277,54 @@ async def test_a_broadcast_arriving_while_the_first_client_joins_is_no_gap_from_
     assert all(f["type"] != "hub.reset" for f in got)
     assert "beyond history" not in caplog.text
     await client.disconnect()
+
+
+def _sent_but_lost(type_: str, seconds_ago: float) -> int:
+    """A row sent as far as the database knows, whose message the layer never delivered."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from broadcast.history import newest_id
+    from broadcast.models import Broadcast
+
+    seq = newest_id() + 1
+    sent_at = timezone.now() - timedelta(seconds=seconds_ago)
+    # bulk_create: no post_save, which would publish it (the admin's path).
+    Broadcast.objects.bulk_create(
+        [Broadcast(type=type_, payload={}, seq=seq, status=Broadcast.Status.SENT, sent_at=sent_at)]
+    )
+    return seq
+
+
+async def test_a_persisted_broadcast_the_layer_lost_with_none_after_it_arrives_on_a_heartbeat(
+    hub, settings, caplog
+):
+    from channels.db import database_sync_to_async
+
+    settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
+    client = await connect()
+    await apublish("before", {})
+    assert (await frame(client))["type"] == "before"
+    # Lost in the layer (a pub/sub process not yet subscribed again after Redis
+    # restarted), and nothing published after it to reveal the gap.
+    lost = await database_sync_to_async(_sent_but_lost)("lost", 2.0)
+    got = json.loads(await client.receive_from(timeout=3))
+    assert (got["type"], got["id"]) == ("lost", lost)
+    assert f"Relay missed persisted broadcast(s) {lost}" in caplog.text
+    # The live stream goes on after it, in order.
+    await apublish("after", {})
+    got = await frame(client)
+    assert (got["type"], got["id"]) == ("after", lost + 1)
+    await client.disconnect()
+
+
+async def test_a_broadcast_just_sent_is_left_to_the_layer(hub, settings):
+    from channels.db import database_sync_to_async
+
+    settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
+    client = await connect()
+    # Sent a moment ago: the layer may still be carrying it, and the heartbeat leaves it.
+    await database_sync_to_async(_sent_but_lost)("in flight", 0.0)
+    assert await client.receive_nothing(timeout=0.5)
+    await client.disconnect()

@@ -3,12 +3,13 @@
 import asyncio
 import re
 import subprocess
+import sys
 import time
 
 import pytest
 import redis
 
-from tests.e2e.conftest import frames, free_port, get_json, no_frame
+from tests.e2e.conftest import ROOT, frames, free_port, get_json, no_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -92,4 +93,38 @@ async def test_an_outage_fails_publishes_loudly_and_delivery_resumes_after_it(
     assert [f["type"] for f in await frames(ws, 1)] == ["during"]
     assert "Relay cannot reach the channel layer" in server.log()
     assert "Relay is back" in server.log()
+    await ws.close()
+
+
+async def test_a_broadcast_published_as_redis_comes_back_reaches_pubsub_clients_alone(
+    site, start_server, private_redis
+):
+    # channels-redis's pub/sub reader subscribes again up to a second after Redis is
+    # back; what is published before that never reaches the process, and with nothing
+    # after it, no gap shows. The relay's heartbeat sends it from the database.
+    redis_site = site.with_redis(private_redis.url).with_env(REDIS_LAYER="pubsub")
+    server = start_server(redis_site)
+    ws = await server.client()
+    code = "import sys\nfrom broadcast import publish\nfor line in sys.stdin:\n" \
+           "    print(publish(line.strip(), {})['id'], flush=True)\n"  # fmt: skip
+    publisher = subprocess.Popen(
+        [sys.executable, "manage.py", "shell", "-v", "0", "-c", code], cwd=ROOT, env=redis_site.env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        publisher.stdin.write("before\n")
+        publisher.stdin.flush()
+        before = int(await asyncio.to_thread(publisher.stdout.readline))
+        assert [(f["type"], f["id"]) for f in await frames(ws, 1)] == [("before", before)]
+        await asyncio.to_thread(private_redis.stop)
+        await asyncio.sleep(1.5)  # the reader has lost its connection
+        await asyncio.to_thread(private_redis.start)
+        publisher.stdin.write("back\n")  # at once, as a busy site would
+        publisher.stdin.flush()
+        sent = int(await asyncio.to_thread(publisher.stdout.readline))
+        got = await frames(ws, 1, timeout=10)
+        assert [(f["type"], f["id"]) for f in got] == [("back", sent)]
+    finally:
+        publisher.kill()
+        publisher.wait()
     await ws.close()
