@@ -32,9 +32,9 @@ def newest_id() -> int:
 
 def newest_sent_before(after_id: int, before: dt.datetime) -> int:
     """The newest id after ``after_id`` of a broadcast sent before ``before``; 0 if none."""
-    # seq__gt first: the unique index on seq keeps this to the rows after the position.
-    rows = Broadcast.objects.filter(seq__gt=after_id).filter(
-        status=Broadcast.Status.SENT, sent_at__lt=before
+    # seq > after_id: the unique index on seq reads only the rows past the position.
+    rows = Broadcast.objects.filter(
+        seq__gt=after_id, status=Broadcast.Status.SENT, sent_at__lt=before
     )
     return rows.aggregate(last=Max("seq"))["last"] or 0
 

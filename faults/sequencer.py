@@ -41,8 +41,9 @@ from tests.e2e.test_redis_outage import PrivateRedis
 TOPICS = ("t0", "t1", "t2")
 TOPIC_CHOICES = ((), (), ("t0",), ("t1", "t2"), TOPICS)
 
-# How long /healthz may report a relay restarting (after a Redis restart, say) before
-# it counts as a fault; a channel layer reported down with Redis up never may.
+# How long a published broadcast may take to reach a client, and /healthz may report a
+# relay restarting (after a Redis restart, say), before either counts as a fault; a
+# channel layer reported down with Redis up never may.
 HEALTH_SETTLE_SECONDS = 5.0
 
 WEIGHTS = {

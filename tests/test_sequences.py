@@ -322,9 +322,12 @@ async def test_a_persisted_broadcast_the_layer_lost_with_none_after_it_arrives_o
 async def test_a_broadcast_just_sent_is_left_to_the_layer(hub, settings):
     from channels.db import database_sync_to_async
 
+    from broadcast.relay import LOST_AFTER_SECONDS
+
     settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
     client = await connect()
-    # Sent a moment ago: the layer may still be carrying it, and the heartbeat leaves it.
-    await database_sync_to_async(_sent_but_lost)("in flight", 0.0)
-    assert await client.receive_nothing(timeout=0.5)
+    await asyncio.sleep(LOST_AFTER_SECONDS + 0.2)  # the relay has idled long enough to look
+    # Sent a moment ago: the layer may still be carrying it, and the heartbeats leave it.
+    await database_sync_to_async(_sent_but_lost)("in.flight", 0.0)
+    assert await client.receive_nothing(timeout=LOST_AFTER_SECONDS / 2)
     await client.disconnect()
