@@ -203,6 +203,11 @@ class Settings:
         "Broadcasts a relay already holds that go out in one write per client, and"
         " ephemeral publishes that go to the pub/sub layer in one pipeline; 1: off.",
     )  # fmt: skip
+    BROADCAST_SWEEP_CHUNK = Setting[int](
+        64, "be a positive integer", "broadcast.E030",
+        "Clients a fan-out writes to between turns of the event loop; what is"
+        " published meanwhile joins the writes still to come (with coalescing on).",
+    )  # fmt: skip
     BROADCAST_MAX_TOPICS_PER_CLIENT = Setting[int](
         100, "be a positive integer", "broadcast.E025",
         "Topics one connection may subscribe to; more are denied with hub.error.",

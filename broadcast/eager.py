@@ -38,6 +38,26 @@ class Started(Generic[T]):
             return
         self.coroutine.close()  # it went on waiting despite the cancellation
 
+    def step(self) -> bool:
+        """
+        Whether it has finished, after running its next step now if what it waits on
+        is done, as its task would have: a receive begun on an empty layer finishes
+        once a message arrives, without a task to wake. An exception in it propagates.
+        """
+        if self.done:
+            return True
+        waiting = self.blocked_on
+        if waiting is not None and not (isinstance(waiting, asyncio.Future) and waiting.done()):
+            return False
+        try:
+            self.blocked_on = self.coroutine.send(None)
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
+        except BaseException:
+            self.done = True  # finished, by raising: nothing is left to cancel or await
+            raise
+        return self.done
+
     def rest(self) -> Awaitable[T]:
         """An awaitable for the rest of it (its value at once, if it had finished)."""
         return _rest(self)  # type: ignore[return-value]  # types.coroutine is awaitable

@@ -8,6 +8,11 @@ broadcast group, and the fan-out writes the already-serialised envelope into eac
 local client's outbox (:mod:`broadcast.outbox`). There is no channel-layer queue per
 client, no JSON work per client, and no database call on the delivery path.
 
+A fan-out to more clients than one chunk (``BROADCAST_SWEEP_CHUNK``) is a *sweep*: the loop
+runs between chunks, and what the layer received meanwhile joins the writes still to
+come, so that broadcasts published during a fan-out cost each client one write, as
+Gorilla's ``writePump`` joins what queued while it wrote.
+
 Topics stay on the same group and the same relay: the hub keeps an index from each
 topic to its subscribed clients, so a topic broadcast costs its subscribers, not
 every client. Ids are global: every broadcast, whatever its topic, advances the
@@ -54,6 +59,7 @@ class ProcessHub:
         )
         self.counts = Counts(current=lambda: len(self.clients), topics=self.topic_counts)
         self._membership = asyncio.Lock()
+        self._registrations = 0  # clients added so far: a sweep stops taking after one
         self._heartbeat: asyncio.Task[None] | None = None
 
     @property
@@ -106,6 +112,7 @@ class ProcessHub:
         if hold:
             outbox.hold()
         self.clients.add(outbox)
+        self._registrations += 1
         self.subscribe(outbox, topics)
         tuning.connection_opened()
         self.counts.accepted()
@@ -202,6 +209,68 @@ class ProcessHub:
         metrics.deliveries.inc(deliveries)
         metrics.fan_out_batch.observe(len(ready))
         metrics.fan_out_seconds.observe(time.perf_counter() - started)
+
+    async def sweep(
+        self,
+        messages: list[dict[str, Any]],
+        take: Callable[[int], list[dict[str, Any]]],
+        limit: int,
+    ) -> None:
+        """
+        :meth:`fan_out_batch` for global broadcasts to many clients, letting the loop
+        run after each chunk of ``BROADCAST_SWEEP_CHUNK`` clients. After each turn, ``take(room)``
+        gives what the layer holds now (global broadcasts, without waiting): the
+        clients not yet written to get it in the same write as the rest, those already
+        written to get it, in one write, on the next pass, and passes go on until every
+        client has everything taken. A client's write never holds more than ``limit``
+        broadcasts, and each client gets them in the order taken.
+
+        A client that registers during a sweep is not in it: from then on nothing more
+        is taken, since its welcome counts every broadcast taken so far and it must get
+        every one after.
+        """
+        size = conf.BROADCAST_SWEEP_CHUNK
+        if len(self.clients) <= size or any(
+            message.get("topic") is not None for message in messages
+        ):
+            self.fan_out_batch(messages)
+            return
+        started = time.perf_counter()
+        log = self._accept_global(messages)
+        clients = tuple(self.clients)
+        chunks = [clients[at : at + size] for at in range(0, len(clients), size)]
+        written = [0] * len(chunks)  # how much of ``log`` each chunk has been sent
+        registrations = self._registrations
+        deliveries = 0
+        while min(written) < len(log):
+            for index, chunk in enumerate(chunks):
+                done = written[index]
+                if done == len(log):
+                    continue
+                self._push_each(chunk, Outgoing.batch(log[done:]))
+                deliveries += len(chunk) * (len(log) - done)
+                written[index] = len(log)
+                await asyncio.sleep(0)  # publishers and the layer's reader run here
+                room = limit - (len(log) - min(written))
+                if room > 0 and self._registrations == registrations:
+                    log.extend(self._accept_global(take(room)))
+            floor = min(written)
+            if floor >= limit:  # what every chunk has had is no longer needed
+                del log[:floor]
+                written = [done - floor for done in written]
+        metrics.deliveries.inc(deliveries)
+        metrics.fan_out_seconds.observe(time.perf_counter() - started)
+
+    def _accept_global(self, messages: list[dict[str, Any]]) -> list[Outgoing]:
+        """Global messages for clients, in order (those no client gets left out)."""
+        if messages:
+            metrics.fan_out_batch.observe(len(messages))
+        accepted = []
+        for message in messages:
+            outgoing = self._accept(message)
+            if outgoing is not None:
+                accepted.append(outgoing[0])
+        return accepted
 
     def _accept(self, message: dict[str, Any]) -> tuple[Outgoing, str | None] | None:
         """A group message as a client message and its topic; None if no client gets it."""

@@ -15,9 +15,12 @@ sent before then and never reached it.
 It coalesces: after each receive, it takes every message the layer already holds
 (up to BROADCAST_COALESCE_MAX) without waiting for any, and hands them to the fan-out
 together, so that a burst costs each client one write instead of one per broadcast.
-A lone broadcast goes out at once: nothing waits to form a batch. On channels-redis's
-core layer, whose receive takes one message per Redis round trip, what Redis holds
-is taken in one round trip after the fan-out instead.
+A fan-out to many clients lets the loop run between chunks of them, and takes what
+reached the layer meanwhile into the writes still to come (the hub's ``sweep``), so
+broadcasts published one by one during a fan-out are coalesced too. A lone broadcast
+goes out at once: nothing waits to form a batch. On channels-redis's core layer, whose
+receive takes one message per Redis round trip, what Redis holds is taken in one
+round trip after the fan-out instead.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from channels.db import database_sync_to_async
 from django.utils import timezone
@@ -52,6 +56,8 @@ STOP_WAIT_SECONDS = 2.0
 # this long ago never reached it, will not get that broadcast from the layer.
 LOST_AFTER_SECONDS = 1.0
 
+Message: TypeAlias = dict[str, Any]
+
 
 @dataclass(frozen=True)
 class CatchUp:
@@ -70,6 +76,10 @@ class Clients(Protocol):
 
     def fan_out_batch(self, messages: list[dict[str, Any]]) -> None: ...
 
+    async def sweep(
+        self, messages: list[Message], take: Callable[[int], list[Message]], limit: int
+    ) -> None: ...
+
 
 class Relay:
     """Joins the group, then receives for the process and hands each message to ``clients``."""
@@ -84,6 +94,13 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._takes_from_redis: bool | None = None  # known at the first batch
         self._idle_since: float | None = None  # waiting on an empty layer since
+        # A receive that had to wait, begun while a batch was collected: the next batch
+        # starts with it (after a failure too, so no message it takes is lost).
+        self._pending: eager.Started[Message] | None = None
+        # Messages a sweep took that could not join it (a topic's, or after a gap),
+        # with all after them: the next batch starts with them.
+        self._carry: list[Message] = []
+        self._failure: Exception | None = None  # a receive failed while a batch was taken
 
     @property
     def started(self) -> bool:
@@ -160,9 +177,6 @@ class Relay:
 
     async def _run(self, *, lost: bool) -> None:
         delay, retry_at_once = RESTART_FIRST_DELAY, True
-        # A receive that had to wait, begun while a batch was collected: the next
-        # batch starts with it (after a failure too, so no message it takes is lost).
-        waiting: eager.Started[dict[str, Any]] | None = None
         while True:
             receiving, recovered = True, False
             try:
@@ -172,25 +186,17 @@ class Relay:
                 self._set_running(True)
                 while True:
                     receiving = True
-                    if waiting is None:
-                        waiting = eager.start(self.layer.receive(self.channel))
-                    started, waiting = waiting, None
-                    if not started.done:
-                        self._idle_since = time.monotonic()
-                    try:
-                        batch = [await started.rest()]
-                    finally:
-                        self._idle_since = None
+                    batch, self._carry = self._carry or [await self._receive()], []
                     # Through the ASGI send a batch is still one write per broadcast, and
                     # handing them over in one loop turn leaves daphne no turn to flush
                     # between them: the public path takes broadcasts one at a time.
                     limit = conf.BROADCAST_COALESCE_MAX if conf.BROADCAST_FAST_PATH else 1
                     from_redis = limit > 1 and self._redis_holds_the_queue()
-                    failed = None
                     if not from_redis:
-                        waiting, failed = self._take_held(batch, limit)
+                        self._take_held(batch, limit)
                     receiving, delay, retry_at_once = False, RESTART_FIRST_DELAY, True
-                    await self._deliver(batch)
+                    await self._deliver(batch, limit if limit > 1 and not from_redis else 0)
+                    failed, self._failure = self._failure, None
                     if failed is not None:  # after delivering what it had taken
                         receiving = True
                         raise failed
@@ -204,8 +210,9 @@ class Relay:
                         await self._deliver(more)
             except asyncio.CancelledError:
                 self._set_running(False)
-                if waiting is not None:
-                    waiting.cancel()
+                pending, self._pending = self._pending, None
+                if pending is not None:
+                    pending.cancel()
                 raise
             except Exception as exc:
                 self._set_running(False)
@@ -228,31 +235,86 @@ class Relay:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RESTART_MAX_DELAY)
 
+    async def _receive(self) -> Message:
+        """The next message, waiting for one if the layer holds none."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            pending = eager.start(self.layer.receive(self.channel))
+        if not pending.done:
+            self._idle_since = time.monotonic()
+        try:
+            return await pending.rest()
+        finally:
+            self._idle_since = None
+
+    def _poll(self) -> Message | None:
+        """
+        A message the layer holds now, without waiting; None if it holds none (the
+        receive begun for it waits in ``_pending``, and a later poll finishes it once
+        a message has arrived) or if a receive failed (kept in ``_failure``).
+        """
+        if self._failure is not None:
+            return None
+        pending = self._pending
+        try:
+            if pending is None:
+                pending = eager.start(self.layer.receive(self.channel))
+                if pending.done:
+                    return pending.value
+                self._pending = pending
+                return None
+            if not pending.step():
+                return None
+        except Exception as exc:
+            self._pending, self._failure = None, exc
+            return None
+        self._pending = None
+        return pending.value
+
     def _redis_holds_the_queue(self) -> bool:
         """Whether this relay's messages wait in channels-redis core's queue, to take at once."""
         if self._takes_from_redis is None:
             self._takes_from_redis = redis_layer.can_take_queued(self.layer)
         return self._takes_from_redis
 
-    def _take_held(
-        self, batch: list[dict[str, Any]], limit: int
-    ) -> tuple[eager.Started[dict[str, Any]] | None, Exception | None]:
-        """
-        Add to ``batch`` what the layer holds already, up to ``limit`` messages; then
-        the receive that has to wait (begun), or the failure that ended the taking.
-        """
+    def _take_held(self, batch: list[Message], limit: int) -> None:
+        """Add to ``batch`` what the layer holds already, up to ``limit`` messages."""
         while len(batch) < limit:
-            try:
-                started = eager.start(self.layer.receive(self.channel))
-            except Exception as exc:
-                return None, exc
-            if not started.done:
-                return started, None
-            batch.append(started.value)  # type: ignore[arg-type]
-        return None, None
+            message = self._poll()
+            if message is None:
+                return
+            batch.append(message)
 
-    async def _deliver(self, batch: list[dict[str, Any]]) -> None:
-        """Fan out a batch in order, filling any gap in its ids from the database first."""
+    def _take_more(self, room: int) -> list[Message]:
+        """
+        For a sweep: up to ``room`` messages the layer holds now that can join it, in
+        order. The first that cannot (a topic's, or one after a gap, which the
+        database fills first) waits for the next batch, and so does all after it.
+        """
+        taken: list[Message] = []
+        if self._carry:
+            return taken
+        position = self._clients.last_id
+        while len(taken) < room:
+            message = self._poll()
+            if message is None:
+                break
+            msg_id = message.get("id")
+            if message.get("topic") is not None or (
+                isinstance(msg_id, int) and msg_id > position + 1
+            ):
+                self._carry.append(message)
+                break
+            if isinstance(msg_id, int):
+                position = max(position, msg_id)
+            taken.append(message)
+        return taken
+
+    async def _deliver(self, batch: list[Message], sweep_limit: int = 0) -> None:
+        """
+        Fan out a batch in order, filling any gap in its ids from the database first;
+        with ``sweep_limit``, its last part is swept, taking what arrives meanwhile.
+        """
         ready: list[dict[str, Any]] = []
         position = self._clients.last_id
         for message in batch:
@@ -265,7 +327,9 @@ class Relay:
                     await self._fill_gap(msg_id)
                 position = max(position, self._clients.last_id, msg_id)
             ready.append(message)
-        if ready:
+        if ready and sweep_limit:
+            await self._clients.sweep(ready, self._take_more, sweep_limit)
+        elif ready:
             self._clients.fan_out_batch(ready)
 
     def _set_running(self, running: bool) -> None:
