@@ -8,8 +8,9 @@ Each sequence of ``--ops`` operations runs on two fresh server processes of one
 kind, sharing a private Redis and a fresh database. Sequence ``i`` of a run uses the
 seed ``seed + i``, so every sequence can be run again alone; the seed's parity picks
 channels-redis's layer (odd: pub/sub, which queues bursts in the process so that the
-relay coalesces them; even: core). A violation prints the
-seed and the shortest sequence that still fails, and the exit status is 1.
+relay coalesces them; even: core), and the seed's second bit the sweep chunk (set:
+one client a turn of the loop, so that every fan-out is a sweep). A violation prints
+the seed and the shortest sequence that still fails, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def layer_of(sequence_seed: int) -> str:
     return LAYERS[sequence_seed % 2]
 
 
+def sweep_chunk_of(sequence_seed: int) -> str:
+    """
+    Half of the sequences (both layers) sweep every fan-out to two clients or more,
+    one client a turn of the loop: a sequence has a few clients a server, fewer than
+    the default chunk of 64, and sweeps hold state across turns where faults land.
+    """
+    return "1" if (sequence_seed // 2) % 2 else "64"
+
+
 def make_site(tmp: Path):
     from tests.e2e.conftest import make_site as make_e2e_site
 
@@ -55,21 +65,23 @@ async def run(seconds: float, seed: int, kinds: list[str], ops: int, shrink_budg
             with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
                 site, drop = make_site(Path(tmp))
                 layer = layer_of(sequence_seed)
-                site = site.with_env(REDIS_LAYER=layer)
+                chunk = sweep_chunk_of(sequence_seed)
+                site = site.with_env(REDIS_LAYER=layer, BROADCAST_SWEEP_CHUNK=chunk)
+                setup = f"{layer} layer, sweep chunk {chunk}"
                 try:
                     done, violation = await run_sequence(kind, sequence, site, log=_quiet)
                     if violation is None:
                         totals[kind][0] += 1
                         totals[kind][1] += done
                         print(
-                            f"{kind} seed {sequence_seed} ({layer}): {done} operations, "
+                            f"{kind} seed {sequence_seed} ({setup}): {done} operations, "
                             "no violation "
                             f"({totals[kind][0]} sequences, {totals[kind][1]} operations so far)",
                             flush=True,
                         )
                         continue
                     print(
-                        f"\nVIOLATION on {kind} ({layer} layer), seed {sequence_seed}, "
+                        f"\nVIOLATION on {kind} ({setup}), seed {sequence_seed}, "
                         f"after {done} operations:"
                     )
                     print(f"  {violation}", flush=True)
