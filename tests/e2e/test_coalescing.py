@@ -107,3 +107,45 @@ async def test_a_burst_is_coalesced_in_order_and_a_stuck_client_is_still_cut(
     await asyncio.to_thread(server.stop)
     if kind == "uvicorn":
         assert "Exception in ASGI application" not in server.log()
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_broadcasts_published_during_sweeps_arrive_in_order_and_a_stuck_client_is_cut(
+    redis_site, start_server, kind
+):
+    # A chunk of one client makes every fan-out to these clients a sweep, so what the
+    # publisher sends while the server writes joins writes already under way.
+    site = redis_site.with_env(
+        REDIS_LAYER="pubsub", BROADCAST_MAX_PENDING_BYTES=str(LIMIT), BROADCAST_SWEEP_CHUNK="1"
+    )
+    server = start_server(site, kind)
+    fast, slow = await server.client(), await server.client()
+    await asyncio.to_thread(site.wait_for_live_total, 2)
+
+    # 300 x 500 bytes: the client reading one frame every 5 ms gets all of it in order.
+    publishing = asyncio.to_thread(site.shell, burst_code(300, 500))
+    _, got_fast, got_slow = await asyncio.gather(
+        publishing, numbers(fast, 300), numbers(slow, 300, 0.005)
+    )
+    assert got_fast == list(range(300))
+    assert got_slow == list(range(300))
+    await slow.close()
+
+    # Connected just before the burst: a client whose receive window stays shut for
+    # long waits out the kernel's backed-off window probes, not the server's grace.
+    stuck = await asyncio.to_thread(stuck_client, server.port)
+    await asyncio.to_thread(site.wait_for_live_total, 2)
+    stuck_close = asyncio.ensure_future(asyncio.to_thread(read_once_cut, server, stuck))
+    publishing = asyncio.to_thread(site.shell, burst_code(800, 8000))
+    _, got_fast = await asyncio.gather(publishing, numbers(fast, 800))
+    assert got_fast == list(range(800))
+    if os.environ.get("BROADCAST_FAST_PATH") == "0":
+        assert await stuck_close is not None  # cut; the public path's bound is its own
+    else:
+        assert await stuck_close == 4008
+    assert server.log().count("Dropped a slow client") == 1
+    stuck.close()
+    await fast.close()
+    await asyncio.to_thread(server.stop)
+    if kind == "uvicorn":
+        assert "Exception in ASGI application" not in server.log()
