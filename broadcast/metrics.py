@@ -70,7 +70,8 @@ fan_out_seconds = Histogram(
 )
 fan_out_batch = Histogram(
     "broadcast_fan_out_batch",
-    "Broadcasts per fan-out: more than one when a relay coalesced what the layer held.",
+    "Broadcasts per fan-out, and per take during a sweep: more than one when a relay "
+    "coalesced what the layer held.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 
