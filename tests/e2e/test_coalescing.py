@@ -60,6 +60,16 @@ def batches(server) -> tuple[float, float]:
     return float(count.group(1)), float(total.group(1))
 
 
+async def one_dropped_then_stopped(server, kind, stuck, fast):
+    """Exactly one client was dropped, and the server stops cleanly after it."""
+    assert server.log().count("Dropped a slow client") == 1
+    stuck.close()
+    await fast.close()
+    await asyncio.to_thread(server.stop)
+    if kind == "uvicorn":
+        assert "Exception in ASGI application" not in server.log()
+
+
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
 async def test_a_burst_is_coalesced_in_order_and_a_stuck_client_is_still_cut(
     redis_site, start_server, kind
@@ -101,12 +111,7 @@ async def test_a_burst_is_coalesced_in_order_and_a_stuck_client_is_still_cut(
     await burst_while_stopped(site, server, 800, 8000)
     assert await numbers(fast, 800) == list(range(800))
     assert await stuck_close == 4008
-    assert server.log().count("Dropped a slow client") == 1
-    stuck.close()
-    await fast.close()
-    await asyncio.to_thread(server.stop)
-    if kind == "uvicorn":
-        assert "Exception in ASGI application" not in server.log()
+    await one_dropped_then_stopped(server, kind, stuck, fast)
 
 
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
@@ -143,9 +148,4 @@ async def test_broadcasts_published_during_sweeps_arrive_in_order_and_a_stuck_cl
         assert await stuck_close is not None  # cut; the public path's bound is its own
     else:
         assert await stuck_close == 4008
-    assert server.log().count("Dropped a slow client") == 1
-    stuck.close()
-    await fast.close()
-    await asyncio.to_thread(server.stop)
-    if kind == "uvicorn":
-        assert "Exception in ASGI application" not in server.log()
+    await one_dropped_then_stopped(server, kind, stuck, fast)
