@@ -187,7 +187,7 @@ class Settings:
         "When set, /metrics needs the header ``Authorization: Bearer <token>``.",
     )  # fmt: skip
     BROADCAST_MAX_RELAY_BACKLOG = Setting[int | None](
-        1, "be None or a positive integer", "broadcast.E021",
+        4, "be None or a positive integer", "broadcast.E021",
         "Broadcasts a relay may have queued in Redis before publishers wait; None: off.",
     )  # fmt: skip
     BROADCAST_RELAY_STALL_SECONDS = Setting[float](

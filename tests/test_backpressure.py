@@ -52,6 +52,27 @@ def test_a_burst_is_paced_to_a_slow_relay_and_nothing_is_lost(relay):
     assert took > 16 * 0.02  # the publisher waited for the relay instead of queueing
 
 
+def test_by_default_publishers_run_a_few_broadcasts_ahead_for_the_relay_to_take_at_once(
+    redis_layer,
+):
+    relay = Observer()  # the default BROADCAST_MAX_RELAY_BACKLOG, and a relay that is busy
+    try:
+        started = time.monotonic()
+        ids = [publish("burst", {"n": n})["id"] for n in range(4)]
+        assert time.monotonic() - started < 1.0  # nobody waited for the first four
+        assert backlog(relay.layer, relay.channel) == 4  # one batch for the relay to take
+
+        fifth = threading.Thread(target=lambda: ids.append(publish("fifth", {})["id"]))
+        fifth.start()
+        fifth.join(0.3)
+        assert fifth.is_alive()  # the fifth waits for the relay
+        received = relay.take(5)
+        fifth.join(5)
+        assert [m["id"] for m in received] == ids
+    finally:
+        relay.close()
+
+
 def test_a_stalled_relay_is_waited_for_only_so_long_then_reported(relay, settings, caplog):
     settings.BROADCAST_RELAY_STALL_SECONDS = 0.5
     for n in range(3):
