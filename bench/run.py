@@ -12,9 +12,12 @@ second, and measure every delivery.
 
 Each run prints a progress line while clients connect, then one JSON line
 (``RESULT {...}``); a table per scenario closes the report. The raw ASGI app
-(bench/rawapp.py) on the same server is the ceiling the hub is compared with;
+(bench/rawapp.py) on the same server is the ceiling the hub is compared with (it has no
+channel layer, so it publishes in the server even with ``--publisher external``);
 ratios taken in one run are what count on a shared machine. ``hub-single`` is the
-hub with coalescing off (BROADCAST_COALESCE_MAX=1): one write per broadcast. With
+hub with coalescing off (BROADCAST_COALESCE_MAX=1): one write per broadcast;
+``hub-backlog1`` the hub whose publishers wait for an empty relay queue on
+channels-redis core (BROADCAST_MAX_RELAY_BACKLOG=1, not 4). With
 ``--procs 2`` the server runs as two processes behind Redis: uvicorn ``--workers 2``
 on one port, or two daphne processes on two ports with the load clients split
 between them; CPU and memory are then the whole process tree's. ``--idle-seconds S``
@@ -84,9 +87,19 @@ SCENARIOS = {
     "E": Scenario("E", 1_000, 1_000, 1, burst=50),
 }
 
-APPS = {"hub": "bench.hubapp:app", "hub-single": "bench.hubapp:app", "raw": "bench.rawapp:app"}
-# Each app's own settings: hub-single is the hub with coalescing off.
-APP_ENV = {"hub-single": {"BROADCAST_COALESCE_MAX": "1"}}
+APPS = {
+    "hub": "bench.hubapp:app",
+    "hub-single": "bench.hubapp:app",
+    "hub-backlog1": "bench.hubapp:app",
+    "raw": "bench.rawapp:app",
+}
+# Each app's own settings, for its servers and its publisher: hub-single is the hub with
+# coalescing off; hub-backlog1 lets publishers on channels-redis core run one broadcast
+# ahead of a relay, not four.
+APP_ENV = {
+    "hub-single": {"BROADCAST_COALESCE_MAX": "1"},
+    "hub-backlog1": {"BROADCAST_MAX_RELAY_BACKLOG": "1"},
+}
 
 
 def free_port() -> int:
@@ -489,7 +502,7 @@ def ratios(rows: list[dict]) -> list[str]:
     """Each comparison within one round; with several rounds, their median and each one."""
     out = []
     for server in sorted({r["server"] for r in rows}):
-        for app in ("hub", "hub-single"):
+        for app in ("hub", "hub-single", "hub-backlog1"):
             mine = [r for r in rows if r["server"] == server and r["app"] == app]
             one_process = [r for r in mine if single_process(r)]
             for procs in sorted({r.get("procs", 1) for r in mine} - {1}):
@@ -635,14 +648,15 @@ def main() -> None:
         ):
             if procs > 1 and app == "raw":
                 continue  # the raw app cannot reach another process's clients
-            if args.layer != "memory" and app == "raw" and args.publisher == "external":
-                continue  # the raw app has no channel layer to publish through
+            # The raw app has no channel layer: it publishes in the server, the ceiling
+            # that a hub publishing from another process is compared with.
+            publisher = "inprocess" if app == "raw" else args.publisher
             if args.layer != "memory":
                 subprocess.run(["redis-cli", "-u", args.redis_url, "flushdb"],
                                check=True, capture_output=True)  # fmt: skip
             print(f"{scenario.name} {app}@{server} x{procs}: starting", file=sys.stderr)
             result = run_one(
-                scenario, server, app, env, args.client_procs, args.publisher, workdir, procs,
+                scenario, server, app, env, args.client_procs, publisher, workdir, procs,
                 args.idle_seconds,
             )  # fmt: skip
             result.update(round=round_number, rounds=args.rounds)

@@ -61,3 +61,18 @@ def test_scenario_t_delivers_each_topic_to_its_subscribers_only():
         assert result["delivered"] == result["expected"] == 80
         assert result["stray"] == 0  # the 10 global-only clients got none
         assert result["cpu_us_per_delivery"] >= 0  # reported (a tiny run may read 0 ticks)
+
+
+def test_a_publisher_in_another_process_is_compared_with_the_raw_app_in_the_same_run(redis_url):
+    run, results = bench(
+        "--scenarios", "C", "--clients", "30", "--messages", "20", "--servers", "uvicorn",
+        "--layer", "redis", "--publisher", "external", "--redis-url", redis_url,
+        "--apps", "hub,hub-backlog1,raw",
+    )  # fmt: skip
+    publishers = {r["app"]: r["publisher"] for r in results}
+    # The raw app has no channel layer: it publishes in the server.
+    assert publishers == {"hub": "external", "hub-backlog1": "external", "raw": "inprocess"}
+    for result in results:
+        assert result["delivered"] == result["expected"] == 600
+    assert "hub/raw p99" in run.stdout
+    assert "hub-backlog1/raw p99" in run.stdout
