@@ -62,6 +62,18 @@ def _has_session_cookie(scope: Scope) -> bool:
 mark_single_callable(SessionIfAuthRequired)
 
 
+class Denier(WebsocketDenier):
+    """
+    Channels' denier (403) without a channel layer: it waits only for the server to
+    report the client gone. With the default layer it also listens on a channel of its
+    own, and on channels-redis core that listen did not end when the denier stopped
+    (the receive outlived its cancellation), so each refused client left a task
+    running, and uvicorn's shutdown waits for every such task before it exits.
+    """
+
+    channel_layer_alias = None
+
+
 class AllowedOrigins:
     """
     Channels' ``AllowedHostsOriginValidator`` (its own check decides), except for a
@@ -97,7 +109,7 @@ class AllowedOrigins:
             self._remembered[origin] = verdict
         if verdict:
             return self.application(scope, receive, send)
-        return WebsocketDenier()(scope, receive, send)
+        return Denier()(scope, receive, send)
 
     @property
     def remembered(self) -> int:

@@ -1,5 +1,6 @@
 """The WebSocket routing layers: the remembered Origin check and the session switch."""
 
+import asyncio
 from urllib.parse import urlparse
 
 import pytest
@@ -70,3 +71,23 @@ async def test_a_refused_origin_is_logged_once_with_what_to_send(hub, caplog):
         "Refused a WebSocket from Origin 'http://evil.example' (403): its host is not in "
         "ALLOWED_HOSTS.",
     ]
+
+
+@pytest.mark.parametrize("layer", [None, "redis_layer", "pubsub_layer"])
+async def test_a_refused_handshake_leaves_nothing_running(request, layer):
+    """
+    Once the server reports the refused client gone, nothing of it is left: a task still
+    running would be kept by the server, one per refused client, and uvicorn's shutdown
+    waits for every such task before it exits.
+    """
+    if layer is not None:
+        request.getfixturevalue(layer)
+    communicator = WebsocketCommunicator(app(), "/ws/broadcast/")  # no Origin: refused
+    connected, _ = await communicator.connect()
+    assert not connected
+    await communicator.send_input({"type": "websocket.disconnect", "code": 1006})
+    for _ in range(40):
+        if communicator.future.done():
+            break
+        await asyncio.sleep(0.05)
+    assert communicator.future.done()

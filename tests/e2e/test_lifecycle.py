@@ -9,6 +9,7 @@ import struct
 import time
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from tests.e2e.conftest import close_code, frames, get_text, read_to_close, stuck_client
 
@@ -45,6 +46,22 @@ async def test_sigterm_closes_every_client_with_1012_in_paced_batches_and_marks_
     assert " stopped " in row
     assert "Exception in ASGI application" not in server.log()
     assert "Graceful shutdown failed" not in server.log()
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_process_that_refused_a_websocket_on_redis_still_stops_on_sigterm(
+    redis_site, start_server, kind
+):
+    server = start_server(redis_site, kind)
+    for _ in range(3):
+        with pytest.raises(InvalidStatus) as refused:
+            await server.client(origin="http://evil.example")
+        assert refused.value.response.status_code == 403
+    ws = await server.client()
+    server.process.send_signal(signal.SIGTERM)
+    assert await close_code(ws) == 1012
+    # uvicorn waits for every task of every connection before it exits, refused ones too.
+    await asyncio.to_thread(server.process.wait, 10)
 
 
 BACKLOG = 1000
