@@ -33,7 +33,7 @@ from collections import deque
 from typing import Any
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.e2e.conftest import ROOT, Server, Site, stuck_client
 
@@ -369,6 +369,16 @@ class Oracle:
         self.publishers.stop()
 
     async def hostile(self, server: Server, kind: str) -> None:
+        if kind == "refused":  # a handshake from a foreign Origin
+            try:
+                ws = await connect(server.ws_url, origin="http://evil.example")
+            except InvalidStatus as exc:
+                if exc.response.status_code != 403:
+                    self.fail(f"a foreign Origin got {exc.response.status_code}, not 403")
+                return
+            await ws.close()
+            self.fail("a WebSocket from a foreign Origin was accepted")
+            return
         ws = await connect(server.ws_url, origin=server.http, max_size=2**22)
         await asyncio.wait_for(ws.recv(), WELCOME_SECONDS)
         try:

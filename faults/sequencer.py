@@ -45,6 +45,8 @@ TOPIC_CHOICES = ((), (), ("t0",), ("t1", "t2"), TOPICS)
 # relay restarting (after a Redis restart, say), before either counts as a fault; a
 # channel layer reported down with Redis up never may.
 HEALTH_SETTLE_SECONDS = 5.0
+# BROADCAST_SHUTDOWN_TIMEOUT (10 s) bounds the paced shutdown; the server's own follows.
+STOP_SECONDS = 20.0
 
 WEIGHTS = {
     "connect": 14,
@@ -117,7 +119,7 @@ def generate(seed: int, count: int) -> list[Op]:
                 args["topic"] = rng.choice((None, None, *TOPICS))
         elif name == "hostile":
             args["kind"] = rng.choice(
-                ["nested", "invalid_utf8", "oversize", "binary", "flood", "resume_storm"]
+                ["nested", "invalid_utf8", "oversize", "binary", "flood", "resume_storm", "refused"]
             )
         elif name == "server_stall":
             args["count"] = rng.randint(5, 60)
@@ -328,7 +330,14 @@ class Run:
 
     async def op_server_restart(self, server: Server, rng: random.Random, signal: str) -> None:
         await self.oracle.server_going(server, close_code=1012)  # the paced shutdown
-        await asyncio.to_thread(server.stop)
+        server.process.terminate()
+        try:
+            await asyncio.to_thread(server.process.wait, STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            await asyncio.to_thread(server.stop)  # killed, so that the run can go on
+            raise Violation(
+                f"{server.kind} was still running {STOP_SECONDS}s after SIGTERM"
+            ) from None
         await self._restart(server)
 
     async def op_server_kill(self, server: Server, rng: random.Random) -> None:

@@ -38,21 +38,42 @@ async def test_a_first_client_after_a_redis_restart_is_welcomed(kind, tmp_path):
     # Shrunk by the sequencer (daphne, seed 115): the process had used Redis (an admin
     # publish), Redis restarted, and its first WebSocket client then failed with 1011
     # because joining the group hit a pooled connection Redis had closed.
+    await no_violation_in(
+        kind,
+        tmp_path,
+        ("publish_admin", {"server": 1, "seed": 1607433449, "count": 14}),
+        ("redis_restart", {"server": 0, "seed": 1023719173}),
+        ("connect", {"server": 1, "seed": 2093340989, "count": 2}),
+    )
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_process_that_refused_a_handshake_still_stops_on_sigterm(kind, tmp_path):
+    # On the core layer, a WebSocket refused before the process's first client left a
+    # task running, and uvicorn's shutdown waited for it for ever; the restart now
+    # reports a server that stays.
+    await no_violation_in(
+        kind,
+        tmp_path,
+        ("hostile", {"server": 0, "seed": 1, "kind": "refused"}),
+        ("connect", {"server": 0, "seed": 2, "count": 1}),
+        ("server_restart", {"server": 0, "seed": 3, "signal": "SIGTERM"}),
+    )
+
+
+async def no_violation_in(kind, tmp_path, *steps):
+    """Run one fixed sequence of operations on fresh servers (the core layer)."""
     from faults.run import make_site
     from faults.sequencer import Op, run_sequence
 
     site, drop = make_site(tmp_path)
-    sequence = [
-        Op("publish_admin", {"server": 1, "seed": 1607433449, "count": 14}),
-        Op("redis_restart", {"server": 0, "seed": 1023719173}),
-        Op("connect", {"server": 1, "seed": 2093340989, "count": 2}),
-    ]
+    sequence = [Op(name, args) for name, args in steps]
     try:
         done, violation = await run_sequence(kind, sequence, site, log=lambda *args: None)
     finally:
         drop()
     assert violation is None, violation
-    assert done == 3
+    assert done == len(steps)
 
 
 def running(pid):
