@@ -203,6 +203,11 @@ class Settings:
         "Broadcasts a relay already holds that go out in one write per client, and"
         " ephemeral publishes that go to the pub/sub layer in one pipeline; 1: off.",
     )  # fmt: skip
+    BROADCAST_PUBLISH_BATCHES = Setting[bool](
+        True, "be True or False", "broadcast.E031",
+        "Ephemeral publishes pipelined together travel as one pub/sub message that each"
+        " relay unpacks; False while processes of 0.4.5 or earlier serve the group.",
+    )  # fmt: skip
     BROADCAST_SWEEP_CHUNK = Setting[int](
         64, "be a positive integer", "broadcast.E030",
         "Clients a fan-out writes to between turns of the event loop; what is"

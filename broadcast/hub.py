@@ -36,6 +36,7 @@ from channels.layers import get_channel_layer
 from . import metrics, servers, tuning
 from .conf import conf
 from .counts import Counts, heartbeat
+from .groupmessages import MESSAGE_TYPE
 from .outbox import Outbox, Outgoing
 from .relay import STOP_WAIT_SECONDS, Relay
 from .shutdown import close_in_batches, drain
@@ -275,7 +276,7 @@ class ProcessHub:
     def _accept(self, message: dict[str, Any]) -> tuple[Outgoing, str | None] | None:
         """A group message as a client message and its topic; None if no client gets it."""
         text = message.get("text")
-        if message.get("type") != "broadcast.message" or not isinstance(text, str):
+        if message.get("type") != MESSAGE_TYPE or not isinstance(text, str):
             logger.warning(
                 "Ignored a group message that is not a broadcast.message with a 'text' "
                 "envelope: %r",

@@ -23,6 +23,7 @@ from django.utils import timezone
 from . import backpressure, metrics, singleprocess
 from .conf import conf
 from .envelope import BroadcastError, InvalidTopic, Prepared, prepare
+from .groupmessages import relay_message
 from .layerconf import is_process_local, load_layer, needs_shared_layer
 from .layers import pubsub
 from .models import Broadcast
@@ -30,7 +31,6 @@ from .sendlock import redis_client, send_lock
 
 logger = logging.getLogger(__name__)
 
-MESSAGE_TYPE = "broadcast.message"
 USER_TOPIC_PREFIX = "user."
 
 
@@ -47,14 +47,6 @@ def _check_reach(layer: Any) -> None:
                 "server process that serves this database"
             )
         )
-
-
-def relay_message(text: str, msg_id: int | None, topic: str | None = None) -> dict[str, Any]:
-    """
-    The channel-layer message the process relays fan out. The topic rides beside the
-    text so that a relay routes it without decoding the envelope.
-    """
-    return {"type": MESSAGE_TYPE, "id": msg_id, "text": text, "topic": topic}
 
 
 def user_topic(user: Any) -> str:
@@ -189,8 +181,15 @@ async def _send_ephemeral(prepared: Prepared, layer: Any) -> dict[str, Any]:
             await sync_to_async(_wait_for_relays, thread_sensitive=False)(layer)
         now = timezone.now()
         message = relay_message(prepared.text(None, now), None, prepared.topic)
-        # Several at once from this process: one round trip, where the layer allows it.
-        await pubsub.group_send(layer, conf.BROADCAST_GROUP, message, conf.BROADCAST_COALESCE_MAX)
+        # Several at once from this process: one round trip, and one message for the
+        # relays to receive, where the layer allows it.
+        await pubsub.group_send(
+            layer,
+            conf.BROADCAST_GROUP,
+            message,
+            conf.BROADCAST_COALESCE_MAX,
+            batches=conf.BROADCAST_PUBLISH_BATCHES,
+        )
     except Exception as exc:
         metrics.publish_failures.inc()
         logger.warning("Ephemeral broadcast %r failed: %s", prepared.type, exc)

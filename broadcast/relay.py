@@ -26,6 +26,7 @@ round trip after the fan-out instead.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -40,9 +41,9 @@ from django.utils import timezone
 from . import eager, metrics
 from .conf import conf
 from .envelope import control_text
+from .groupmessages import relay_message, unpacked
 from .history import newest_id, newest_sent_before, replay_after
 from .layers import redis as redis_layer
-from .publishing import relay_message
 
 logger = logging.getLogger("broadcast.hub")
 
@@ -100,6 +101,9 @@ class Relay:
         # Messages a sweep took that could not join it (a topic's, or after a gap),
         # with all after them: the next batch starts with them.
         self._carry: list[Message] = []
+        # The rest of a batch (several broadcasts published at once, sent as one
+        # message) whose first was handed on: the next receives and polls take these.
+        self._unpacked: collections.deque[Message] = collections.deque()
         self._failure: Exception | None = None  # a receive failed while a batch was taken
 
     @property
@@ -203,7 +207,11 @@ class Relay:
                     channel = self.channel or ""  # set by start(), before this task
                     while from_redis:  # no receive is under way: ask Redis for the rest
                         receiving = True
-                        more = await redis_layer.take_queued(self.layer, channel, limit)
+                        more = self._take_unpacked() or [
+                            one
+                            for message in await redis_layer.take_queued(self.layer, channel, limit)
+                            for one in unpacked(message) or [message]
+                        ]
                         receiving = False
                         if not more:
                             break
@@ -237,13 +245,15 @@ class Relay:
 
     async def _receive(self) -> Message:
         """The next message, waiting for one if the layer holds none."""
+        if self._unpacked:
+            return self._unpacked.popleft()
         pending, self._pending = self._pending, None
         if pending is None:
             pending = eager.start(self.layer.receive(self.channel))
         if not pending.done:
             self._idle_since = time.monotonic()
         try:
-            return await pending.rest()
+            return self._unpack(await pending.rest())
         finally:
             self._idle_since = None
 
@@ -253,23 +263,38 @@ class Relay:
         receive begun for it waits in ``_pending``, and a later poll finishes it once
         a message has arrived) or if a receive failed (kept in ``_failure``).
         """
+        if self._unpacked:
+            return self._unpacked.popleft()
         if self._failure is not None:
             return None
         pending = self._pending
         try:
             if pending is None:
                 pending = eager.start(self.layer.receive(self.channel))
-                if pending.done:
-                    return pending.value
-                self._pending = pending
-                return None
-            if not pending.step():
+                if not pending.done:
+                    self._pending = pending
+                    return None
+            elif not pending.step():
                 return None
         except Exception as exc:
             self._pending, self._failure = None, exc
             return None
         self._pending = None
-        return pending.value
+        return None if pending.value is None else self._unpack(pending.value)
+
+    def _take_unpacked(self) -> list[Message]:
+        """What is left of the last batch received, all of it."""
+        taken = list(self._unpacked)
+        self._unpacked.clear()
+        return taken
+
+    def _unpack(self, message: Message) -> Message:
+        """``message``, or a batch's first message, keeping the rest for the next takes."""
+        inner = unpacked(message)
+        if inner is None:
+            return message
+        self._unpacked.extend(inner[1:])
+        return inner[0]
 
     def _redis_holds_the_queue(self) -> bool:
         """Whether this relay's messages wait in channels-redis core's queue, to take at once."""

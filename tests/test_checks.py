@@ -34,6 +34,7 @@ def test_default_settings_pass():
         ("BROADCAST_MAX_RELAY_BACKLOG", 0, "broadcast.E021"),
         ("BROADCAST_RELAY_STALL_SECONDS", 0, "broadcast.E022"),
         ("BROADCAST_FAST_PATH", "no", "broadcast.E023"),
+        ("BROADCAST_PUBLISH_BATCHES", 0, "broadcast.E031"),
         ("BROADCAST_MAX_TOPICS_PER_CLIENT", 0, "broadcast.E025"),
         ("BROADCAST_TOPIC_AUTHORIZER", "authorize", "broadcast.E026"),
         ("BROADCAST_TOPIC_AUTHORIZER", "myapp.nowhere.authorize", "broadcast.E028"),

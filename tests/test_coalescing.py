@@ -8,6 +8,7 @@ import json
 import threading
 
 import pytest
+import redis.asyncio
 from channels.layers import get_channel_layer
 from prometheus_client import REGISTRY
 
@@ -407,6 +408,92 @@ async def test_a_burst_published_at_once_on_pubsub_reaches_the_relay_as_one_batc
         assert broadcasts == 50
         # One round trip apart, a relay receives them one by one: about 50 fan-outs.
         assert fan_outs <= 2, f"{fan_outs} fan-outs for a burst of 50 published at once"
+    await client.disconnect()
+
+
+class GroupMessages:
+    """A plain redis-py subscriber to every channel: what each server process receives."""
+
+    def __init__(self, url):
+        self.client = redis.asyncio.Redis.from_url(url)
+        self.pubsub = self.client.pubsub()
+
+    async def __aenter__(self):
+        await self.pubsub.psubscribe("*")
+        while await self.pubsub.get_message(timeout=1) is None:  # the subscription's answer
+            pass
+        return self
+
+    async def count(self, quiet=0.3):
+        """How many messages arrived, until none arrives for ``quiet`` seconds."""
+        count = 0
+        while await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=quiet):
+            count += 1
+        return count
+
+    async def __aexit__(self, *exc):
+        await self.pubsub.aclose()
+        await self.client.aclose()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("batches", [True, False])
+async def test_a_burst_published_at_once_on_pubsub_reaches_each_process_as_one_message(
+    pubsub_layer, hub, settings, batches
+):
+    settings.BROADCAST_PUBLISH_BATCHES = batches
+    client = await connect()
+    async with GroupMessages(pubsub_layer) as received:
+        assert all(isinstance(r, dict) for r in await publish_concurrently(50))
+        assert [(await frame(client))["payload"]["n"] for _ in range(50)] == list(range(50))
+        # Each is one parse, decode and wake-up in every subscribed process.
+        assert await received.count() == (1 if batches else 50)
+    await client.disconnect()
+
+
+@pytest.mark.redis
+async def test_a_burst_too_large_for_one_message_travels_in_several_in_order(
+    pubsub_layer, hub, settings
+):
+    from broadcast.layers.pubsub import BATCH_MAX_BYTES
+
+    settings.BROADCAST_MAX_MESSAGE_BYTES = BATCH_MAX_BYTES
+    client = await connect()
+    text = "x" * (BATCH_MAX_BYTES // 3)
+    async with GroupMessages(pubsub_layer) as received:
+        results = await asyncio.gather(
+            *(apublish("big", {"n": n, "text": text}, persist=False) for n in range(7))
+        )
+        assert all(isinstance(r, dict) for r in results)
+        got = [await frame(client) for _ in range(7)]
+        assert [m["payload"]["n"] for m in got] == list(range(7))
+        assert all(m["payload"]["text"] == text for m in got)
+        assert await received.count() == 4  # two to a batch, the last alone
+
+
+async def test_a_relay_unpacks_a_batch_in_place_among_single_messages(hub):
+    from broadcast.groupmessages import batch_message, relay_message
+
+    client = await connect()
+    await client.send_json_to({"type": "hub.subscribe", "topics": ["x"]})
+    assert (await frame(client))["type"] == "hub.subscribed"
+    layer, channel = get_channel_layer(), hub.relay.channel
+    texts = [json.dumps({"type": "m", "payload": {"n": n}}) for n in range(6)]
+    await layer.send(channel, relay_message(texts[0], None))
+    await layer.send(
+        channel,
+        batch_message(
+            [
+                relay_message(texts[1], None),
+                relay_message(texts[2], None, "x"),
+                relay_message(texts[3], None, "not-subscribed"),
+                relay_message(texts[4], None),
+            ]
+        ),
+    )
+    await layer.send(channel, relay_message(texts[5], None))
+    assert [(await frame(client))["payload"]["n"] for _ in range(5)] == [0, 1, 2, 4, 5]
+    assert await client.receive_nothing(timeout=0.3)
     await client.disconnect()
 
 

@@ -138,7 +138,8 @@ def test_app_settings_come_from_the_environment_with_their_types():
     probe = (
         "import django, json; django.setup(); from broadcast.conf import conf;"
         "print(json.dumps([conf.BROADCAST_METRICS_TOKEN, conf.BROADCAST_METRICS_ENABLED,"
-        " conf.BROADCAST_RETENTION_DAYS, conf.BROADCAST_REQUIRE_AUTH]))"
+        " conf.BROADCAST_RETENTION_DAYS, conf.BROADCAST_REQUIRE_AUTH,"
+        " conf.BROADCAST_PUBLISH_BATCHES]))"
     )
     clean = {k: v for k, v in os.environ.items() if k not in UNSET}
     clean.update(
@@ -147,10 +148,11 @@ def test_app_settings_come_from_the_environment_with_their_types():
         BROADCAST_METRICS_ENABLED="false",
         BROADCAST_RETENTION_DAYS="7.5",
         BROADCAST_REQUIRE_AUTH="1",
+        BROADCAST_PUBLISH_BATCHES="0",
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, env=clean, capture_output=True, text=True
     )
-    assert json.loads(result.stdout) == ["t0ken", False, 7.5, True], result.stderr
+    assert json.loads(result.stdout) == ["t0ken", False, 7.5, True, False], result.stderr
     bad = load(BROADCAST_METRICS_ENABLED="maybe")
     assert bad.returncode != 0 and "BROADCAST_METRICS_ENABLED must be a boolean" in bad.stderr

@@ -7,6 +7,10 @@ burst published at once from one process reaches Redis one round trip apart, and
 every subscribed process wakes for each broadcast alone: its relay receives them one
 by one, and each client gets one write per broadcast. Sent in one pipeline instead,
 a burst reaches each subscriber in one read, and its relay fans it out as one batch.
+And the messages of one pipeline for the same group travel as one message (a
+``broadcast.batch``, with BROADCAST_PUBLISH_BATCHES): every process pays its reader's
+cost (parse, decode, queue, wake the relay) once for the burst instead of once for
+each broadcast, which is most of what a second server process on a host adds.
 
 Nothing waits to form a batch: a publish goes out at the next turn of the loop, with
 every publish issued before that turn; what is issued while a pipeline is in flight
@@ -18,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..groupmessages import batch_message
 from ..servers.base import Proven, Verdict, probe
 
 PROVEN = (Proven("channels-redis", "4.3", "5"), Proven("redis", "5", "9"))
@@ -32,6 +38,9 @@ SHARD_NAMES = ("_lock", "_ensure_redis", "_redis")
 
 # This process's probe answer: asked once, by the first publish on the layer.
 verdicts: dict[str, Verdict] = {}
+# A batch's texts at most, so that one message does not grow past what a subscriber's
+# buffers take in one go (a broadcast larger than this travels alone).
+BATCH_MAX_BYTES = 256 * 1024
 
 
 def is_pubsub(layer: Any) -> bool:
@@ -40,12 +49,15 @@ def is_pubsub(layer: Any) -> bool:
     return pubsub is not None and isinstance(layer, pubsub.RedisPubSubChannelLayer)
 
 
-async def group_send(layer: Any, group: str, message: dict[str, Any], most: int) -> None:
+async def group_send(
+    layer: Any, group: str, message: dict[str, Any], most: int, batches: bool = False
+) -> None:
     """
     ``layer.group_send(group, message)``, in one pipeline with the other publishes of
-    this loop that are ready at the same time, at most ``most`` in one. Raises what
-    the pipeline raised, for every publish in it. Cancelled before its pipeline left,
-    the message is not sent; after, it may have been.
+    this loop that are ready at the same time, at most ``most`` in one; with
+    ``batches``, those to the same group as one message. Raises what the pipeline
+    raised, for every publish in it. Cancelled before its pipeline left, the message
+    is not sent; after, it may have been.
     """
     if most < 2 or not is_pubsub(layer) or not _probed(layer):
         await layer.group_send(group, message)
@@ -56,7 +68,7 @@ async def group_send(layer: Any, group: str, message: dict[str, Any], most: int)
     outgoing = _outgoing.get(shard)
     if outgoing is None:
         outgoing = _outgoing[shard] = Outgoing()
-    await outgoing.send(shard, channel, layer.serialize(message), most)
+    await outgoing.send(shard, Pending(channel, message, layer.serialize, batches), most)
 
 
 def _probed(layer: Any) -> bool:
@@ -86,8 +98,17 @@ def _absent(owner: Any, kind: str, names: tuple[str, ...]) -> list[str]:
 @dataclass(eq=False)
 class Pending:
     channel: str
-    data: bytes
-    sent: asyncio.Future[None]
+    message: dict[str, Any]
+    serialize: Callable[[dict[str, Any]], bytes]
+    batches: bool
+    sent: asyncio.Future[None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sent = asyncio.get_running_loop().create_future()
+
+    def size(self) -> int:
+        text = self.message.get("text")
+        return len(text) if isinstance(text, str) else 0
 
 
 @dataclass
@@ -102,8 +123,7 @@ class Outgoing:
     queue: list[Pending] = field(default_factory=list)
     sender: asyncio.Task[None] | None = None
 
-    async def send(self, shard: Any, channel: str, data: bytes, most: int) -> None:
-        pending = Pending(channel, data, asyncio.get_running_loop().create_future())
+    async def send(self, shard: Any, pending: Pending, most: int) -> None:
         self.queue.append(pending)
         if self.sender is None:
             self.sender = asyncio.ensure_future(self._send_queued(shard, most))
@@ -138,13 +158,45 @@ async def _publish(shard: Any, batch: list[Pending]) -> None:
     async with shard._lock:
         shard._ensure_redis()
         redis = shard._redis
-        if len(batch) == 1:
-            await redis.publish(batch[0].channel, batch[0].data)
+        messages = list(_messages(batch))
+        if len(messages) == 1:
+            await redis.publish(*messages[0])
             return
         async with redis.pipeline(transaction=False) as pipe:
-            for pending in batch:
-                pipe.publish(pending.channel, pending.data)
+            for channel, data in messages:
+                pipe.publish(channel, data)
             await pipe.execute()
+
+
+def _messages(batch: list[Pending]) -> Iterator[tuple[str, bytes]]:
+    """
+    Each PUBLISH of ``batch``, in order: runs of messages to the same group as one
+    batch message where they allow it, every other message alone.
+    """
+    run: list[Pending] = []
+    run_bytes = 0
+    for pending in batch:
+        if run and (
+            not pending.batches
+            or pending.channel != run[0].channel
+            or run_bytes + pending.size() > BATCH_MAX_BYTES
+        ):
+            yield _packed(run)
+            run, run_bytes = [], 0
+        if pending.batches:
+            run.append(pending)
+            run_bytes += pending.size()
+        else:
+            yield pending.channel, pending.serialize(pending.message)
+    if run:
+        yield _packed(run)
+
+
+def _packed(run: list[Pending]) -> tuple[str, bytes]:
+    first = run[0]
+    if len(run) == 1:
+        return first.channel, first.serialize(first.message)
+    return first.channel, first.serialize(batch_message([pending.message for pending in run]))
 
 
 def _settle(batch: list[Pending], error: BaseException | None) -> None:
