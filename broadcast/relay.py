@@ -43,6 +43,7 @@ from .conf import conf
 from .envelope import control_text
 from .groupmessages import relay_message, unpacked
 from .history import newest_id, newest_sent_before, replay_after
+from .layers import pubsub
 from .layers import redis as redis_layer
 
 logger = logging.getLogger("broadcast.hub")
@@ -116,6 +117,7 @@ class Relay:
         after joining, so that no broadcast falls between it and the first received.
         If the layer is away, the relay joins once it is back and catches up.
         """
+        pubsub.quiet_reader(self.layer)  # before the first subscription starts the reader
         self.channel = await self.layer.new_channel(prefix=RELAY_PREFIX)
         try:
             await self.layer.group_add(self.group, self.channel)

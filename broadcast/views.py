@@ -18,6 +18,7 @@ from . import metrics
 from .conf import conf
 from .hub import running_hub
 from .layerconf import load_layer
+from .layers import pubsub
 from .models import HubProcess
 from .relay import RELAY_PREFIX
 
@@ -59,6 +60,7 @@ async def _check_layer() -> dict[str, Any]:
     # The relay's prefix: channels-redis serves every process-local channel of one
     # prefix from one Redis list, under one receive lock per layer. With a prefix of
     # its own, this receive would wait behind the relay's blocking pop on another list.
+    pubsub.quiet_reader(layer)  # a check before the first client starts the reader
     channel = await layer.new_channel(prefix=RELAY_PREFIX)
     await layer.send(channel, {"type": "healthz"})
     await layer.receive(channel)

@@ -432,8 +432,8 @@ class GroupMessages:
         return count
 
     async def __aexit__(self, *exc):
-        await self.pubsub.aclose()
-        await self.client.aclose()
+        for each in (self.pubsub, self.client):  # aclose from redis-py 5.0.1, close before
+            await getattr(each, "aclose", each.close)()
 
 
 @pytest.mark.redis
