@@ -10,11 +10,11 @@ a burst reaches each subscriber in one read, and its relay fans it out as one ba
 And the messages of one pipeline for the same group travel as one message (a
 ``broadcast.batch``, with BROADCAST_PUBLISH_BATCHES): every process pays its reader's
 cost (parse, decode, queue, wake the relay) once for the burst instead of once for
-each broadcast, which is most of what a second server process on a host adds.
+each broadcast, and a second server process on a host pays it once more, not 50 times.
 
 And the layer's reader waits on Redis for a second at a time instead of a tenth
 (:func:`quiet_reader`): an idle process otherwise wakes ten times a second to find
-nothing, which was a third of what it costs while nothing is sent.
+nothing, which was a third to a half of what it costs while nothing is sent.
 
 Nothing waits to form a batch: a publish goes out at the next turn of the loop, with
 every publish issued before that turn; what is issued while a pipeline is in flight
