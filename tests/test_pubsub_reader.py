@@ -66,3 +66,38 @@ async def test_a_reader_whose_internals_moved_is_channels_redis_own_and_delivers
     await apublish("m", {"n": 2}, persist=False)
     assert (await frame(client))["payload"] == {"n": 2}
     await client.disconnect()
+
+
+async def test_a_failed_read_is_logged_as_channels_redis_logs_it_and_the_reader_goes_on(
+    pubsub_layer, hub, caplog
+):
+    import redis.exceptions
+
+    from faults.oracle import KNOWN_LOG_BLOCKS, LOG_FAULTS
+
+    client = await connect()
+    pubsub_client = get_channel_layer()._get_layer()._shards[0]._pubsub
+    read, failed = pubsub_client.get_message, asyncio.Event()
+
+    async def refused_once(*args, **kwargs):
+        if not failed.is_set():
+            failed.set()
+            raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        return await read(*args, **kwargs)
+
+    pubsub_client.get_message = refused_once
+    await apublish("m", {"n": 3}, persist=False)  # ends the read begun before the patch
+    assert (await frame(client))["payload"] == {"n": 3}
+    await asyncio.wait_for(failed.wait(), 2 * pubsub.READ_SECONDS)
+    await apublish("m", {"n": 4}, persist=False)
+    assert (await frame(client))["payload"] == {"n": 4}, "the reader reads on after a failure"
+    # Word for word channels-redis's, on its logger: what operators and the fault
+    # sequencer know to expect while Redis is away.
+    logged = [r for r in caplog.records if r.name == "channels_redis.pubsub"]
+    assert [r.getMessage() for r in logged] == ["Unexpected exception in receive task"]
+    text = "\n".join(
+        f"{r.getMessage()}\n{caplog.handler.formatter.formatException(r.exc_info)}\n"
+        for r in logged
+    )
+    assert not LOG_FAULTS.search(KNOWN_LOG_BLOCKS.sub("", text))
+    await client.disconnect()

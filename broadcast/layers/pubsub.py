@@ -113,7 +113,8 @@ async def _receive_quietly(shard: Any) -> None:
         except (asyncio.CancelledError, TimeoutError, GeneratorExit):
             raise
         except BaseException:  # as channels-redis's loop: the reader must live on
-            logger.exception("Unexpected exception in the pub/sub layer's receive task")
+            # Its words, on its logger: what log filters and alerts already know.
+            logger.exception("Unexpected exception in receive task")
             await asyncio.sleep(1)
 
 
