@@ -37,6 +37,10 @@ PUBLIC_NAMES = (
     ("STATE_OPEN", "state", "transport", "sendCloseFrame"),
     ("producerPaused", "streamingProducer", "disconnected", "abortConnection"),
 )
+# How long a closed client has to answer the close frame before it is dropped (the
+# slow-client cut gives its own grace), and the second txaio's timer may take off it.
+CLOSE_ANSWER_SECONDS = 5.0
+TIMER_ROUNDING_SECONDS = 1.0
 # Twisted's default FileDescriptor.bufferSize: a paused producer means at least this much.
 TWISTED_BUFFER_SIZE = 2**16
 
@@ -93,12 +97,14 @@ def _close(protocol: Any, code: int, reason: str, grace: float | None) -> bool:
     # daphne's ASGI close drops the reason, and autobahn's sendClose refuses codes
     # outside 1000 and 3000-4999 (1012 among them): this is the frame-level call
     # daphne itself uses for 1011. autobahn drops a connection whose close goes
-    # unanswered for closeHandshakeTimeout (1 s, daphne does not change it): too
-    # short for a slow client to read its backlog up to the close frame.
+    # unanswered for closeHandshakeTimeout (1 s, daphne does not change it), on
+    # txaio's batched timer, which rounds the deadline down to a whole second: it can
+    # drop at once. A client still sending then gets a reset that erases the close
+    # frame it had not read yet, so the wait is longer and a second is added back.
     if protocol.state != protocol.STATE_OPEN:
         return False
-    if grace is not None:
-        protocol.closeHandshakeTimeout = grace
+    answer = CLOSE_ANSWER_SECONDS if grace is None else grace
+    protocol.closeHandshakeTimeout = answer + TIMER_ROUNDING_SECONDS
     protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode(), isReply=False)
     return True
 

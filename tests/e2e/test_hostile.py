@@ -1,6 +1,7 @@
 """What a hostile client meets on a real server, daphne and uvicorn."""
 
 import json
+import time
 
 import pytest
 from websockets.asyncio.client import connect
@@ -38,6 +39,17 @@ async def test_bad_frames_get_close_codes_or_errors_and_reach_nobody(server):
     assert await no_frame(listener, 0.3)
     await listener.close()
     assert "Traceback" not in server.log()
+
+
+async def test_a_client_that_answers_its_close_late_still_learns_the_code(server):
+    late = await server.client()
+    await late.send(b"\x00\x01")
+    # The client's loop stands still, as a loaded client's does, then sends what it
+    # had queued: its answer to the close frame comes a second and a half later,
+    # after more frames. The code must still be read, not lost to a reset.
+    time.sleep(1.5)
+    await late.send('{"type": "hub.ping"}')
+    assert await close_code(late) == 1003
 
 
 async def test_connections_over_the_limit_are_closed_with_1013(server):
