@@ -2,32 +2,43 @@
 This process's connection counts in the database: its HubProcess row, written every
 heartbeat, and a ConnectionSample for the dashboard's chart every
 BROADCAST_SAMPLE_SECONDS.
+
+The writes, and the heartbeat's other question, run on a database thread of the
+process's own, one after another, and that thread keeps its connection from one
+heartbeat to the next until :meth:`Counts.release`. Through ``database_sync_to_async``
+with ``conn_max_age`` at 0 (hubsite's default, and what Django advises under ASGI),
+every heartbeat opened a connection and closed it, and on SQLite closing the last one
+checkpoints the write-ahead log: most of what an idle process cost. Django's advice is
+against connections kept by request threads, which come and go; this one thread lives
+as long as the hub.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
-import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from channels.db import database_sync_to_async
+from django.db import connections
 from django.utils import timezone
 
 from .conf import conf
 from .models import ConnectionSample, HubProcess
 
-logger = logging.getLogger("broadcast.hub")
-
 # Topics per process row, the most subscribed first: per-user topics alone can number
 # as many as the users, and the row is written every heartbeat.
 TOPIC_COUNTS_KEPT = 200
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _no_topics() -> dict[str, int]:
@@ -45,17 +56,43 @@ class Counts:
     started_at: datetime = field(default_factory=timezone.now)
     row_id: int | None = None
     _sampled_at: float | None = None
+    _database: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     def accepted(self) -> None:
         self.total_accepted += 1
         self.peak = max(self.peak, self.current())
 
     async def write(self, *, stopped: bool = False) -> None:
-        # Read on the event loop: the index changes there, and the write runs in a thread.
-        topics = kept_topics({} if stopped else self.topics())
-        await database_sync_to_async(self._write)(stopped, topics)
+        await self.on_database_thread(self.write_now, stopped, self.kept_topics(stopped))
 
-    def _write(self, stopped: bool, topics: dict[str, int]) -> None:
+    async def on_database_thread(
+        self, work: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``work(*args, **kwargs)`` on the database thread, after what it was given before."""
+        if self._database is None:
+            self._database = ThreadPoolExecutor(1, thread_name_prefix="broadcast-database")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._database, lambda: work(*args, **kwargs))
+
+    async def release(self, wait_seconds: float) -> None:
+        """
+        Close the database thread's connection once what it was given is done, waiting
+        ``wait_seconds`` at most: a database server cannot drop a database, or restart
+        cleanly, while a connection to it stays open. The next write opens a new one.
+        """
+        database, self._database = self._database, None
+        if database is None:
+            return
+        closing = asyncio.wrap_future(database.submit(close_connections))
+        database.shutdown(wait=False)
+        await asyncio.wait([closing], timeout=wait_seconds)
+
+    def kept_topics(self, stopped: bool = False) -> dict[str, int]:
+        """The topic counts to write; read on the event loop, where the index changes."""
+        return kept_topics({} if stopped else self.topics())
+
+    def write_now(self, stopped: bool, topics: dict[str, int]) -> None:
+        """Write the row (and a sample, when one is due); blocking."""
         # Counts are read when the write runs, not when it was queued, so that a
         # write waiting behind another never lands older figures over newer ones.
         now = timezone.now()
@@ -100,12 +137,7 @@ def live_topic_totals() -> dict[str, int]:
     return kept_topics(totals)
 
 
-async def heartbeat(counts: Counts, renew: Callable[[], Awaitable[None]]) -> None:
-    """Every BROADCAST_HEARTBEAT_SECONDS: write the counts, then ``renew()`` (membership)."""
-    while True:
-        try:
-            await counts.write()
-        except Exception as exc:
-            logger.warning("Could not write the connection-count row: %s", exc)
-        await renew()
-        await asyncio.sleep(conf.BROADCAST_HEARTBEAT_SECONDS)
+def close_connections() -> None:
+    """Close this thread's database connections, whatever state they are in."""
+    with contextlib.suppress(Exception):
+        connections.close_all()

@@ -35,8 +35,9 @@ from channels.layers import get_channel_layer
 
 from . import metrics, servers, tuning
 from .conf import conf
-from .counts import Counts, heartbeat
+from .counts import Counts
 from .groupmessages import MESSAGE_TYPE
+from .heartbeat import heartbeat
 from .outbox import Outbox, Outgoing
 from .relay import STOP_WAIT_SECONDS, Relay
 from .shutdown import close_in_batches, drain
@@ -102,7 +103,7 @@ class ProcessHub:
                 if not self.relay.started:
                     await self.relay.start()  # sets last_id before it receives
         if self._heartbeat is None:
-            self._heartbeat = asyncio.ensure_future(heartbeat(self.counts, self.relay.renew))
+            self._heartbeat = asyncio.ensure_future(heartbeat(self.counts, self.relay))
         # No await from here on: the limit holds for a burst of connects, and the
         # welcome's last id and the first relayed broadcast cannot be interleaved.
         if limit is not None and len(self.clients) >= limit:
@@ -351,6 +352,7 @@ class ProcessHub:
             await self.counts.write(stopped=True)
         except Exception as exc:
             logger.warning("Could not mark this process stopped: %s", exc)
+        await self.counts.release(STOP_WAIT_SECONDS)
 
     async def close(self) -> None:
         """Stop the relay and the heartbeat (tests, and shutdown), hanging on neither."""
@@ -358,6 +360,7 @@ class ProcessHub:
         if heartbeat_task is not None:
             heartbeat_task.cancel()
             await asyncio.wait([heartbeat_task], timeout=STOP_WAIT_SECONDS)
+        await self.counts.release(STOP_WAIT_SECONDS)  # after a beat still in its thread
         await self.relay.stop()
 
 

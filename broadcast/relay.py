@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeAlias
 
 from channels.db import database_sync_to_async
@@ -67,6 +67,19 @@ class CatchUp:
 
     ids: tuple[int, ...] = ()
     reset: bool = False
+
+
+@dataclass(frozen=True)
+class LostLook:
+    """A heartbeat's question to the database for broadcasts an idle relay never got."""
+
+    idle_since: float  # the relay's when asked: an answer is used only if it still is
+    after_id: int
+    before: datetime
+
+    def newest(self) -> int:
+        """The newest id after ``after_id`` sent before ``before``, 0 if none; blocking."""
+        return newest_sent_before(self.after_id, self.before)
 
 
 class Clients(Protocol):
@@ -136,24 +149,30 @@ class Relay:
         return newest
 
     async def renew(self) -> None:
-        """
-        Refresh the membership, which channels-redis expires after ``group_expiry``,
-        and send what the layer lost with nothing after it; on each heartbeat.
-        """
+        """Refresh the membership, which channels-redis expires after ``group_expiry``."""
         if self.channel is not None:
             with contextlib.suppress(Exception):
                 await self.layer.group_add(self.group, self.channel)
-            await self._send_lost()
 
-    async def _send_lost(self) -> None:
-        """Send from the database what was sent a while ago and never reached this idle relay."""
+    def lost_look(self) -> LostLook | None:
+        """
+        What to ask the database for what the layer lost with nothing after it; None
+        while receiving, or restarting (whose recovery catches up itself).
+        """
         idle_since = self._idle_since
-        if idle_since is None or time.monotonic() - idle_since < LOST_AFTER_SECONDS:
-            return  # receiving, or restarting (whose recovery catches up itself)
+        if self.channel is None or idle_since is None:
+            return None
+        if time.monotonic() - idle_since < LOST_AFTER_SECONDS:
+            return None
         before = timezone.now() - timedelta(seconds=LOST_AFTER_SECONDS)
+        return LostLook(idle_since, self._clients.last_id, before)
+
+    async def send_lost(self, look: LostLook, newest: int | Exception) -> None:
+        """Send from the database what ``look`` found sent a while ago and never received."""
         try:
-            newest = await database_sync_to_async(newest_sent_before)(self._clients.last_id, before)
-            if newest <= self._clients.last_id or self._idle_since != idle_since:
+            if isinstance(newest, Exception):
+                raise newest
+            if newest <= self._clients.last_id or self._idle_since != look.idle_since:
                 return  # nothing lost; or the relay woke meanwhile: the next heartbeat looks
             caught_up = await self._catch_up(newest)
         except Exception as exc:

@@ -6,6 +6,7 @@ connection cap, a resume while broadcasts flow.
 
 import asyncio
 import json
+import threading
 
 import pytest
 from channels.layers import get_channel_layer
@@ -316,6 +317,84 @@ async def test_a_persisted_broadcast_the_layer_lost_with_none_after_it_arrives_o
     await apublish("after", {})
     got = await frame(client)
     assert (got["type"], got["id"]) == ("after", lost + 1)
+    await client.disconnect()
+
+
+def count_beats(monkeypatch, fail_at=None):
+    """The heartbeat's count-row writes, counted; beat number ``fail_at`` fails after its write."""
+    from django.db import OperationalError
+    from django.utils import timezone
+
+    from broadcast.counts import Counts
+
+    beats = []
+    write_now = Counts.write_now
+
+    def counted(counts, *args):
+        beats.append(timezone.now())
+        write_now(counts, *args)
+        if len(beats) == fail_at:
+            raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(Counts, "write_now", counted)
+    return beats
+
+
+def count_connections(opened):
+    """Record the thread of each database connection opened, until disconnected."""
+    from django.db.backends.signals import connection_created
+
+    connection_created.connect(
+        lambda **kwargs: opened.append(threading.current_thread().name),
+        weak=False, dispatch_uid="count_connections",
+    )  # fmt: skip
+    return lambda: connection_created.disconnect(dispatch_uid="count_connections")
+
+
+async def test_an_idle_process_keeps_one_database_connection_for_its_heartbeats(
+    hub, settings, monkeypatch
+):
+    from broadcast.relay import LOST_AFTER_SECONDS
+
+    settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
+    client = await connect()
+    # Idle long enough that each heartbeat also looks for broadcasts the layer lost.
+    await asyncio.sleep(LOST_AFTER_SECONDS + 0.3)
+    opened = []
+    beats = count_beats(monkeypatch)
+    stop_counting = count_connections(opened)
+    try:
+        await asyncio.sleep(2.0)
+    finally:
+        stop_counting()
+    # Neither the count row nor the look for lost broadcasts opens a connection of its
+    # own (on SQLite, each close of the last one checkpoints the write-ahead log).
+    assert len(beats) >= 4
+    assert opened == []
+    await client.disconnect()
+
+
+async def test_a_heartbeat_that_failed_reconnects_and_writes_the_row_on_the_next(
+    hub, settings, monkeypatch, caplog
+):
+    from broadcast.models import HubProcess
+
+    settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
+    beats = count_beats(monkeypatch, fail_at=2)
+    opened = []
+    stop_counting = count_connections(opened)
+    try:
+        client = await connect()
+        await asyncio.sleep(1.2)
+    finally:
+        stop_counting()
+    assert "Could not write the connection-count row: server closed the connection" in caplog.text
+    assert "Traceback" not in caplog.text
+    assert len(beats) >= 4
+    # Its connection, dropped after the failure: one for the first beat, one after.
+    assert len([name for name in opened if name.startswith("broadcast-database")]) == 2
+    process = await HubProcess.objects.aget(pk=hub.counts.row_id)
+    assert process.last_heartbeat > beats[1]  # written after the failed beat
     await client.disconnect()
 
 
