@@ -39,12 +39,13 @@ from ..servers.base import Proven, Verdict, probe
 logger = logging.getLogger("channels_redis.pubsub")
 
 PROVEN = (Proven("channels-redis", "4.3", "5"), Proven("redis", "5", "9"))
-# What is read on the layer, on its layer for the running loop, and on the shard (one
-# Redis host's connections) that a group's messages go through.
-LAYER_NAMES = ("_get_layer", "serialize")
-LOOP_LAYER_NAMES = ("_shards", "_get_shard", "_get_group_channel_name")
+# What the publish reads besides ``_get_layer`` and ``_shards`` (which both read): on
+# the layer, on its layer for the running loop, and on the shard (one Redis host's
+# connections) that a group's messages go through.
+LAYER_NAMES = ("serialize",)
+LOOP_LAYER_NAMES = ("_get_shard", "_get_group_channel_name")
 SHARD_NAMES = ("_lock", "_ensure_redis", "_redis")
-
+# What the reader reads on each shard.
 READER_SHARD_NAMES = ("_do_receiving", "_pubsub", "_receive_message")
 # How long the layer's reader waits on Redis before it looks again (channels-redis: 0.1).
 READ_SECONDS = 1.0
@@ -72,7 +73,7 @@ async def group_send(
     raised, for every publish in it. Cancelled before its pipeline left, the message
     is not sent; after, it may have been.
     """
-    if most < 2 or not is_pubsub(layer) or not _probed(layer):
+    if most < 2 or not is_pubsub(layer) or not _publish_probed(layer):
         await layer.group_send(group, message)
         return
     loop_layer = layer._get_layer()
@@ -118,44 +119,40 @@ async def _receive_quietly(shard: Any) -> None:
             await asyncio.sleep(1)
 
 
+def _publish_probed(layer: Any) -> bool:
+    return _probed(
+        layer,
+        "channels-redis pub/sub pipelined publish",
+        (LAYER_NAMES, LOOP_LAYER_NAMES, SHARD_NAMES),
+    )
+
+
 def _reader_probed(layer: Any) -> bool:
-    verdict = verdicts.get("reader")
+    return _probed(layer, "channels-redis pub/sub quiet reader", ((), (), READER_SHARD_NAMES))
+
+
+def _probed(layer: Any, seam: str, names: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether the layer has ``names`` at each level, and channels-redis is proven; once."""
+    verdict = verdicts.get(seam)
     if verdict is None:
-        verdict = verdicts["reader"] = probe(
-            "channels-redis pub/sub quiet reader", PROVEN, lambda: _reader_missing(layer)
-        )
+        verdict = verdicts[seam] = probe(seam, PROVEN, lambda: _missing(layer, *names))
     return verdict.safe
 
 
-def _reader_missing(layer: Any) -> list[str]:
-    absent = _absent(layer, "RedisPubSubChannelLayer", ("_get_layer",))
+def _missing(
+    layer: Any,
+    layer_names: tuple[str, ...],
+    loop_layer_names: tuple[str, ...],
+    shard_names: tuple[str, ...],
+) -> list[str]:
+    absent = _absent(layer, "RedisPubSubChannelLayer", ("_get_layer", *layer_names))
     if absent:
         return absent
     loop_layer = layer._get_layer()
-    absent = _absent(loop_layer, "RedisPubSubLoopLayer", ("_shards",))
+    absent = _absent(loop_layer, "RedisPubSubLoopLayer", ("_shards", *loop_layer_names))
     if absent:
         return absent
-    return _absent(loop_layer._shards[0], "RedisSingleShardConnection", READER_SHARD_NAMES)
-
-
-def _probed(layer: Any) -> bool:
-    verdict = verdicts.get("pubsub")
-    if verdict is None:
-        verdict = verdicts["pubsub"] = probe(
-            "channels-redis pub/sub pipelined publish", PROVEN, lambda: _missing(layer)
-        )
-    return verdict.safe
-
-
-def _missing(layer: Any) -> list[str]:
-    absent = _absent(layer, "RedisPubSubChannelLayer", LAYER_NAMES)
-    if absent:
-        return absent
-    loop_layer = layer._get_layer()
-    absent = _absent(loop_layer, "RedisPubSubLoopLayer", LOOP_LAYER_NAMES)
-    if absent:
-        return absent
-    return _absent(loop_layer._shards[0], "RedisSingleShardConnection", SHARD_NAMES)
+    return _absent(loop_layer._shards[0], "RedisSingleShardConnection", shard_names)
 
 
 def _absent(owner: Any, kind: str, names: tuple[str, ...]) -> list[str]:
