@@ -57,6 +57,8 @@ KNOWN_LOG_BLOCKS = re.compile(
     re.DOTALL,
 )
 PUBLISHERS = 3
+# How long publishers have to finish their request once the run stops.
+STOP_SECONDS = 10.0
 
 
 class Violation(AssertionError):
@@ -100,15 +102,12 @@ class Client:
         started = time.monotonic()
         self.topics = set()
         try:
-            self.ws = await asyncio.wait_for(
-                connect(
-                    self.server.ws_url + self.url_query(),
-                    origin=self.server.http,
-                    max_size=2**22,
-                ),
-                WELCOME_SECONDS,
-            )
-            welcome = json.loads(await asyncio.wait_for(self.ws.recv(), WELCOME_SECONDS))
+            async with asyncio.timeout(WELCOME_SECONDS):
+                self.ws = await connect(
+                    self.server.ws_url + self.url_query(), origin=self.server.http, max_size=2**22
+                )
+            async with asyncio.timeout(WELCOME_SECONDS):
+                welcome = json.loads(await self.ws.recv())
         except (OSError, TimeoutError, ConnectionClosed) as exc:
             raise Violation(
                 f"no welcome from {self.server.kind}:{self.server.port} within "
@@ -249,10 +248,13 @@ class Publishers:
         for process in self.processes:
             with contextlib.suppress(OSError):  # a publisher that died has no pipe left
                 process.stdin.close()
+        deadline = time.monotonic() + STOP_SECONDS
+        for process in self.processes:
             try:
-                process.wait(10)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                process.kill()  # it holds the run's output open while it lives
+                process.wait()
 
 
 def _exchange(process: subprocess.Popen, request: dict) -> dict:
@@ -362,8 +364,7 @@ class Oracle:
         self.going.discard(id(server))
 
     async def close_all(self) -> None:
-        for client in list(self.clients):
-            await self.disconnect(client)
+        await asyncio.gather(*(self.disconnect(client) for client in list(self.clients)))
 
     def stop(self) -> None:
         self.publishers.stop()
@@ -380,7 +381,8 @@ class Oracle:
             self.fail("a WebSocket from a foreign Origin was accepted")
             return
         ws = await connect(server.ws_url, origin=server.http, max_size=2**22)
-        await asyncio.wait_for(ws.recv(), WELCOME_SECONDS)
+        async with asyncio.timeout(WELCOME_SECONDS):
+            await ws.recv()
         try:
             if kind == "nested":
                 await ws.send("[" * 1500 + "]" * 1500)
@@ -396,7 +398,8 @@ class Oracle:
             elif kind == "resume_storm":
                 for _ in range(30):
                     await ws.send('{"type": "hub.resume", "last_id": 0}')
-            await asyncio.wait_for(_drain(ws), 2)
+            async with asyncio.timeout(2):
+                await _drain(ws)
         except (ConnectionClosed, TimeoutError):
             pass
         await ws.close()

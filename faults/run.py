@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import signal
 import sys
@@ -53,13 +54,14 @@ def make_site(tmp: Path):
 
 
 async def run(seconds: float, seed: int, kinds: list[str], ops: int, shrink_budget: float) -> int:
-    from faults.sequencer import generate, run_sequence, shrink
+    from faults.sequencer import generate, raise_if_cancelled, run_sequence, shrink
 
     deadline = time.monotonic() + seconds
     totals = {kind: [0, 0] for kind in kinds}  # sequences, operations
     index = 0
     while time.monotonic() < deadline:
         for kind in kinds:
+            raise_if_cancelled()
             sequence_seed = seed + index
             sequence = generate(sequence_seed, ops)
             with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
@@ -122,6 +124,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown server(s) {sorted(unknown)}; choose daphne and/or uvicorn")
     print(f"Fault sequencer: seed {args.seed}, {args.seconds:.0f}s, servers {', '.join(kinds)}")
+    # SIGUSR1 prints every thread's stack, even with the event loop blocked: where a
+    # run that does not stop is waiting.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         status = asyncio.run(
             until_terminated(run(args.seconds, args.seed, kinds, args.ops, args.shrink_seconds))
@@ -140,8 +145,25 @@ async def until_terminated(coroutine: Coroutine[Any, Any, int]) -> int:
     """
     task = asyncio.current_task()
     assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    loop.add_signal_handler(signal.SIGUSR2, print_tasks)
     return await coroutine
+
+
+def print_tasks() -> None:
+    """Where each of the run's tasks waits: SIGUSR2 asks for it (SIGUSR1 for the threads)."""
+    for task in asyncio.all_tasks():
+        print(f"Task {task.get_name()}, awaiting:")
+        awaited: Any = task.get_coro()
+        while awaited is not None and hasattr(awaited, "cr_frame"):
+            frame = awaited.cr_frame
+            if frame is not None:
+                print(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            awaited = awaited.cr_await
+        if awaited is not None:
+            print(f"  {awaited!r}"[:300])
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

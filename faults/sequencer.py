@@ -47,6 +47,8 @@ TOPIC_CHOICES = ((), (), ("t0",), ("t1", "t2"), TOPICS)
 HEALTH_SETTLE_SECONDS = 5.0
 # BROADCAST_SHUTDOWN_TIMEOUT (10 s) bounds the paced shutdown; the server's own follows.
 STOP_SECONDS = 20.0
+# The longest a stall holds a server stopped: well under SQLite's busy timeout (20 s).
+STALL_SECONDS = 2.0
 
 WEIGHTS = {
     "connect": 14,
@@ -83,6 +85,17 @@ async def to_thread_to_the_end(function: Callable[[], Any]) -> Any:
     except asyncio.CancelledError:
         await asyncio.wait([started])
         raise
+
+
+def raise_if_cancelled() -> None:
+    """
+    Raise the cancel a SIGTERM asked for, if something swallowed it: on Python 3.11,
+    ``asyncio.wait_for`` returns its result when what it waits on finishes as its task
+    is cancelled, and the run would otherwise go on to its end.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass
@@ -150,12 +163,15 @@ class Run:
             await to_thread_to_the_end(server.start)
 
     async def stop(self) -> None:
+        # Everything at once, each part bounded: a stopped run must end well within a
+        # minute, however many clients and publishers it had in flight.
         await self.oracle.close_all()
-        self.oracle.stop()
         for sock in self.stuck:
             sock.close()
-        for server in self.servers:
-            await asyncio.to_thread(server.stop)
+        await asyncio.gather(
+            asyncio.to_thread(self.oracle.stop),
+            *(asyncio.to_thread(server.stop) for server in self.servers),
+        )
 
     async def step(self, op: Op) -> None:
         rng = random.Random(op.args["seed"])
@@ -223,14 +239,24 @@ class Run:
         self, server: Server, rng: random.Random, count: int, topic: str | None = None
     ) -> None:
         # The process stops (a long pause, a starved CPU) while broadcasts are
-        # published: its relay finds them all waiting, and coalesces them.
+        # published: its relay finds them all waiting, and coalesces them. It resumes
+        # after STALL_SECONDS at most, done or not: stopped holding SQLite's write lock,
+        # it would keep the publisher waiting until that one gives up.
+        persist, size = rng.random() < 0.5, rng.randint(1, 2000)
+        publishing = asyncio.ensure_future(
+            self.oracle.publish(count, persist=persist, size=size, topic=topic)
+        )
         os.kill(server.process.pid, signal.SIGSTOP)
         try:
-            persist, size = rng.random() < 0.5, rng.randint(1, 2000)
-            await self.oracle.publish(count, persist=persist, size=size, topic=topic)
-            await asyncio.sleep(rng.random() * 0.5)
+            await asyncio.wait([publishing], timeout=STALL_SECONDS)
+            if publishing.done():
+                await asyncio.sleep(rng.random() * 0.5)
+        except BaseException:
+            publishing.cancel()
+            raise
         finally:
             os.kill(server.process.pid, signal.SIGCONT)
+        await publishing
 
     async def op_publish_large(self, server: Server, rng: random.Random, count: int) -> None:
         await self.oracle.publish(min(count, 10), persist=rng.random() < 0.7, size=50_000)
@@ -264,7 +290,8 @@ class Run:
                     # the time allowed runs from its return.
                     await self.oracle.publish(1, persist=True, size=10)
                     try:
-                        await asyncio.wait_for(arrived.wait(), HEALTH_SETTLE_SECONDS)
+                        async with asyncio.timeout(HEALTH_SETTLE_SECONDS):
+                            await arrived.wait()
                     except TimeoutError:
                         if checking.done():
                             checking.result()  # what ended it early
@@ -387,6 +414,7 @@ async def run_sequence(
         await run.start()
         await run.oracle.baseline(run.servers)
         for done, op in enumerate(ops, 1):
+            raise_if_cancelled()
             log(f"  {done:4d} {op}")
             await run.step(op)
         for sock in run.stuck:  # stuck clients leave too: counts must return to zero
@@ -411,6 +439,7 @@ async def shrink(kind: str, ops: list[Op], site: Site, budget: float, log=print)
     while chunk >= 1 and time.monotonic() < deadline:
         index, shrunk = 0, False
         while index < len(ops) and time.monotonic() < deadline:
+            raise_if_cancelled()
             candidate = ops[:index] + ops[index + chunk :]
             if candidate:
                 _, violation = await run_sequence(kind, candidate, site, quiet)

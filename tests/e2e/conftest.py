@@ -197,6 +197,26 @@ async def no_frame(ws, wait: float = 0.5) -> bool:
     return False
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of /proc/<pid>/stat (T: stopped, Z: a zombie), or None if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def running(pid: int) -> bool:
+    return process_state(pid) not in (None, "Z")
+
+
+def cmdline(pid: int) -> bytes:
+    """What ``pid`` runs, or nothing once it has gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def stuck_client(port: int) -> socket.socket:
     """Completes the handshake with a tiny receive buffer, then reads nothing."""
     sock = socket.socket()

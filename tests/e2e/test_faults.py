@@ -5,18 +5,21 @@ killed publishers and server restarts, checked by the oracle after every step.
 ``make faults`` runs it for longer; FAULTS_SEED and FAULTS_CI_SECONDS change this run.
 """
 
+import asyncio
+import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from bench.run import descendants
 from faults.run import run
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import ROOT, cmdline, process_state, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -61,6 +64,39 @@ async def test_a_process_that_refused_a_handshake_still_stops_on_sigterm(kind, t
     )
 
 
+async def test_a_stall_resumes_its_server_even_while_the_publish_waits_for_that_server(
+    tmp_path,
+):
+    # Found by the sequencer (uvicorn, seed 6, SQLite): the server was stopped while it
+    # held SQLite's write lock, so the publish waited on the server and the stall on the
+    # publish, until the publisher gave up with "database is locked".
+    from faults.run import make_site
+    from faults.sequencer import STALL_SECONDS, Run
+
+    class PublishBehindTheServer:
+        """Publishes that, like a write behind a stopped writer's lock, wait for it to run."""
+
+        def __init__(self, pid):
+            self.pid = pid
+
+        async def publish(self, count, **kwargs):
+            while process_state(self.pid) == "T":
+                await asyncio.sleep(0.05)
+
+    site, drop = make_site(tmp_path)
+    server = subprocess.Popen(["sleep", "60"])
+    try:
+        sequence = Run("uvicorn", site, redis=None)
+        sequence.oracle = PublishBehindTheServer(server.pid)
+        step = sequence.op_server_stall(SimpleNamespace(process=server), random.Random(1), 5)
+        await asyncio.wait_for(step, STALL_SECONDS + 5)
+        assert process_state(server.pid) != "T"
+    finally:
+        server.kill()
+        server.wait()
+        drop()
+
+
 async def no_violation_in(kind, tmp_path, *steps):
     """Run one fixed sequence of operations on fresh servers (the core layer)."""
     from faults.run import make_site
@@ -76,12 +112,31 @@ async def no_violation_in(kind, tmp_path, *steps):
     assert done == len(steps)
 
 
-def running(pid):
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
+async def test_a_stop_that_a_finished_wait_swallowed_still_stops_the_sequence():
+    # On Python 3.11 a SIGTERM that lands as a client's welcome arrives was swallowed by
+    # asyncio.wait_for, and a stopped run went on to its end; before every operation
+    # the sequencer now raises the cancel that was asked for.
+    from faults.sequencer import raise_if_cancelled
+
+    async def an_operation_as_sigterm_lands():
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        welcome = loop.create_future()
+        loop.call_soon(welcome.set_result, "hub.welcome")
+        loop.call_soon(task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):  # what 3.12 and later raise here
+            await asyncio.wait_for(welcome, 5)
+
+    async def sequence():
+        done = 0
+        for done in range(1, 4):
+            raise_if_cancelled()
+            if done == 1:
+                await an_operation_as_sigterm_lands()
+        return done
+
+    raise_if_cancelled()  # nothing was asked
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.ensure_future(sequence())
 
 
 @pytest.mark.parametrize("after", [0, 2], ids=["as-its-second-server-starts", "mid-sequence"])
@@ -97,8 +152,7 @@ def test_a_sequencer_stopped_with_sigterm_leaves_no_server_or_redis_running(afte
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             spawned = descendants(runner.pid)[1:]  # the runner, then what it started
-            commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in spawned
-                        if running(pid)]  # fmt: skip
+            commands = [cmdline(pid) for pid in spawned if running(pid)]
             if any(b"uvicorn" in c for c in commands) and any(
                 b"redis-server" in c for c in commands
             ):
@@ -109,7 +163,16 @@ def test_a_sequencer_stopped_with_sigterm_leaves_no_server_or_redis_running(afte
         time.sleep(after)
         spawned = descendants(runner.pid)[1:]  # the runner, then what it started
         runner.send_signal(signal.SIGTERM)
-        output, _ = runner.communicate(timeout=60)
+        try:
+            output, _ = runner.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            runner.send_signal(signal.SIGUSR2)  # its tasks' stacks, for the report
+            time.sleep(1)
+            runner.send_signal(signal.SIGUSR1)  # and its threads'
+            time.sleep(2)
+            runner.kill()
+            output, _ = runner.communicate(timeout=10)
+            pytest.fail(f"the sequencer ran on 60 s after SIGTERM:\n{output[-6000:]}")
     finally:
         runner.kill()
     assert runner.returncode == 128 + signal.SIGTERM, output[-2000:]
