@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -267,6 +268,15 @@ class LoadClient:
         return values
 
 
+def stop_on_sigterm() -> None:
+    """
+    End a run on SIGTERM as Ctrl-C does, through the ``finally`` blocks that stop its
+    servers and load clients: by default the signal ends this process alone, and they
+    go on taking CPU from whatever is measured next.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def wait_until_serving(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -316,6 +326,7 @@ def run_one(
         for other in ports[1:]
     ]
     pids = [process.pid for process in processes]
+    clients: list[LoadClient] = []
     try:
         for each_port, process in zip(ports, processes, strict=True):
             wait_until_serving(each_port, process)
@@ -386,9 +397,11 @@ def run_one(
         cpu_after, _, rss_peak = tree_stat(pids)
         cpu_window = time.time() - publish_start
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
+        stopping = processes + [client.process for client in clients]
+        for process in stopping:
+            if process.poll() is None:
+                process.terminate()
+        for process in stopping:
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:
@@ -562,6 +575,26 @@ def spread(pairs: list[tuple[dict, dict]], key: str, *, percent: bool = False) -
     return f"median {shown(statistics.median(values))} ({each})"
 
 
+def site_env(workdir: Path, layer: str, redis_url: str, persist: bool = False) -> dict[str, str]:
+    """The servers' environment: a fresh SQLite database in ``workdir``, migrated, and ``layer``."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "hubsite.settings",
+        "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "benchmark-only-secret-key-" + "x" * 30,
+        "DJANGO_SECURE_SSL_REDIRECT": "0",
+        "BROADCAST_LOG_LEVEL": "WARNING",
+        "BENCH_PERSIST": "1" if persist else "0",
+    }
+    env.pop("REDIS_URL", None)
+    if layer != "memory":
+        env["REDIS_URL"] = redis_url
+        env["REDIS_LAYER"] = "pubsub" if layer == "redis-pubsub" else "core"
+    subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", default="A,B,C,D")
@@ -594,6 +627,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--json", metavar="PATH", help="also write all results to this file")
     args = parser.parse_args()
+    stop_on_sigterm()
     if args.publisher == "external" and args.layer == "memory":
         parser.error("--publisher external needs --layer redis or redis-pubsub")
     procs_list = [int(n) for n in args.procs.split(",")]
@@ -609,21 +643,7 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     workdir = Path(tempfile.mkdtemp(prefix="hub-bench-"))
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "hubsite.settings",
-        "DATABASE_URL": f"sqlite:///{workdir / 'bench.sqlite3'}",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": "benchmark-only-secret-key-" + "x" * 30,
-        "DJANGO_SECURE_SSL_REDIRECT": "0",
-        "BROADCAST_LOG_LEVEL": "WARNING",
-        "BENCH_PERSIST": "1" if args.persist else "0",
-    }
-    env.pop("REDIS_URL", None)
-    if args.layer != "memory":
-        env["REDIS_URL"] = args.redis_url
-        env["REDIS_LAYER"] = "pubsub" if args.layer == "redis-pubsub" else "core"
-    subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    env = site_env(workdir, args.layer, args.redis_url, args.persist)
 
     results = []
     for name in args.scenarios.split(","):

@@ -2,11 +2,16 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from bench.run import descendants
+from tests.e2e.conftest import cmdline, running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,3 +81,69 @@ def test_a_publisher_in_another_process_is_compared_with_the_raw_app_in_the_same
         assert result["delivered"] == result["expected"] == 600
     assert "hub/raw p99" in run.stdout
     assert "hub-backlog1/raw p99" in run.stdout
+
+
+@pytest.mark.redis
+def test_the_idle_benchmark_measures_each_process_and_uvicorn_s_supervisor_apart(redis_url):
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.idle", "--servers", "daphne,uvicorn", "--apps", "hub",
+         "--procs", "1,2", "--seconds", "1", "--rounds", "1", "--redis-url", redis_url],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = {
+        (r["server"], r["procs"]): r
+        for r in map(json.loads, (line.removeprefix("RESULT ") for line in
+                                  run.stdout.splitlines() if line.startswith("RESULT ")))
+    }  # fmt: skip
+    assert set(results) == {(s, n) for s in ("daphne", "uvicorn") for n in (1, 2)}
+    for (server, procs), result in results.items():
+        # One figure per server process; uvicorn's workers come with their supervisor.
+        assert len(result["process_ms_s"]) == procs
+        assert (result["supervisor_ms_s"] is not None) == (server == "uvicorn" and procs == 2)
+        parts = result["process_ms_s"] + [result["supervisor_ms_s"] or 0]
+        # Every figure is rounded to a hundredth, so the parts may each sit half of one
+        # above their share of the rounded total.
+        slack = 0.005 * (len(parts) + 1) + 1e-9
+        assert 0 < sum(parts) <= result["total_ms_s"] + slack < 1000 * (os.cpu_count() or 1)
+    assert "hub@uvicorn x2, round 1: 1 s at rest" in run.stderr  # progress
+    assert "| hub@uvicorn | 2 |" in run.stdout  # the table
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["bench.run", "--scenarios", "A", "--clients", "40", "--messages", "400",
+         "--servers", "daphne", "--apps", "raw", "--idle-seconds", "30"],
+        ["bench.idle", "--servers", "daphne", "--apps", "raw", "--procs", "1",
+         "--seconds", "60", "--rounds", "1"],
+    ],
+    ids=["bench.run", "bench.idle"],
+)  # fmt: skip
+def test_a_benchmark_stopped_with_sigterm_leaves_no_server_or_client_running(command):
+    # Stopped mid-run, it used to leave its server and its load clients running, where
+    # they took CPU from whatever was measured next.
+    runner = subprocess.Popen(
+        [sys.executable, "-m", *command],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            spawned = descendants(runner.pid)[1:]
+            if any(b"daphne" in cmdline(pid) for pid in spawned) and (
+                command[0] == "bench.idle" or any(b"bench.loadclient" in cmdline(pid)
+                                                  for pid in spawned)
+            ):  # fmt: skip
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the benchmark started no server within 60 s")
+        time.sleep(3)
+        spawned = descendants(runner.pid)[1:]
+        runner.send_signal(signal.SIGTERM)
+        output, _ = runner.communicate(timeout=30)
+    finally:
+        runner.kill()
+    assert runner.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert [pid for pid in spawned if running(pid)] == []
