@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from bench.run import (
     ROOT,
     descendants,
     free_port,
+    print_report,
+    print_result,
     server_command,
     site_env,
     stop_on_sigterm,
@@ -157,10 +158,8 @@ def main() -> None:
                     result = measure(server, app, procs, env, args.seconds, args.clients)
                     result["round"] = round_number
                     results.append(result)
-                    print("RESULT " + json.dumps(result), flush=True)
-    print(table(results), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+                    print_result(result)
+    print_report(table(results), results, args.json)
 
 
 if __name__ == "__main__":

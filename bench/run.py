@@ -575,6 +575,18 @@ def spread(pairs: list[tuple[dict, dict]], key: str, *, percent: bool = False) -
     return f"median {shown(statistics.median(values))} ({each})"
 
 
+def print_result(result: dict) -> None:
+    """One run's figures, as a ``RESULT`` line of JSON, as soon as they are measured."""
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def print_report(tables: str, results: list[dict], json_path: str | None) -> None:
+    """The closing tables, and every run's figures to ``json_path`` if one was given."""
+    print(tables, flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1))
+
+
 def site_env(workdir: Path, layer: str, redis_url: str, persist: bool = False) -> dict[str, str]:
     """The servers' environment: a fresh SQLite database in ``workdir``, migrated, and ``layer``."""
     env = {
@@ -686,10 +698,8 @@ def main() -> None:
             )  # fmt: skip
             result.update(round=round_number, rounds=args.rounds)
             results.append(result)
-            print("RESULT " + json.dumps(result), flush=True)
-    print(table(results), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+            print_result(result)
+    print_report(table(results), results, args.json)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def bench(*args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
-    """Run the benchmark; the process and its RESULT lines."""
+def bench(*args: str, module: str = "bench.run") -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run the benchmark (or ``bench.idle``); the process and its RESULT lines."""
     run = subprocess.run(
-        [sys.executable, "-m", "bench.run", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
@@ -85,17 +85,11 @@ def test_a_publisher_in_another_process_is_compared_with_the_raw_app_in_the_same
 
 @pytest.mark.redis
 def test_the_idle_benchmark_measures_each_process_and_uvicorn_s_supervisor_apart(redis_url):
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.idle", "--servers", "daphne,uvicorn", "--apps", "hub",
-         "--procs", "1,2", "--seconds", "1", "--rounds", "1", "--redis-url", redis_url],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    run, printed = bench(
+        "--servers", "daphne,uvicorn", "--apps", "hub", "--procs", "1,2", "--seconds", "1",
+        "--rounds", "1", "--redis-url", redis_url, module="bench.idle",
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
-    results = {
-        (r["server"], r["procs"]): r
-        for r in map(json.loads, (line.removeprefix("RESULT ") for line in
-                                  run.stdout.splitlines() if line.startswith("RESULT ")))
-    }  # fmt: skip
+    results = {(r["server"], r["procs"]): r for r in printed}
     assert set(results) == {(s, n) for s in ("daphne", "uvicorn") for n in (1, 2)}
     for (server, procs), result in results.items():
         # One figure per server process; uvicorn's workers come with their supervisor.
