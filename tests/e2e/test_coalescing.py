@@ -60,6 +60,22 @@ def batches(server) -> tuple[float, float]:
     return float(count.group(1)), float(total.group(1))
 
 
+async def a_stuck_client_is_cut_while_the_fast_one_gets_all(site, server, kind, fast, publish):
+    """
+    ``publish(800, 8000)``, 6.4 MB: past the bound plus what the kernel may buffer for a
+    client that reads nothing, which is cut with 4008 while ``fast`` reads all in order.
+    """
+    # Connected just before the burst: a client whose receive window stays shut for
+    # long waits out the kernel's backed-off window probes, not the server's grace.
+    stuck = await asyncio.to_thread(stuck_client, server.port)
+    await asyncio.to_thread(site.wait_for_live_total, 2)
+    stuck_close = asyncio.ensure_future(asyncio.to_thread(read_once_cut, server, stuck))
+    _, got_fast = await asyncio.gather(publish(800, 8000), numbers(fast, 800))
+    assert got_fast == list(range(800))
+    assert await stuck_close == 4008
+    await one_dropped_then_stopped(server, kind, stuck, fast)
+
+
 async def one_dropped_then_stopped(server, kind, stuck, fast):
     """Exactly one client was dropped, and the server stops cleanly after it."""
     assert server.log().count("Dropped a slow client") == 1
@@ -102,16 +118,9 @@ async def test_a_burst_is_coalesced_in_order_and_a_stuck_client_is_still_cut(
         await fast.close()
         return
 
-    # 800 x 8 KB = 6.4 MB: past the bound plus what the kernel may buffer for a client
-    # that reads nothing, while the fast client reads everything in order.
-    stuck = await asyncio.to_thread(stuck_client, server.port)
-    await asyncio.to_thread(site.wait_for_live_total, 2)
-
-    stuck_close = asyncio.ensure_future(asyncio.to_thread(read_once_cut, server, stuck))
-    await burst_while_stopped(site, server, 800, 8000)
-    assert await numbers(fast, 800) == list(range(800))
-    assert await stuck_close == 4008
-    await one_dropped_then_stopped(server, kind, stuck, fast)
+    await a_stuck_client_is_cut_while_the_fast_one_gets_all(
+        site, server, kind, fast, lambda count, pad: burst_while_stopped(site, server, count, pad)
+    )
 
 
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
@@ -142,13 +151,10 @@ async def test_broadcasts_published_during_sweeps_arrive_in_order_and_a_stuck_cl
         await fast.close()
         return
 
-    # Connected just before the burst: a client whose receive window stays shut for
-    # long waits out the kernel's backed-off window probes, not the server's grace.
-    stuck = await asyncio.to_thread(stuck_client, server.port)
-    await asyncio.to_thread(site.wait_for_live_total, 2)
-    stuck_close = asyncio.ensure_future(asyncio.to_thread(read_once_cut, server, stuck))
-    publishing = asyncio.to_thread(site.shell, burst_code(800, 8000))
-    _, got_fast = await asyncio.gather(publishing, numbers(fast, 800))
-    assert got_fast == list(range(800))
-    assert await stuck_close == 4008
-    await one_dropped_then_stopped(server, kind, stuck, fast)
+    await a_stuck_client_is_cut_while_the_fast_one_gets_all(
+        site,
+        server,
+        kind,
+        fast,
+        lambda count, pad: asyncio.to_thread(site.shell, burst_code(count, pad)),
+    )
