@@ -1,5 +1,6 @@
 """Publisher backpressure on channels-redis, against a real Redis and real relays."""
 
+import json
 import logging
 import threading
 import time
@@ -135,4 +136,38 @@ async def test_a_relay_stuck_past_capacity_loses_nothing_persisted(redis_layer, 
     assert received == sent
     assert await client.receive_nothing(timeout=0.2)
     assert "Relay missed persisted broadcast(s) " in caplog.text  # which: when it stalled
+    await client.disconnect()
+
+
+async def test_a_relay_stuck_past_capacity_with_nothing_after_gets_the_rest_on_a_heartbeat(
+    redis_layer, settings, caplog
+):
+    # As above, but the last broadcasts are lost too: no later id reveals the gap, so the
+    # heartbeat's look for what an idle relay never got has to send them.
+    from broadcast.relay import LOST_AFTER_SECONDS
+
+    layers = redis_layers(redis_layer)
+    layers["default"]["CONFIG"]["capacity"] = 5
+    settings.CHANNEL_LAYERS = layers
+    channel_layers.backends.clear()
+    settings.BROADCAST_MAX_RELAY_BACKLOG = 1
+    settings.BROADCAST_RELAY_STALL_SECONDS = 0.2
+    settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
+    client = await connect()
+    sent = []
+    publisher = threading.Thread(
+        target=lambda: sent.extend(publish("burst", {"n": n}) for n in range(12))
+    )
+    publisher.start()
+    publisher.join(30)  # on the event loop's thread: the relay reads nothing meanwhile
+    assert backlog(get_channel_layer(), running_hub().relay.channel) == 5
+
+    received = [await frame(client) for _ in range(5)]  # what the layer kept
+    # Within a few heartbeats of the relay idling, not on some later reconnect.
+    received += [
+        json.loads(await client.receive_from(timeout=LOST_AFTER_SECONDS + 3)) for _ in sent[5:]
+    ]
+    assert received == sent
+    assert await client.receive_nothing(timeout=0.3)
+    assert "with none after them; sent them from the database" in caplog.text
     await client.disconnect()
