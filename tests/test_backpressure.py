@@ -108,27 +108,38 @@ def test_backpressure_can_be_switched_off(relay, settings):
     assert backlog(relay.layer, relay.channel) == 10
 
 
-async def test_a_relay_stuck_past_capacity_loses_nothing_persisted(redis_layer, settings, caplog):
-    # A stuck event loop: its relay stops reading, publishers stop waiting for it after
-    # BROADCAST_RELAY_STALL_SECONDS, and channels-redis drops what passes capacity.
+@pytest.fixture
+def capacity_five(redis_layer, settings):
+    """A relay paced at one queued broadcast, waited for 0.2 s, on a layer of capacity 5."""
     layers = redis_layers(redis_layer)
     layers["default"]["CONFIG"]["capacity"] = 5
     settings.CHANNEL_LAYERS = layers
     channel_layers.backends.clear()
     settings.BROADCAST_MAX_RELAY_BACKLOG = 1
     settings.BROADCAST_RELAY_STALL_SECONDS = 0.2
-    client = await connect()
+
+
+def publish_twelve_with_the_loop_stuck() -> list[dict]:
+    """
+    Publish twelve from another thread while this, the event loop's thread, waits: the
+    relay reads nothing, publishers stop waiting for it after the stall seconds, and
+    channels-redis keeps the first five and drops the rest.
+    """
     sent = []
     publisher = threading.Thread(
         target=lambda: sent.extend(publish("burst", {"n": n}) for n in range(12))
     )
     publisher.start()
-    publisher.join(30)  # on the event loop's thread: the relay reads nothing meanwhile
+    publisher.join(30)
     assert len(sent) == 12
-    relay = running_hub().relay.channel
     # Read with the loop still blocked (an await would let the relay drain the queue).
-    assert backlog(get_channel_layer(), relay) == 5  # capacity: the other 7 were dropped
+    assert backlog(get_channel_layer(), running_hub().relay.channel) == 5
+    return sent
 
+
+async def test_a_relay_stuck_past_capacity_loses_nothing_persisted(capacity_five, caplog):
+    client = await connect()
+    sent = publish_twelve_with_the_loop_stuck()
     received = [await frame(client) for _ in range(5)]  # what the layer kept
     # Only now: published while the relay's queue is still full, it would be dropped too.
     sent.append(await apublish("after", {}))  # the next one shows the relay the gap
@@ -140,29 +151,16 @@ async def test_a_relay_stuck_past_capacity_loses_nothing_persisted(redis_layer, 
 
 
 async def test_a_relay_stuck_past_capacity_with_nothing_after_gets_the_rest_on_a_heartbeat(
-    redis_layer, settings, caplog
+    capacity_five, settings, caplog
 ):
-    # As above, but the last broadcasts are lost too: no later id reveals the gap, so the
-    # heartbeat's look for what an idle relay never got has to send them.
+    # The last broadcasts are lost too: no later id reveals the gap, so the heartbeat's
+    # look for what an idle relay never got has to send them.
     from broadcast.relay import LOST_AFTER_SECONDS
 
-    layers = redis_layers(redis_layer)
-    layers["default"]["CONFIG"]["capacity"] = 5
-    settings.CHANNEL_LAYERS = layers
-    channel_layers.backends.clear()
-    settings.BROADCAST_MAX_RELAY_BACKLOG = 1
-    settings.BROADCAST_RELAY_STALL_SECONDS = 0.2
     settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
     client = await connect()
-    sent = []
-    publisher = threading.Thread(
-        target=lambda: sent.extend(publish("burst", {"n": n}) for n in range(12))
-    )
-    publisher.start()
-    publisher.join(30)  # on the event loop's thread: the relay reads nothing meanwhile
-    assert backlog(get_channel_layer(), running_hub().relay.channel) == 5
-
-    received = [await frame(client) for _ in range(5)]  # what the layer kept
+    sent = publish_twelve_with_the_loop_stuck()
+    received = [await frame(client) for _ in range(5)]
     # Within a few heartbeats of the relay idling, not on some later reconnect.
     received += [
         json.loads(await client.receive_from(timeout=LOST_AFTER_SECONDS + 3)) for _ in sent[5:]
