@@ -19,8 +19,8 @@ async def connect(app=None, query="", **kwargs):
     return communicator
 
 
-async def frame(communicator):
-    return json.loads(await communicator.receive_from(timeout=2))
+async def frame(communicator, timeout=2):
+    return json.loads(await communicator.receive_from(timeout=timeout))
 
 
 async def uvicorn_connection():

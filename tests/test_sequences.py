@@ -310,7 +310,7 @@ async def test_a_persisted_broadcast_the_layer_lost_with_none_after_it_arrives_o
     # Lost in the layer (a pub/sub process not yet subscribed again after Redis
     # restarted), and nothing published after it to reveal the gap.
     lost = await database_sync_to_async(_sent_but_lost)("lost", 2.0)
-    got = json.loads(await client.receive_from(timeout=3))
+    got = await frame(client, timeout=3)
     assert (got["type"], got["id"]) == ("lost", lost)
     assert f"Relay missed persisted broadcast(s) {lost}" in caplog.text
     # The live stream goes on after it, in order.
