@@ -25,7 +25,7 @@ from .connectquery import ConnectQuery
 from .envelope import build_text, control_text, now_timestamp, welcome_text
 from .hub import get_hub
 from .outbox import Outbox, close_through_send
-from .resume import resume
+from .resume import HistoryUnavailable, resume
 from .servers import Scope, Writer, direct_writer, mark_single_callable, server_send
 from .shutdown import CLOSE_SERVICE_RESTART
 from .tokens import Grant, InvalidToken, read_token
@@ -264,14 +264,18 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         while a long history streams at the client's pace.
         """
         self._resuming = asyncio.ensure_future(
-            resume(
-                outbox,
-                last_id,
-                self.hub.last_id,
-                SLOW_CLIENT_GRACE_SECONDS,
-                self.hub.subscriptions(outbox),
-            )
+            self._resume(outbox, last_id, self.hub.last_id, self.hub.subscriptions(outbox))
         )
+
+    async def _resume(
+        self, outbox: Outbox, last_id: int, current_id: int, subscribed: frozenset[str]
+    ) -> None:
+        try:
+            await resume(outbox, last_id, current_id, SLOW_CLIENT_GRACE_SECONDS, subscribed)
+        except HistoryUnavailable as exc:
+            # Not hub.reset: the history may well exist; the client keeps its last id.
+            logger.warning("Closed a resuming client with %s: %s", CLOSE_TRY_AGAIN_LATER, exc)
+            await self._close(CLOSE_TRY_AGAIN_LATER, "history unavailable")
 
     # Topics ------------------------------------------------------------------
 

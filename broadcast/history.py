@@ -2,6 +2,9 @@
 History for clients that resume: the persisted broadcasts after the last id a
 client saw, within BROADCAST_HISTORY_LIMIT and BROADCAST_HISTORY_TTL.
 
+A read that fails raises (the database's own error): "could not read" is never
+"history is gone", which only ``None`` from :func:`replay_plan` means.
+
 Every id a client can have seen was committed before it was sent (the send lock,
 see sendlock.py), so a client that joins the group first and reads history second
 misses nothing in between.
@@ -74,7 +77,9 @@ def replay_plan(
         return None
     if any(seq != last_id + 1 + index for index, (seq, *_) in enumerate(rows)):
         return None
-    if not rows and current_id > last_id:
+    # Every id up to current_id was committed before it was sent: history that stops
+    # short of it lost the rest (pruned), as surely as a hole.
+    if current_id > last_id and (not rows or (rows[-1][0] or 0) < current_id):
         return None
     cutoff = timezone.now() - dt.timedelta(seconds=conf.BROADCAST_HISTORY_TTL)
     oldest_sent = rows[0][1] if rows else None

@@ -15,8 +15,8 @@ Gorilla's ``writePump`` joins what queued while it wrote.
 
 Topics stay on the same group and the same relay: the hub keeps an index from each
 topic to its subscribed clients, so a topic broadcast costs its subscribers, not
-every client. Ids are global: every broadcast, whatever its topic, advances the
-hub's last id.
+every client. The hub writes what the relay hands it: the relay alone owns the stream
+position (ids are global: every broadcast, whatever its topic, advances it).
 
 Each event loop has its own hub (daphne and uvicorn run one loop per process).
 """
@@ -54,7 +54,6 @@ class ProcessHub:
         # any: most subscribe to none, and a dict entry each would cost them memory).
         self.topics: dict[str, set[Outbox]] = {}
         self._subscriptions: dict[Outbox, set[str]] = {}
-        self.last_id = 0
         self.stopping = False
         self.relay = Relay(
             get_channel_layer(conf.BROADCAST_CHANNEL_LAYER), conf.BROADCAST_GROUP, self
@@ -69,10 +68,20 @@ class ProcessHub:
         return len(self.clients)
 
     @property
+    def last_id(self) -> int:
+        """The stream position, which the relay owns: welcomes and pongs report it."""
+        return self.relay.position
+
+    @property
     def relay_state(self) -> str:
-        """idle (no client yet), running, restarting (after a failure) or stopped."""
+        """
+        idle (no client yet), running, holding (at a gap the database cannot fill
+        yet), restarting (after a failure) or stopped.
+        """
         if not self.relay.started:
             return "stopped" if self.stopping else "idle"
+        if self.relay.holding_since is not None:
+            return "holding"
         return "running" if self.relay.running else "restarting"
 
     # Register and unregister -------------------------------------------------
@@ -285,15 +294,11 @@ class ProcessHub:
             )
             return None
         msg_id = message.get("id")
-        if isinstance(msg_id, int):
-            if msg_id <= self.last_id:
-                return None  # already delivered (a catch-up overlapping the live stream)
-            self.last_id = msg_id
-        else:
+        if not isinstance(msg_id, int):
             msg_id = None
         topic = message.get("topic")
         if topic is not None and not self.topics.get(topic):
-            return None  # the id still counts (above): ids are global
+            return None  # the relay counted its id all the same: ids are global
         return Outgoing.of_text(text, msg_id), topic
 
     def _per_client(

@@ -59,6 +59,17 @@ relay_restarts = Counter(
     "broadcast_relay_restarts",
     "Times a relay failed (channel layer unreachable, or an error) and restarted.",
 )
+relays_holding = Gauge(
+    "broadcast_relays_holding",
+    "Server processes whose relay holds the stream at a gap that the database cannot "
+    "fill yet (it retries; past a bound, clients get hub.reset).",
+    multiprocess_mode="livesum",
+)
+resets = Counter(
+    "broadcast_resets",
+    "hub.reset frames a relay sent its clients: ids they will not get (beyond history, "
+    "or history unreadable past the hold).",
+)
 backpressure_seconds = Counter(
     "broadcast_backpressure_seconds",
     "Time publishers waited for relays that were BROADCAST_MAX_RELAY_BACKLOG behind.",

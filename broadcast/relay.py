@@ -1,11 +1,18 @@
 """
-The relay: this process's one member of the broadcast group, which receives each
-broadcast once and hands it to the hub's fan-out, for as long as the process serves.
+The relay: this process's one member of the broadcast group and the one owner of its
+stream position. It receives each broadcast once, forms batches, finds gaps in the
+ids, fills them, advances the position, and hands the hub's fan-out what to write.
+
+Its invariant, checked in one place (``_advance``): the position moves past an id
+only when that id was fanned out, when history shows it was never sent (a burnt id),
+or when a ``hub.reset`` naming it was sent. A fan-out that raises puts it back.
 
 It is supervised (a failure is logged, retried with a growing delay, and followed by
 a catch-up from the database), and it fills gaps: persisted ids reach the layer in
 order under the send lock, so a jump in ids means broadcasts the layer lost, which it
-reads from the database before it fans out the next one.
+reads from the database before it fans out the next one. When the database cannot
+be read, it holds the live stream (in the layer) and retries; "could not read" is
+never taken for "history is gone". Past HOLD_SECONDS its clients get ``hub.reset``.
 
 A broadcast the layer lost with nothing after it (a pub/sub process not yet subscribed
 again after Redis restarted) leaves no gap to notice: on each heartbeat, a relay that
@@ -57,6 +64,10 @@ STOP_WAIT_SECONDS = 2.0
 # A relay delivers within milliseconds: one idle for this long, while a broadcast sent
 # this long ago never reached it, will not get that broadcast from the layer.
 LOST_AFTER_SECONDS = 1.0
+# How long a gap whose history cannot be read holds the stream, retrying with a
+# growing delay, before clients are told with hub.reset: a database failover's span.
+HOLD_SECONDS = 10.0
+HOLD_FIRST_DELAY, HOLD_MAX_DELAY = 0.1, 2.0
 
 Message: TypeAlias = dict[str, Any]
 
@@ -82,10 +93,12 @@ class LostLook:
         return newest_sent_before(self.after_id, self.before)
 
 
-class Clients(Protocol):
-    """The hub, as the relay sees it: the last id its clients were sent, and its fan-out."""
+class SkippedId(RuntimeError):
+    """The position was asked to move past an id that no one accounted for (a bug)."""
 
-    last_id: int
+
+class Clients(Protocol):
+    """The hub, as the relay sees it: its fan-out, which writes what it is handed."""
 
     def fan_out(self, message: dict[str, Any]) -> None: ...
 
@@ -105,6 +118,11 @@ class Relay:
         self.channel: str | None = None
         self.restarts = 0
         self.running = False
+        # The stream position: the newest id this process's clients were sent, or were
+        # told about; only ``_advance`` moves it (and ``start``, before any client).
+        self.position = 0
+        # Since when a gap waits for history the database cannot give (None: not).
+        self.holding_since: float | None = None
         self._clients = clients
         self._task: asyncio.Task[None] | None = None
         self._takes_from_redis: bool | None = None  # known at the first batch
@@ -143,7 +161,7 @@ class Relay:
         # Receiving starts only from a known position: a broadcast that arrives while
         # the id is read waits in the layer, where it would otherwise look like a gap
         # from 0 (and, past history, a hub.reset that skips ids not yet delivered).
-        self._clients.last_id = max(self._clients.last_id, newest)
+        self.position = max(self.position, newest)
         # Not joined: it joins, and catches up from here, in its supervised loop.
         self._task = asyncio.ensure_future(self._run(lost=not joined))
         return newest
@@ -165,14 +183,14 @@ class Relay:
         if time.monotonic() - idle_since < LOST_AFTER_SECONDS:
             return None
         before = timezone.now() - timedelta(seconds=LOST_AFTER_SECONDS)
-        return LostLook(idle_since, self._clients.last_id, before)
+        return LostLook(idle_since, self.position, before)
 
     async def send_lost(self, look: LostLook, newest: int | Exception) -> None:
         """Send from the database what ``look`` found sent a while ago and never received."""
         try:
             if isinstance(newest, Exception):
                 raise newest
-            if newest <= self._clients.last_id or self._idle_since != look.idle_since:
+            if newest <= self.position or self._idle_since != look.idle_since:
                 return  # nothing lost; or the relay woke meanwhile: the next heartbeat looks
             caught_up = await self._catch_up(newest)
         except Exception as exc:
@@ -340,19 +358,18 @@ class Relay:
         taken: list[Message] = []
         if self._carry:
             return taken
-        position = self._clients.last_id
         while len(taken) < room:
             message = self._poll()
             if message is None:
                 break
             msg_id = message.get("id")
             if message.get("topic") is not None or (
-                isinstance(msg_id, int) and msg_id > position + 1
+                isinstance(msg_id, int) and msg_id > self.position + 1
             ):
                 self._carry.append(message)
                 break
-            if isinstance(msg_id, int):
-                position = max(position, msg_id)
+            if isinstance(msg_id, int) and not self._advance(msg_id):
+                continue  # already sent (a catch-up overlapping the live stream)
             taken.append(message)
         return taken
 
@@ -362,21 +379,50 @@ class Relay:
         with ``sweep_limit``, its last part is swept, taking what arrives meanwhile.
         """
         ready: list[dict[str, Any]] = []
-        position = self._clients.last_id
+        since = self.position
         for message in batch:
             msg_id = message.get("id")
             if isinstance(msg_id, int):
-                if msg_id > position + 1:
+                if msg_id > self.position + 1:
                     if ready:
-                        self._clients.fan_out_batch(ready)
+                        self._hand_over(ready, since)
                         ready = []
                     await self._fill_gap(msg_id)
-                position = max(position, self._clients.last_id, msg_id)
+                    since = self.position
+                if not self._advance(msg_id):
+                    continue  # already sent (the gap's history held it too)
             ready.append(message)
         if ready and sweep_limit:
-            await self._clients.sweep(ready, self._take_more, sweep_limit)
+            try:
+                await self._clients.sweep(ready, self._take_more, sweep_limit)
+            except Exception:
+                self.position = since  # as in _hand_over
+                raise
         elif ready:
+            self._hand_over(ready, since)
+
+    def _hand_over(self, ready: list[Message], since: int) -> None:
+        """Fan out ``ready``; a fan-out that fails puts the position back to ``since``."""
+        try:
             self._clients.fan_out_batch(ready)
+        except Exception:
+            # A bug, not a client (the hub cuts a client whose write fails): the
+            # restart's catch-up sends these again from the database.
+            self.position = since
+            raise
+
+    def _advance(self, msg_id: int, *, accounted: bool = False) -> bool:
+        """
+        Move the position to ``msg_id``, the one place it moves; False for an id at or
+        behind it (already sent). Past more than the next id only when the ids between
+        are ``accounted`` for: replayed, burnt (history says never sent), or reset.
+        """
+        if msg_id <= self.position:
+            return False
+        if msg_id != self.position + 1 and not accounted:
+            raise SkippedId(f"the position {self.position} cannot skip to {msg_id}")
+        self.position = msg_id
+        return True
 
     def _set_running(self, running: bool) -> None:
         if running != self.running:
@@ -385,24 +431,49 @@ class Relay:
 
     async def _fill_gap(self, msg_id: int) -> None:
         """
-        Ids between the last one sent and ``msg_id`` were lost in the layer
-        (channels-redis drops past ``capacity``, and publishers stop waiting for a
-        relay stalled past BROADCAST_RELAY_STALL_SECONDS) or burnt by failed sends:
-        send what the database has of them first.
+        Ids between the position and ``msg_id`` were lost in the layer (channels-redis
+        drops past ``capacity``; pub/sub misses what is published while it resubscribes)
+        or burnt by failed sends: send what the database has of them first. While the
+        database cannot be read, hold (the live stream waits in the layer) and retry;
+        past HOLD_SECONDS, tell clients with ``hub.reset``. Returns with the position
+        at ``msg_id - 1`` or past it.
         """
-        gap_from = self._clients.last_id
+        gap_from = self.position
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HOLD_SECONDS
+        delay = HOLD_FIRST_DELAY
         try:
-            # Up to the id before: after a reset, the live one still follows.
-            caught_up = await self._catch_up(msg_id - 1)
-        except Exception as exc:
-            logger.warning(
-                "Relay received broadcast %s after %s and could not read the ids between "
-                "from the database (%s); clients that miss them can resume later",
-                msg_id,
-                gap_from,
-                exc,
-            )
-            return
+            while True:
+                try:
+                    # Up to the id before: after a reset, the live one still follows.
+                    caught_up = await self._catch_up(msg_id - 1)
+                    break
+                except Exception as exc:
+                    if self.holding_since is None:
+                        self._hold(True)
+                        logger.warning(
+                            "Relay received broadcast %s after %s and cannot read the ids "
+                            "between from the database (%s); holding the stream and "
+                            "retrying for up to %ss",
+                            msg_id,
+                            gap_from,
+                            exc,
+                            HOLD_SECONDS,
+                        )
+                    if loop.time() + delay > deadline:
+                        logger.error(
+                            "Relay could not read ids %s to %s from the database for %ss: "
+                            "hub.reset",
+                            gap_from + 1,
+                            msg_id - 1,
+                            HOLD_SECONDS,
+                        )
+                        self._reset(msg_id - 1)
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, HOLD_MAX_DELAY)
+        finally:
+            self._hold(False)
         # History may already hold ids after ``msg_id`` too: those were not missed.
         missed = [missed_id for missed_id in caught_up.ids if missed_id < msg_id]
         if missed:
@@ -411,6 +482,12 @@ class Relay:
                 "from the database",
                 ", ".join(str(missed_id) for missed_id in missed),
             )
+
+    def _hold(self, holding: bool) -> None:
+        if holding == (self.holding_since is not None):
+            return
+        self.holding_since = time.monotonic() if holding else None
+        metrics.relays_holding.inc() if holding else metrics.relays_holding.dec()
 
     async def _recover(self) -> None:
         """
@@ -425,15 +502,27 @@ class Relay:
             logger.warning("Relay is back; %s persisted broadcast(s) caught up", len(caught_up.ids))
 
     async def _catch_up(self, newest: int) -> CatchUp:
-        """Fan out every persisted broadcast after the hub's position, up to ``newest``."""
-        since = self._clients.last_id
-        missed = await database_sync_to_async(replay_after)(since, newest)
+        """
+        Fan out every persisted broadcast after the position, up to at least
+        ``newest``; or, when they are no longer all in history, ``hub.reset``. A
+        database failure raises, and the position stays where it was.
+        """
+        missed = await database_sync_to_async(replay_after)(self.position, newest)
         if missed is None:
             logger.warning("Relay missed broadcasts beyond history: hub.reset")
-            text = control_text("hub.reset", {"last_id": newest, "from": since}, timezone.now())
-            self._clients.last_id = newest
-            self._clients.fan_out(relay_message(text, None))
+            self._reset(newest)
             return CatchUp(reset=True)
         for replayed in missed:
-            self._clients.fan_out(relay_message(replayed.text, replayed.id, replayed.topic))
+            if self._advance(replayed.id, accounted=True):  # burnt ids between: never sent
+                self._clients.fan_out(relay_message(replayed.text, replayed.id, replayed.topic))
+        self._advance(newest, accounted=True)  # history runs to it: the rest were burnt
         return CatchUp(ids=tuple(replayed.id for replayed in missed))
+
+    def _reset(self, newest: int) -> None:
+        """Tell clients that the ids after the position up to ``newest`` are lost to them."""
+        if newest <= self.position:
+            return
+        text = control_text("hub.reset", {"last_id": newest, "from": self.position}, timezone.now())
+        metrics.resets.inc()
+        self._advance(newest, accounted=True)
+        self._clients.fan_out(relay_message(text, None))

@@ -4,14 +4,17 @@ Resume: what one client missed, written from history ahead of the live stream.
 The client's outbox holds live broadcasts while this runs. History is read a page at
 a time and written at the pace the client reads it (never counted against the
 slow-client bound: a long absence is not a slow client), then ``hub.resumed``, then
-what was held, skipping any id that history already gave.
+what was held, skipping any id that history already gave. When the database cannot
+be read, the client is told to try again later (:class:`HistoryUnavailable`), never
+``hub.reset``: its history may well still exist.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from django.utils import timezone
@@ -22,8 +25,14 @@ from .outbox import Outbox, Outgoing
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Broadcasts read from the database at a time (each at most BROADCAST_MAX_MESSAGE_BYTES).
 PAGE = 50
+
+
+class HistoryUnavailable(Exception):
+    """History could not be read (the database is away): the client should come back."""
 
 
 async def resume(
@@ -35,10 +44,14 @@ async def resume(
 ) -> None:
     """
     :func:`_resume`, guarded: a failure cuts the client (which then resumes again)
-    instead of leaving its outbox holding the live stream for ever.
+    instead of leaving its outbox holding the live stream for ever. Raises
+    :class:`HistoryUnavailable` for the caller to close the client with "try again
+    later".
     """
     try:
         await _resume(outbox, last_id, current_id, stall_seconds, topics)
+    except HistoryUnavailable:
+        raise
     except Exception:
         logger.exception("Resume failed; cutting the client so that it resumes again")
         if not outbox.closed:
@@ -58,22 +71,14 @@ async def _resume(
     when the outbox began holding), or ``hub.reset`` when they are no longer all in
     history. A client that reads nothing for ``stall_seconds`` is cut as a slow client.
     """
-    try:
-        ids = await database_sync_to_async(replay_plan)(last_id, current_id, topics)
-    except Exception as exc:
-        logger.warning("Could not read history for a resuming client: %s", exc)
-        ids = None
+    ids = await _read(replay_plan, last_id, current_id, topics)
     if ids is None:
         await _reset(outbox, last_id, current_id, stall_seconds)
         return
     newest = last_id
     for start in range(0, len(ids), PAGE):
         page = ids[start : start + PAGE]
-        try:
-            texts = await database_sync_to_async(envelope_texts)(page)
-        except Exception as exc:
-            logger.warning("Could not read history for a resuming client: %s", exc)
-            texts = []
+        texts = await _read(envelope_texts, page)
         if [replayed.id for replayed in texts] != page:  # pruned or deleted meanwhile
             await _reset(outbox, newest, current_id, stall_seconds)
             return
@@ -90,6 +95,15 @@ async def _resume(
     )
     if await _write(outbox, Outgoing.of_text(resumed), stall_seconds):
         await _release(outbox, newest, stall_seconds)
+
+
+async def _read(read: Callable[..., T], *args: Any) -> T:
+    """``read(*args)`` on a database thread; a failure is :class:`HistoryUnavailable`."""
+    try:
+        result: T = await database_sync_to_async(read)(*args)
+    except Exception as exc:
+        raise HistoryUnavailable(f"could not read history ({exc})") from exc
+    return result
 
 
 async def _reset(outbox: Outbox, last_id: int, current_id: int, stall_seconds: float) -> None:

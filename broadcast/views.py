@@ -84,12 +84,23 @@ async def _check_layer_with_retry() -> dict[str, Any]:
 
 
 def _check_relay() -> dict[str, Any]:
-    """This process's relay: failing while it restarts after an error."""
+    """
+    This process's relay: failing while it restarts after an error, or while it holds
+    the stream at a gap the database cannot fill yet (with how long it has held).
+    """
     hub = running_hub()
     if hub is None:
         return {"ok": True, "state": "idle", "restarts": 0}
     state = hub.relay_state
-    return {"ok": state != "restarting", "state": state, "restarts": hub.relay.restarts}
+    check: dict[str, Any] = {
+        "ok": state not in ("restarting", "holding"),
+        "state": state,
+        "restarts": hub.relay.restarts,
+    }
+    since = hub.relay.holding_since
+    if since is not None:
+        check["holding_seconds"] = round(time.monotonic() - since, 1)
+    return check
 
 
 def _ms(started: float) -> float:

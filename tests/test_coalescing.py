@@ -217,43 +217,6 @@ async def test_a_waiting_receive_cancelled_leaves_channels_redis_able_to_receive
     assert json.dumps(layer.receive_buffer) == "{}"
 
 
-class Recorder:
-    """The hub as a relay sees it: what it would deliver, skipping ids it has sent."""
-
-    def __init__(self, last_id):
-        self.last_id, self.delivered = last_id, []
-
-    def fan_out(self, message):
-        self.fan_out_batch([message])
-
-    def fan_out_batch(self, messages):
-        for message in messages:
-            msg_id = message["id"]
-            if msg_id is None or msg_id > self.last_id:
-                self.delivered.append(msg_id)
-                self.last_id = max(self.last_id, msg_id or 0)
-
-
-async def test_a_gap_inside_a_batch_is_filled_in_place_and_the_rest_follows(caplog):
-    from channels.db import database_sync_to_async
-
-    from broadcast.history import newest_id, replay_after
-    from broadcast.publishing import relay_message
-    from broadcast.relay import Relay
-
-    for n in range(8):
-        await apublish("gap", {"n": n})  # ids 1-8; nobody listens on this layer
-    rows = await database_sync_to_async(replay_after)(0, await database_sync_to_async(newest_id)())
-    messages = {row.id: relay_message(row.text, row.id, row.topic) for row in rows}
-    clients = Recorder(last_id=3)
-    relay = Relay(get_channel_layer(), "unused", clients)
-    # The layer lost id 5, and the relay took 4, 6, 7 and 8 at once: 4 goes out, then
-    # history from 5 (which already holds 6-8), then the batch's live copies, skipped.
-    await relay._deliver([messages[4], messages[6], messages[7], messages[8]])
-    assert clients.delivered == [4, 5, 6, 7, 8]
-    assert "missed persisted broadcast(s) 5 in the channel layer" in caplog.text
-
-
 @pytest.mark.redis
 async def test_channels_redis_core_hands_over_what_it_holds_in_one_round_trip(redis_layer):
     from broadcast.layers import redis as redis_layer_seam

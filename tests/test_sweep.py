@@ -100,6 +100,13 @@ def persisted(hub, count):
     return [relay_message(json.dumps({"id": n}), n) for n in range(first, first + count)]
 
 
+def advanced(hub, messages):
+    """``messages``, with the position moved past them, as the relay does before a fan-out."""
+    for message in messages:
+        hub.relay._advance(message["id"])
+    return messages
+
+
 async def test_a_write_in_a_sweep_holds_at_most_coalesce_max_broadcasts(hub, fast_path):
     everyone = await clients(hub, 12)
     for client in everyone:
@@ -157,11 +164,11 @@ async def test_a_client_that_connects_during_a_sweep_gets_every_broadcast_after_
     def take(room):
         if len(rest) == 25:  # a client connects during the sweep's next turn
             connecting.append(asyncio.ensure_future(clients(hub, 1)))
-        return [rest.pop(0)] if rest else []
+        return advanced(hub, [rest.pop(0)] if rest else [])
 
-    await hub.sweep([first], take, 64)
+    await hub.sweep(advanced(hub, [first]), take, 64)
     late = await connecting[0]
-    hub.fan_out_batch(rest)  # what the sweep left in the layer, as the relay goes on
+    hub.fan_out_batch(advanced(hub, rest))  # what the sweep left in the layer, as the relay goes on
     newest = first["id"] + 29
     for client in everyone:
         assert [m["id"] for m in await client.texts(30)] == list(range(first["id"], newest + 1))
@@ -222,7 +229,7 @@ async def test_a_sweep_takes_what_the_layer_holds_up_to_a_gap_or_a_topic(hub):
     layer = get_channel_layer()
     relay = Relay(layer, conf.BROADCAST_GROUP, hub)
     relay.channel = await layer.new_channel()
-    hub.last_id = 10
+    relay.position = 10
     texts = {n: json.dumps({"id": n}) for n in range(11, 20)}
     for message in [
         relay_message(texts[11], 11),
@@ -239,7 +246,7 @@ async def test_a_sweep_takes_what_the_layer_holds_up_to_a_gap_or_a_topic(hub):
     relay._carry = []
     await layer.send(relay.channel, relay_message(texts[16], 16, "x"))
     await layer.send(relay.channel, relay_message(texts[17], 17))
-    hub.last_id = 15
+    relay.position = 15
     assert relay._take_more(64) == []
     assert [(m["id"], m["topic"]) for m in relay._carry] == [(16, "x")]
     assert [m["id"] for m in relay._take_more(64)] == [], "not even after the topic's"

@@ -310,8 +310,8 @@ class Browser:
         assert status == 200 and "Log out" in page, f"login failed ({status})"
 
 
-def _fresh_database(tmp_path: Path) -> tuple[str, callable]:
-    base = os.environ.get("DATABASE_URL", "")
+def _fresh_database(tmp_path: Path, base: str | None = None) -> tuple[str, callable]:
+    base = base or os.environ.get("DATABASE_URL", "")
     if not base.startswith(("postgres://", "postgresql://")):
         return f"sqlite:///{tmp_path / 'e2e.sqlite3'}", lambda: None
     import psycopg
@@ -328,10 +328,13 @@ def _fresh_database(tmp_path: Path) -> tuple[str, callable]:
     return urllib.parse.urlunsplit(parts._replace(path=f"/{name}")), drop
 
 
-def make_site(tmp: Path, heartbeat: float = 0.3) -> tuple[Site, callable]:
-    """A migrated database with an admin user, and the environment to reach it; and
-    the function that drops that database."""
-    url, drop = _fresh_database(tmp)
+def make_site(
+    tmp: Path, heartbeat: float = 0.3, database: str | None = None
+) -> tuple[Site, callable]:
+    """A migrated database with an admin user (a fresh one on the server ``database``
+    names, by default DATABASE_URL's), the environment to reach it, and the function
+    that drops that database."""
+    url, drop = _fresh_database(tmp, database)
     env = {
         key: value
         for key, value in os.environ.items()

@@ -1,0 +1,120 @@
+"""
+The stream position, which the relay alone moves: never past an id that was not fanned
+out, burnt, or named by a hub.reset; held at a gap the database cannot fill yet.
+"""
+
+import json
+
+import pytest
+from channels.layers import get_channel_layer
+from django.db import OperationalError
+
+from broadcast import apublish
+from broadcast.history import newest_id, replay_after
+from broadcast.publishing import relay_message
+from broadcast.relay import Relay, SkippedId
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Recorder:
+    """The hub as the relay sees it: what it is handed to write, in order."""
+
+    def __init__(self):
+        self.delivered = []
+
+    def fan_out(self, message):
+        self.fan_out_batch([message])
+
+    def fan_out_batch(self, messages):
+        self.delivered.extend(messages)
+
+
+async def persisted(count):
+    """Group messages for ``count`` new persisted broadcasts, by id."""
+    from channels.db import database_sync_to_async
+
+    for n in range(count):
+        await apublish("p", {"n": n})  # nobody listens on this layer's group
+    rows = await database_sync_to_async(replay_after)(0, await database_sync_to_async(newest_id)())
+    return {row.id: relay_message(row.text, row.id, row.topic) for row in rows}
+
+
+def failing_history(monkeypatch, failures):
+    """History reads fail ``failures`` times (the database is away), then work."""
+    real, calls = replay_after, []
+
+    def read(*args):
+        calls.append(args)
+        if len(calls) <= failures:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(*args)
+
+    monkeypatch.setattr("broadcast.relay.replay_after", read)
+    return calls
+
+
+async def test_a_gap_inside_a_batch_is_filled_in_place_and_the_rest_follows(caplog):
+    messages = await persisted(8)
+    hub = Recorder()
+    relay = Relay(get_channel_layer(), "unused", hub)
+    relay.position = 3
+    # The layer lost id 5, and the relay took 4, 6, 7 and 8 at once: 4 goes out, then
+    # history from 5 (which already holds 6-8), then the batch's live copies, skipped.
+    await relay._deliver([messages[4], messages[6], messages[7], messages[8]])
+    assert [m["id"] for m in hub.delivered] == [4, 5, 6, 7, 8]
+    assert "missed persisted broadcast(s) 5 in the channel layer" in caplog.text
+
+
+async def test_a_gap_held_while_history_fails_is_filled_once_it_answers(monkeypatch, caplog):
+    messages = await persisted(6)
+    monkeypatch.setattr("broadcast.relay.HOLD_FIRST_DELAY", 0.01)
+    calls = failing_history(monkeypatch, 3)
+    hub = Recorder()
+    relay = Relay(get_channel_layer(), "unused", hub)
+    relay.position = 3
+    await relay._deliver([messages[4], messages[6]])  # 5 was lost in the layer
+    assert [m["id"] for m in hub.delivered] == [4, 5, 6]
+    assert len(calls) == 4 and relay.position == 6 and relay.holding_since is None
+    assert "holding the stream and retrying" in caplog.text
+
+
+async def test_a_gap_held_past_the_bound_is_reset_never_skipped_silently(monkeypatch, caplog):
+    messages = await persisted(6)
+    monkeypatch.setattr("broadcast.relay.HOLD_SECONDS", 0.2)
+    monkeypatch.setattr("broadcast.relay.HOLD_FIRST_DELAY", 0.01)
+    failing_history(monkeypatch, 10_000)
+    hub = Recorder()
+    relay = Relay(get_channel_layer(), "unused", hub)
+    relay.position = 3
+    await relay._deliver([messages[4], messages[6]])
+    four, reset, six = hub.delivered
+    assert (four["id"], six["id"]) == (4, 6)
+    frame = json.loads(reset["text"])
+    assert frame["type"] == "hub.reset" and frame["payload"] == {"last_id": 5, "from": 4}
+    assert relay.position == 6 and relay.holding_since is None
+    assert "could not read ids 5 to 5 from the database" in caplog.text
+
+
+async def test_the_position_never_moves_past_an_id_nobody_accounted_for():
+    relay = Relay(get_channel_layer(), "unused", Recorder())
+    relay.position = 3
+    assert relay._advance(4) and relay.position == 4
+    assert not relay._advance(4), "an id already sent is a duplicate"
+    with pytest.raises(SkippedId):
+        relay._advance(6)
+    assert relay.position == 4
+    assert relay._advance(6, accounted=True) and relay.position == 6
+
+
+async def test_a_fan_out_that_fails_puts_the_position_back_for_the_catch_up():
+    messages = await persisted(2)
+
+    class Failing(Recorder):
+        def fan_out_batch(self, messages):
+            raise RuntimeError("a bug in the fan-out")
+
+    relay = Relay(get_channel_layer(), "unused", Failing())
+    with pytest.raises(RuntimeError):
+        await relay._deliver([messages[1], messages[2]])
+    assert relay.position == 0
