@@ -6,6 +6,7 @@ client resuming meanwhile is told to come back (never hub.reset).
 
 import asyncio
 import os
+import sys
 import urllib.parse
 
 import psycopg
@@ -13,7 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from harness.tcpproxy import TcpProxy
-from tests.e2e.conftest import E2E_REDIS_URL, frames, get_json, make_site, no_frame
+from tests.e2e.conftest import E2E_REDIS_URL, ROOT, frames, get_json, make_site, no_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -113,3 +114,43 @@ async def test_a_resume_while_the_database_is_away_is_told_to_retry_not_reset(
     got = await frames(again, 3, timeout=15)
     assert [f["id"] for f in got[:2]] == ids[1:]
     assert got[2]["type"] == "hub.resumed"
+
+
+def script_from_the_docs(url: str, origin: str) -> str:
+    """The script example of docs/receiving.md, pointed at ``url``, resuming from argv[1]."""
+    text = (ROOT / "docs" / "receiving.md").read_text()
+    code = text.split("## From a script", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    code = code.replace('"wss://hub.example.com/ws/broadcast/"', repr(url))
+    code = code.replace('"https://hub.example.com"', repr(origin))
+    assert code.endswith("asyncio.run(listen())\n")
+    return code.replace("asyncio.run(listen())", "asyncio.run(listen(int(sys.argv[1])))")
+
+
+async def test_the_docs_script_comes_back_after_try_again_later_and_misses_nothing(
+    pg_site, proxied, start_server, tmp_path
+):
+    served, proxy = proxied
+    server = start_server(served, "uvicorn")
+    watcher = await server.client()
+    for n in range(3):
+        await asyncio.to_thread(publish, pg_site, f"n{n}")
+    ids = [f["id"] for f in await frames(watcher, 3)]
+
+    proxy.cut()
+    script = tmp_path / "listen.py"
+    script.write_text("import sys\n" + script_from_the_docs(server.ws_url, server.http))
+    listener = await asyncio.create_subprocess_exec(
+        sys.executable, "-u", str(script), str(ids[0]), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        await asyncio.sleep(1.5)  # it is closed with 1013, and backs off
+        assert "Closed a resuming client with 1013" in server.log()
+        proxy.restore()
+        lines = [
+            (await asyncio.wait_for(listener.stdout.readline(), 30)).decode().split()[:2]
+            for _ in range(2)
+        ]
+        assert lines == [[str(ids[1]), "n1"], [str(ids[2]), "n2"]]
+    finally:
+        listener.kill()
+        await listener.wait()
