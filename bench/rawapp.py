@@ -9,7 +9,7 @@ import os
 import urllib.parse
 
 from bench.control import handle, payload_text
-from broadcast.tuning import connection_closed, connection_opened, tune_gc
+from broadcast.stream.tuning import connection_closed, connection_opened, tune_gc
 
 clients: set = set()
 # topic -> the sends of its subscribers (``?topics=a,b`` on connect), as a raw app
@@ -17,7 +17,7 @@ clients: set = set()
 subscribers: dict[str, set] = {}
 
 # The same garbage-collector tuning as hubsite.asgi, paced by this app's own closes
-# as the hub's are, so the ceiling is measured on equal terms (broadcast.tuning
+# as the hub's are, so the ceiling is measured on equal terms (broadcast.stream.tuning
 # imports nothing from Django).
 if os.environ.get("HUB_GC_TUNING", "1") != "0":
     tune_gc()

@@ -24,17 +24,17 @@ __all__ = [
 ]
 
 _LAZY = {
-    "publish": "publishing",
-    "apublish": "publishing",
-    "publish_to_user": "publishing",
-    "apublish_to_user": "publishing",
-    "PublishFailed": "publishing",
-    "BroadcastError": "envelope",
-    "InvalidBroadcast": "envelope",
-    "InvalidPayload": "envelope",
-    "InvalidTopic": "envelope",
-    "InvalidType": "envelope",
-    "PayloadTooLarge": "envelope",
+    "publish": "publishing.api",
+    "apublish": "publishing.api",
+    "publish_to_user": "publishing.api",
+    "apublish_to_user": "publishing.api",
+    "PublishFailed": "publishing.api",
+    "BroadcastError": "protocol",
+    "InvalidBroadcast": "protocol",
+    "InvalidPayload": "protocol",
+    "InvalidTopic": "protocol",
+    "InvalidType": "protocol",
+    "PayloadTooLarge": "protocol",
 }
 
 

@@ -8,8 +8,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest, HttpResponse
 
-from .dashboard import dashboard_context
-from .envelope import (
+from broadcast.dashboard import dashboard_context
+from broadcast.models import Broadcast, HubProcess
+from broadcast.protocol import (
     BroadcastError,
     InvalidPayload,
     InvalidTopic,
@@ -17,8 +18,7 @@ from .envelope import (
     PayloadTooLarge,
     prepare,
 )
-from .models import Broadcast, HubProcess
-from .publishing import resend
+from broadcast.publishing.api import resend
 
 PAYLOAD_PREVIEW_CHARS = 80
 

@@ -11,10 +11,14 @@ class BroadcastConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_save
 
-        from . import checks  # noqa: F401 - registers the system checks
-        from .logdefaults import install_default_handler
-        from .models import Broadcast
-        from .signals import broadcast_requested, on_broadcast_requested, on_broadcast_saved
+        from broadcast import checks  # noqa: F401 - registers the system checks
+        from broadcast.logdefaults import install_default_handler
+        from broadcast.models import Broadcast
+        from broadcast.signals import (
+            broadcast_requested,
+            on_broadcast_requested,
+            on_broadcast_saved,
+        )
 
         broadcast_requested.connect(
             on_broadcast_requested, dispatch_uid="broadcast.on_broadcast_requested"

@@ -9,9 +9,9 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import NoReverseMatch, reverse
 
-from .conf import Settings, conf
-from .layerconf import QUICK_START, is_process_local, load_layer
-from .layers.redis import hosts_of
+from broadcast.conf import Settings, conf
+from broadcast.seams.layers.redis import hosts_of
+from broadcast.stream.layer import QUICK_START, is_process_local, load_layer
 
 
 @register(Tags.compatibility)
@@ -44,7 +44,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         except ImproperlyConfigured as exc:
             errors.append(Error(str(exc), id="broadcast.E024"))
     if Settings.BROADCAST_TOPIC_AUTHORIZER.rule.test(conf.BROADCAST_TOPIC_AUTHORIZER):
-        from .topics import authorizer
+        from broadcast.clients.authorizer import authorizer
 
         try:
             authorizer()

@@ -218,7 +218,7 @@ class Settings:
         "Topics one connection may subscribe to; more are denied with hub.error.",
     )  # fmt: skip
     BROADCAST_TOPIC_AUTHORIZER = Setting[str](
-        "broadcast.topics.default_authorizer",
+        "broadcast.clients.authorizer.default_authorizer",
         "be a dotted path to a callable, e.g. 'myapp.topics.authorize'", "broadcast.E026",
         "``authorize(user, topic) -> bool``: who may subscribe to what.",
     )  # fmt: skip

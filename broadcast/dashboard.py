@@ -13,7 +13,7 @@ from typing import Any
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from .models import ConnectionSample
+from broadcast.models import ConnectionSample
 
 WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 640, 160, 44, 20, 10
 
@@ -122,8 +122,8 @@ def dashboard_context(
     Everything the hub-process dashboard shows above the process list; the recent
     broadcasts (their payloads) only for users who may view broadcasts.
     """
-    from .counts import live_topic_totals
-    from .models import Broadcast, HubProcess
+    from broadcast.models import Broadcast, HubProcess
+    from broadcast.stream.counts import live_topic_totals
 
     now = now or timezone.now()
     hour = connection_series("Clients connected, last hour", dt.timedelta(hours=1), 60, now)

@@ -19,9 +19,9 @@ from typing import NamedTuple
 from django.db.models import Max
 from django.utils import timezone
 
-from .conf import conf
-from .envelope import Prepared, prepare
-from .models import Broadcast
+from broadcast.conf import conf
+from broadcast.models import Broadcast
+from broadcast.protocol import Prepared, prepare
 
 # Rows that hold a burnt id: their broadcast never reached the layer under that id.
 NOT_DELIVERED = (Broadcast.Status.FAILED, Broadcast.Status.RESENT)

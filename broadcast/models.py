@@ -11,8 +11,8 @@ from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 
-from .conf import conf
-from .envelope import TOPIC_RE, TYPE_RE
+from broadcast.conf import conf
+from broadcast.protocol import TOPIC_RE, TYPE_RE
 
 
 class BroadcastQuerySet(models.QuerySet["Broadcast"]):

@@ -11,10 +11,10 @@ from channels.sessions import SessionMiddlewareStack
 from django.conf import settings
 from django.urls import path
 
-from .conf import conf
-from .connectquery import carries_token
-from .consumers import BroadcastConsumer
-from .servers import Scope, mark_single_callable
+from broadcast.clients.consumer import BroadcastConsumer
+from broadcast.clients.query import carries_token
+from broadcast.conf import conf
+from broadcast.seams.servers import Scope, mark_single_callable
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class AllowedOrigins:
     """
     Channels' ``AllowedHostsOriginValidator`` (its own check decides), except for a
     connection with a connect token (``?token=``): the consumer checks the token
-    instead, and refuses a bad one with 403 (broadcast/tokens.py). Two more changes
+    instead, and refuses a bad one with 403 (broadcast/clients/tokens.py). Two more changes
     for the connect path: the verdict is remembered per Origin header value
     (a site sees a handful; the memory is bounded), where Channels parses the origin
     and every allowed-host pattern with ``urlparse`` on every connect; and, like

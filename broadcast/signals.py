@@ -24,7 +24,7 @@ def on_broadcast_requested(
     topic: str | None = None,
     **kwargs: Any,  # noqa: A002
 ) -> dict[str, Any]:
-    from .publishing import publish
+    from broadcast.publishing.api import publish
 
     return publish(type, payload, topic=topic, persist=persist, created_by=kwargs.get("created_by"))
 
@@ -32,7 +32,7 @@ def on_broadcast_requested(
 def on_broadcast_saved(sender: Any, instance: Any, created: bool, raw: bool, **kwargs: Any) -> None:
     if raw or not created or instance.sent_by_publish:
         return
-    from .publishing import PublishFailed, send_saved_row
+    from broadcast.publishing.api import PublishFailed, send_saved_row
 
     pk = instance.pk
 

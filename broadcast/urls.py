@@ -5,10 +5,11 @@ The hub's HTTP endpoints (metrics, health, the publish API); include them with
 
 from django.urls import path
 
-from . import publishapi, views
+from broadcast import views
+from broadcast.publishing import http
 
 urlpatterns = [
-    path("broadcast/publish", publishapi.publish_view, name="broadcast-publish"),
+    path("broadcast/publish", http.publish_view, name="broadcast-publish"),
     path("metrics", views.metrics_view, name="broadcast-metrics"),
     path("healthz", views.healthz, name="broadcast-healthz"),
 ]

@@ -14,13 +14,13 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from . import metrics
-from .conf import conf
-from .hub import running_hub
-from .layerconf import load_layer
-from .layers import pubsub
-from .models import HubProcess
-from .relay import RELAY_PREFIX
+from broadcast import metrics
+from broadcast.conf import conf
+from broadcast.models import HubProcess
+from broadcast.seams.layers import pubsub
+from broadcast.stream.hub import running_hub
+from broadcast.stream.layer import load_layer
+from broadcast.stream.relay import RELAY_PREFIX
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from broadcast.routing import (  # noqa: E402
     SessionIfAuthRequired,
     websocket_urlpatterns,
 )
-from broadcast.tuning import tune_gc  # noqa: E402
+from broadcast.stream.tuning import tune_gc  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -35,7 +35,7 @@ application = ProtocolTypeRouter(
 
 # Everything is imported now: take it out of the garbage collector's way, and during
 # connect bursts let closed connections pace full collections (see
-# broadcast/tuning.py; HUB_GC_TUNING=0 keeps Python's defaults, and
+# broadcast/stream/tuning.py; HUB_GC_TUNING=0 keeps Python's defaults, and
 # HUB_GC_YOUNG_GENERATION=7000 trades memory under churn for faster connect bursts).
 if os.environ.get("HUB_GC_TUNING", "1") != "0":
     young = os.environ.get("HUB_GC_YOUNG_GENERATION")

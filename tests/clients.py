@@ -5,7 +5,7 @@ import json
 
 from channels.testing import WebsocketCommunicator
 
-from broadcast.consumers import BroadcastConsumer
+from broadcast.clients.consumer import BroadcastConsumer
 
 PATH = "/ws/broadcast/"
 

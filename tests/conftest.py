@@ -8,7 +8,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import channel_layers
 from django.db import connections
 
-from broadcast.hub import running_hub
+from broadcast.stream.hub import running_hub
 
 # A database of its own, so that tests never touch a developer's data in db 0.
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -36,7 +36,7 @@ def _fresh_channel_layers(settings):
 @pytest.fixture
 async def hub():
     """The running loop's process hub, closed (relay and heartbeat stopped) after."""
-    from broadcast.hub import get_hub
+    from broadcast.stream.hub import get_hub
 
     instance = get_hub()
     yield instance

@@ -9,8 +9,8 @@ import redis
 from channels.layers import channel_layers, get_channel_layer
 
 from broadcast import apublish, publish
-from broadcast.backpressure import relay_backlogs
-from broadcast.hub import running_hub
+from broadcast.publishing.backpressure import relay_backlogs
+from broadcast.stream.hub import running_hub
 from tests.clients import connect, frame
 from tests.conftest import redis_layers
 from tests.test_publish import Observer
@@ -78,7 +78,7 @@ def test_a_stalled_relay_is_waited_for_only_so_long_then_reported(relay, setting
     for n in range(3):
         publish("fill", {"n": n})  # the relay reads nothing: it is stuck
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="broadcast.backpressure"):
+    with caplog.at_level(logging.WARNING, logger="broadcast.publishing.backpressure"):
         publish("late", {})
         publish("later", {})
     waited = time.monotonic() - started
@@ -155,7 +155,7 @@ async def test_a_relay_stuck_past_capacity_with_nothing_after_gets_the_rest_on_a
 ):
     # The last broadcasts are lost too: no later id reveals the gap, so the heartbeat's
     # look for what an idle relay never got has to send them.
-    from broadcast.relay import LOST_AFTER_SECONDS
+    from broadcast.stream.relay import LOST_AFTER_SECONDS
 
     settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
     client = await connect()

@@ -12,9 +12,10 @@ import redis.asyncio
 from channels.layers import get_channel_layer
 from prometheus_client import REGISTRY
 
-from broadcast import apublish, eager, servers
-from broadcast.frames import text_frame
-from broadcast.outbox import Outbox, Outgoing
+from broadcast import apublish
+from broadcast.clients.outbox import Outbox, Outgoing
+from broadcast.protocol import text_frame
+from broadcast.seams import eager, servers
 from tests.clients import connect, frame, uvicorn_connection
 from tests.conftest import redis_layers
 
@@ -219,8 +220,8 @@ async def test_a_waiting_receive_cancelled_leaves_channels_redis_able_to_receive
 
 @pytest.mark.redis
 async def test_channels_redis_core_hands_over_what_it_holds_in_one_round_trip(redis_layer):
-    from broadcast.layers import redis as redis_layer_seam
-    from broadcast.relay import RELAY_PREFIX
+    from broadcast.seams.layers import redis as redis_layer_seam
+    from broadcast.stream.relay import RELAY_PREFIX
 
     layer = get_channel_layer()
     assert redis_layer_seam.can_take_queued(layer)
@@ -242,8 +243,8 @@ async def test_channels_redis_core_hands_over_what_it_holds_in_one_round_trip(re
 async def test_a_receive_begun_while_the_relay_takes_its_queue_still_gets_its_message(
     redis_layer,
 ):
-    from broadcast.layers import redis as redis_layer_seam
-    from broadcast.relay import RELAY_PREFIX
+    from broadcast.seams.layers import redis as redis_layer_seam
+    from broadcast.stream.relay import RELAY_PREFIX
 
     layer = get_channel_layer()
     relay = await layer.new_channel(prefix=RELAY_PREFIX)
@@ -264,8 +265,8 @@ async def test_a_message_that_cannot_go_back_to_redis_waits_in_the_buffer(
 ):
     import redis.exceptions
 
-    from broadcast.layers import redis as redis_layer_seam
-    from broadcast.relay import RELAY_PREFIX
+    from broadcast.seams.layers import redis as redis_layer_seam
+    from broadcast.stream.relay import RELAY_PREFIX
 
     layer = get_channel_layer()
     relay = await layer.new_channel(prefix=RELAY_PREFIX)
@@ -288,7 +289,7 @@ async def test_a_message_that_cannot_go_back_to_redis_waits_in_the_buffer(
 @pytest.mark.redis
 async def test_a_relay_on_channels_redis_core_takes_a_backlog_at_once_in_order(redis_layer, hub):
     from broadcast.conf import conf
-    from broadcast.publishing import relay_message
+    from broadcast.publishing.api import relay_message
 
     client = await connect()
     layer = get_channel_layer()
@@ -316,7 +317,7 @@ async def test_a_relay_on_channels_redis_core_takes_a_backlog_at_once_in_order(r
 async def test_a_core_layer_whose_internals_moved_is_received_one_by_one(
     redis_layer, monkeypatch, caplog
 ):
-    from broadcast.layers import redis as redis_layer_seam
+    from broadcast.seams.layers import redis as redis_layer_seam
 
     monkeypatch.setattr(redis_layer_seam, "verdicts", {})
     monkeypatch.setattr(redis_layer_seam, "TAKE_NAMES", ("receive_count", "gone_in_a_release"))
@@ -333,7 +334,7 @@ async def test_daphnes_public_path_counts_a_batch_once_against_the_bound():
     # within the bound was cut.
     from types import SimpleNamespace
 
-    from broadcast.servers.daphne import PausedWriter
+    from broadcast.seams.servers.daphne import PausedWriter
 
     sent = []
 
@@ -418,7 +419,7 @@ async def test_a_burst_published_at_once_on_pubsub_reaches_each_process_as_one_m
 async def test_a_burst_too_large_for_one_message_travels_in_several_in_order(
     pubsub_layer, hub, settings
 ):
-    from broadcast.layers.pubsub import BATCH_MAX_BYTES
+    from broadcast.seams.layers.pubsub import BATCH_MAX_BYTES
 
     settings.BROADCAST_MAX_MESSAGE_BYTES = BATCH_MAX_BYTES
     client = await connect()
@@ -435,7 +436,7 @@ async def test_a_burst_too_large_for_one_message_travels_in_several_in_order(
 
 
 async def test_a_relay_unpacks_a_batch_in_place_among_single_messages(hub):
-    from broadcast.groupmessages import batch_message, relay_message
+    from broadcast.protocol import batch_message, relay_message
 
     client = await connect()
     await client.send_json_to({"type": "hub.subscribe", "topics": ["x"]})
@@ -474,7 +475,7 @@ async def test_a_publish_cancelled_before_its_pipeline_left_is_not_sent(pubsub_l
 
 
 async def test_every_publish_in_a_failed_pipeline_fails_and_the_next_is_tried_again(settings):
-    from broadcast.publishing import PublishFailed
+    from broadcast.publishing.api import PublishFailed
 
     settings.CHANNEL_LAYERS = redis_layers(
         "redis://127.0.0.1:1/0", "pubsub.RedisPubSubChannelLayer"
@@ -488,7 +489,7 @@ async def test_every_publish_in_a_failed_pipeline_fails_and_the_next_is_tried_ag
 async def test_a_pubsub_layer_whose_internals_moved_publishes_one_by_one(
     pubsub_layer, hub, monkeypatch, caplog
 ):
-    from broadcast.layers import pubsub
+    from broadcast.seams.layers import pubsub
 
     monkeypatch.setattr(pubsub, "verdicts", {})
     monkeypatch.setattr(pubsub, "SHARD_NAMES", ("_lock", "gone_in_a_release"))

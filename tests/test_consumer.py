@@ -10,9 +10,9 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from broadcast import apublish
-from broadcast.consumers import BroadcastConsumer
+from broadcast.clients.consumer import BroadcastConsumer
 from broadcast.models import Broadcast
-from broadcast.publishing import relay_message
+from broadcast.publishing.api import relay_message
 from hubsite.asgi import application
 from tests.clients import PATH, connect, frame
 

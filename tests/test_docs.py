@@ -3,8 +3,9 @@
 import re
 from pathlib import Path
 
-from broadcast import consumers, shutdown
+from broadcast.clients import consumer as consumers
 from broadcast.conf import Settings
+from broadcast.stream import shutdown
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "broadcast"

@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from broadcast import InvalidPayload, InvalidTopic, InvalidType, PayloadTooLarge
-from broadcast.envelope import control_text, format_timestamp, prepare, welcome_text
+from broadcast.protocol import control_text, format_timestamp, prepare, welcome_text
 
 
 @pytest.mark.parametrize("name", ["a", "announcement", "chat.message", "x:y-z_1", "A" * 64])

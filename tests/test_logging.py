@@ -6,7 +6,7 @@ import pytest
 
 from broadcast import apublish
 from broadcast.logdefaults import install_default_handler
-from broadcast.publishing import PublishFailed
+from broadcast.publishing.api import PublishFailed
 from tests.clients import connect, frame
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -49,7 +49,7 @@ async def test_metrics_count_connections_publishes_deliveries_and_fan_outs(async
 
 
 def test_a_failed_publish_is_counted(client, unreachable_layer):
-    from broadcast.publishing import PublishFailed
+    from broadcast.publishing.api import PublishFailed
 
     before = sample(client.get("/metrics").content.decode(), "broadcast_publish_failures_total")
     with pytest.raises(PublishFailed):

@@ -13,7 +13,7 @@ from django.db import connection, transaction
 
 from broadcast import InvalidType, PayloadTooLarge, PublishFailed, publish
 from broadcast.models import Broadcast
-from broadcast.publishing import resend
+from broadcast.publishing.api import resend
 from broadcast.signals import broadcast_requested
 from tests.conftest import redis_layers
 
@@ -195,7 +195,7 @@ def test_concurrent_publishers_deliver_in_id_order(observer):
 
 
 def test_the_send_lock_is_shared_through_redis_on_the_pubsub_layer_too(settings, redis_url):
-    from broadcast.sendlock import redis_client
+    from broadcast.publishing.sendlock import redis_client
 
     settings.CHANNEL_LAYERS = {
         "default": {
@@ -211,7 +211,7 @@ def test_the_send_lock_is_shared_through_redis_on_the_pubsub_layer_too(settings,
     assert Broadcast.objects.get().status == Broadcast.Status.SENT
     # Ephemeral ones from sync code: each call runs on an event loop of its own, and
     # what the pipelined publish keeps for that loop goes with it.
-    from broadcast.layers import pubsub
+    from broadcast.seams.layers import pubsub
 
     gc.collect()
     kept = len(pubsub._outgoing)
@@ -276,7 +276,7 @@ def test_resending_a_row_whose_id_was_burnt_leaves_no_hole_in_history(observer):
 def test_a_send_lock_lost_in_redis_says_where_it_went(redis_layer):
     import redis
 
-    from broadcast.sendlock import LOCK_NAME, SendLockLost, send_lock
+    from broadcast.publishing.sendlock import LOCK_NAME, SendLockLost, send_lock
 
     admin = redis.Redis.from_url(redis_layer)
     for meddle, where in [
@@ -298,7 +298,8 @@ def test_a_publisher_stalled_under_the_lock_fails_undelivered_and_the_next_proce
 
     import redis
 
-    from broadcast import publishing, sendlock
+    from broadcast.publishing import sendlock
+    from broadcast.publishing import api as publishing
 
     first = publish("before", 1)
     monkeypatch.setattr(sendlock, "LOCK_EXPIRY_SECONDS", 3.0)
@@ -334,14 +335,14 @@ def test_a_publisher_killed_holding_the_lock_delays_the_next_only_until_it_expir
     import sys
     import time
 
-    from broadcast.sendlock import LOCK_EXPIRY_SECONDS
+    from broadcast.publishing.sendlock import LOCK_EXPIRY_SECONDS
     from tests.e2e.conftest import ROOT
 
     holder = subprocess.Popen(
         [sys.executable, "-c", (
             "import django, time; django.setup()\n"
-            "from broadcast.layerconf import load_layer\n"
-            "from broadcast.sendlock import send_lock\n"
+            "from broadcast.stream.layer import load_layer\n"
+            "from broadcast.publishing.sendlock import send_lock\n"
             "with send_lock(load_layer()):\n"
             "    print('held', flush=True)\n"
             "    time.sleep(60)\n"

@@ -10,7 +10,7 @@ import pytest
 from channels.layers import get_channel_layer
 
 from broadcast import apublish
-from broadcast.layers import pubsub
+from broadcast.seams.layers import pubsub
 from tests.clients import connect, frame
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]

@@ -6,7 +6,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 
 from broadcast import apublish
-from broadcast.consumers import BroadcastConsumer
+from broadcast.clients.consumer import BroadcastConsumer
 from tests.clients import connect, frame
 
 pytestmark = pytest.mark.django_db(transaction=True)

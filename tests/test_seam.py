@@ -1,4 +1,4 @@
-"""Other libraries' internals are named only inside their seams (broadcast/servers, layers)."""
+"""Other libraries' internals are named only inside their seams (broadcast/seams/)."""
 
 import ast
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import broadcast
 
 APP = Path(broadcast.__file__).parent
-SEAMS = {APP / "servers", APP / "layers"}
+SEAMS = {APP / "seams"}
 # Internals the seams own, as attribute names or strings anywhere in a module.
 INTERNALS = {
     "dataBuffer", "offset", "_tempDataLen", "disconnecting", "disconnected", "sendCloseFrame",

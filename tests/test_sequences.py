@@ -12,8 +12,8 @@ import pytest
 from channels.layers import get_channel_layer
 
 from broadcast import apublish
-from broadcast.consumers import BroadcastConsumer
-from broadcast.outbox import Outbox, Outgoing
+from broadcast.clients.consumer import BroadcastConsumer
+from broadcast.clients.outbox import Outbox, Outgoing
 from tests.clients import connect, frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -104,7 +104,7 @@ async def test_a_relay_that_fails_restarts_and_delivers_again(hub, monkeypatch, 
         real_fan_out(messages)
 
     monkeypatch.setattr(hub, "fan_out_batch", fan_out_failing_once)
-    monkeypatch.setattr("broadcast.relay.RESTART_FIRST_DELAY", 0.05)
+    monkeypatch.setattr("broadcast.stream.relay.RESTART_FIRST_DELAY", 0.05)
     first = await apublish("news", {"n": 1})
     second = await apublish("news", {"n": 2})
     # The broadcast in hand when the relay failed is caught up from the database.
@@ -187,7 +187,7 @@ async def test_a_client_registering_while_the_process_joins_gets_the_true_last_i
         clock.sleep(0.3)
         return 41
 
-    monkeypatch.setattr("broadcast.relay.newest_id", slow_newest_id)
+    monkeypatch.setattr("broadcast.stream.relay.newest_id", slow_newest_id)
     first, second = await asyncio.gather(connect(), connect())
     assert first.welcome["payload"] == {"last_id": 41}
     assert second.welcome["payload"] == {"last_id": 41}
@@ -208,7 +208,7 @@ async def test_a_first_client_is_welcomed_when_joining_fails_and_gets_what_the_r
         await real_group_add(group, channel)
 
     monkeypatch.setattr(layer, "group_add", group_add_failing_once)
-    monkeypatch.setattr("broadcast.relay.RESTART_FIRST_DELAY", 0.05)
+    monkeypatch.setattr("broadcast.stream.relay.RESTART_FIRST_DELAY", 0.05)
     client = await asyncio.wait_for(connect(), 2)  # welcomed, not closed with 1011
     assert "the relay retries" in caplog.text
     sent = await apublish("news", {"n": 1})
@@ -234,7 +234,7 @@ async def test_a_relay_back_from_an_outage_retries_a_stale_connection_at_once(
         return await real_receive(channel)
 
     monkeypatch.setattr(layer, "receive", receive_failing_twice)
-    monkeypatch.setattr("broadcast.relay.RESTART_FIRST_DELAY", 0.1)
+    monkeypatch.setattr("broadcast.stream.relay.RESTART_FIRST_DELAY", 0.1)
     client = await connect()
     for _ in range(100):  # the two failures, then the relay is back
         if not stale and hub.relay_state == "running":
@@ -260,7 +260,7 @@ async def test_a_broadcast_arriving_while_the_first_client_joins_is_no_gap_from_
     # that read looked like a gap from 0; with more rows than history holds, the
     # catch-up said hub.reset and moved the position past ids not yet delivered.
     from broadcast.history import newest_id
-    from broadcast.publishing import publish
+    from broadcast.publishing.api import publish
 
     settings.BROADCAST_HISTORY_LIMIT = 5
     for n in range(8):
@@ -270,7 +270,7 @@ async def test_a_broadcast_arriving_while_the_first_client_joins_is_no_gap_from_
         publish("during.join", {"n": 8})
         return newest_id()
 
-    monkeypatch.setattr("broadcast.relay.newest_id", newest_id_while_a_broadcast_arrives)
+    monkeypatch.setattr("broadcast.stream.relay.newest_id", newest_id_while_a_broadcast_arrives)
     client = await connect()
     after = await apublish("after.join", {"n": 9})
     got = [await frame(client) for _ in range(1 + (client.welcome["payload"]["last_id"] < 9))]
@@ -325,7 +325,7 @@ def count_beats(monkeypatch, fail_at=None):
     from django.db import OperationalError
     from django.utils import timezone
 
-    from broadcast.counts import Counts
+    from broadcast.stream.counts import Counts
 
     beats = []
     write_now = Counts.write_now
@@ -354,7 +354,7 @@ def count_connections(opened):
 async def test_an_idle_process_keeps_one_database_connection_for_its_heartbeats(
     hub, settings, monkeypatch
 ):
-    from broadcast.relay import LOST_AFTER_SECONDS
+    from broadcast.stream.relay import LOST_AFTER_SECONDS
 
     settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
     client = await connect()
@@ -401,7 +401,7 @@ async def test_a_heartbeat_that_failed_reconnects_and_writes_the_row_on_the_next
 async def test_a_broadcast_just_sent_is_left_to_the_layer(hub, settings):
     from channels.db import database_sync_to_async
 
-    from broadcast.relay import LOST_AFTER_SECONDS
+    from broadcast.stream.relay import LOST_AFTER_SECONDS
 
     settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
     client = await connect()

@@ -4,10 +4,10 @@ import logging
 
 import pytest
 
-from broadcast import servers
-from broadcast.servers import base
-from broadcast.servers import uvicorn as uvicorn_seam
-from broadcast.servers.base import Proven
+from broadcast.seams import servers
+from broadcast.seams.servers import base
+from broadcast.seams.servers import uvicorn as uvicorn_seam
+from broadcast.seams.servers.base import Proven
 from tests.clients import uvicorn_connection
 
 
@@ -42,7 +42,7 @@ async def test_a_version_outside_the_proven_range_means_one_warning_and_the_asgi
 ):
     installed = Proven("uvicorn", "0", "1").installed()
     monkeypatch.setattr(uvicorn_seam, "PROVEN", (Proven("uvicorn", "0.1", "0.2"),))
-    caplog.set_level(logging.WARNING, logger="broadcast.servers")
+    caplog.set_level(logging.WARNING, logger="broadcast.seams.servers")
     for _ in range(2):
         send, client = await uvicorn_connection()
         try:

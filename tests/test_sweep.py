@@ -11,10 +11,11 @@ import json
 import pytest
 from channels.layers import get_channel_layer
 
-from broadcast import apublish, servers
+from broadcast import apublish
+from broadcast.clients.outbox import Outbox
 from broadcast.conf import conf
-from broadcast.outbox import Outbox
-from broadcast.publishing import relay_message
+from broadcast.publishing.api import relay_message
+from broadcast.seams import servers
 from tests.clients import uvicorn_connection
 from tests.test_coalescing import CountingWriter, read_texts
 
@@ -224,7 +225,7 @@ async def test_a_lone_broadcast_to_many_clients_is_one_write_each(hub, fast_path
 
 
 async def test_a_sweep_takes_what_the_layer_holds_up_to_a_gap_or_a_topic(hub):
-    from broadcast.relay import Relay
+    from broadcast.stream.relay import Relay
 
     layer = get_channel_layer()
     relay = Relay(layer, conf.BROADCAST_GROUP, hub)

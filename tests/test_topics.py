@@ -8,10 +8,10 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser, User
 
 from broadcast import InvalidTopic, apublish, apublish_to_user, publish
-from broadcast.consumers import BroadcastConsumer
+from broadcast.clients.authorizer import default_authorizer
+from broadcast.clients.consumer import BroadcastConsumer
+from broadcast.clients.tokens import InvalidToken, connect_token, read_token
 from broadcast.routing import AllowedOrigins, SessionIfAuthRequired
-from broadcast.tokens import InvalidToken, connect_token, read_token
-from broadcast.topics import default_authorizer
 from tests.clients import PATH, connect, frame
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -260,8 +260,8 @@ def test_publish_refuses_bad_topics_before_touching_anything(db):
 
 
 async def test_the_heartbeat_writes_subscribers_per_topic(hub, monkeypatch):
-    from broadcast import counts
     from broadcast.models import HubProcess
+    from broadcast.stream import counts
 
     monkeypatch.setattr(counts, "TOPIC_COUNTS_KEPT", 2)
     clients = [await connect(query=f"?topics={names}") for names in ("a,b", "a,c", "a,b")]

@@ -6,8 +6,8 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from broadcast.frames import text_frame
-from broadcast.outbox import Outbox, Outgoing
+from broadcast.clients.outbox import Outbox, Outgoing
+from broadcast.protocol import text_frame
 from tests.clients import uvicorn_connection
 
 
@@ -113,7 +113,7 @@ async def test_ids_replayed_from_history_are_skipped_when_their_live_copy_arrive
 
 async def test_uvicorn_close_sends_the_code_and_is_a_no_op_once_the_client_is_gone(settings):
     settings.BROADCAST_FAST_PATH = True  # whatever the environment says (CI's public leg)
-    from broadcast.servers import direct_writer
+    from broadcast.seams.servers import direct_writer
 
     loop = asyncio.get_running_loop()
     send, client = await uvicorn_connection()
@@ -198,8 +198,8 @@ async def test_a_close_through_the_send_drops_the_queue_when_the_client_reads_to
 
 async def test_drain_waits_for_a_backlog_to_leave_and_gives_up_at_its_deadline(settings):
     settings.BROADCAST_FAST_PATH = True
-    from broadcast.servers import direct_writer
-    from broadcast.shutdown import drain
+    from broadcast.seams.servers import direct_writer
+    from broadcast.stream.shutdown import drain
 
     loop = asyncio.get_running_loop()
     send, client = await uvicorn_connection()

@@ -1,4 +1,4 @@
-"""broadcast.tuning: full garbage collections paced by closed connections in bursts."""
+"""broadcast.stream.tuning: full garbage collections paced by closed connections in bursts."""
 
 import asyncio
 import gc
@@ -7,8 +7,8 @@ import weakref
 
 import pytest
 
-from broadcast import tuning
-from broadcast.tuning import BURST_OLD_GENERATION_THRESHOLD, GarbagePacer
+from broadcast.stream import tuning
+from broadcast.stream.tuning import BURST_OLD_GENERATION_THRESHOLD, GarbagePacer
 from tests.clients import connect
 
 

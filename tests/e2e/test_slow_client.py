@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from broadcast.consumers import SLOW_CLIENT_GRACE_SECONDS
+from broadcast.clients.consumer import SLOW_CLIENT_GRACE_SECONDS
 from tests.e2e.conftest import get_text, read_to_close, stuck_client
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]

@@ -50,7 +50,7 @@ def token(pk: int | None, topics=(), ttl: float = 600) -> str:
     """
     from django.contrib.auth.models import User
 
-    from broadcast.tokens import connect_token
+    from broadcast.clients.tokens import connect_token
 
     return connect_token(None if pk is None else User(pk=pk), topics=topics, ttl=ttl)
 

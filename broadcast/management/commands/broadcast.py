@@ -12,10 +12,10 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from broadcast.envelope import BroadcastError, prepare
-from broadcast.layerconf import is_process_local, load_layer, needs_shared_layer
 from broadcast.models import Broadcast
-from broadcast.publishing import publish, resend
+from broadcast.protocol import BroadcastError, prepare
+from broadcast.publishing.api import publish, resend
+from broadcast.stream.layer import is_process_local, load_layer, needs_shared_layer
 
 
 class Command(BaseCommand):

@@ -8,8 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
-from broadcast.counts import TOPIC_COUNTS_KEPT, live_topic_totals
 from broadcast.models import HubProcess
+from broadcast.stream.counts import TOPIC_COUNTS_KEPT, live_topic_totals
 
 
 class Command(BaseCommand):

@@ -28,7 +28,7 @@
     onError: function () {},
     onSubscribed: function () {},
     topics: [],             // topics to subscribe to on every connect
-    token: null,            // a connect token (broadcast.tokens.connect_token)
+    token: null,            // a connect token (broadcast.clients.tokens.connect_token)
     lastId: null,           // resume from this id on the first connect
     baseDelay: 500,         // ms: the backoff's first ceiling
     maxDelay: 30000,        // ms: the backoff's cap

@@ -17,11 +17,10 @@ from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
-from django.utils import timezone
 
-from .envelope import control_text
-from .history import envelope_texts, replay_plan
-from .outbox import Outbox, Outgoing
+from broadcast.clients.outbox import Outbox, Outgoing
+from broadcast.history import envelope_texts, replay_plan
+from broadcast.protocol import reset_text, resumed_text
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +89,7 @@ async def _resume(
     # The position reached: history ran to at least current_id, and other topics'
     # ids up to it are absent, not missed (what is held comes after it).
     position = max(newest, current_id)
-    resumed = control_text(
-        "hub.resumed", {"from": last_id, "count": len(ids), "last_id": position}, timezone.now()
-    )
+    resumed = resumed_text(last_id, len(ids), position)
     if await _write(outbox, Outgoing.of_text(resumed), stall_seconds):
         await _release(outbox, newest, stall_seconds)
 
@@ -107,7 +104,7 @@ async def _read(read: Callable[..., T], *args: Any) -> T:
 
 
 async def _reset(outbox: Outbox, last_id: int, current_id: int, stall_seconds: float) -> None:
-    text = control_text("hub.reset", {"last_id": current_id, "from": last_id}, timezone.now())
+    text = reset_text(current_id, last_id)
     if await _write(outbox, Outgoing.of_text(text), stall_seconds):
         await _release(outbox, None, stall_seconds)
 

@@ -1,6 +1,6 @@
 """
 channels-redis's private parts: its key layout, read by publisher backpressure
-(:mod:`broadcast.backpressure`); the Redis hosts the send lock shares; and taking
+(:mod:`broadcast.publishing.backpressure`); the Redis hosts the send lock shares; and taking
 every message queued for a relay in one round trip (:func:`take_queued`), where the
 core layer's own receive takes one message per four.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
-from ..servers.base import Proven, Verdict, probe
+from broadcast.seams.servers.base import Proven, Verdict, probe
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """
 Graceful shutdown: the hub closes its clients with 1012 (service restart) in paced
-batches before the server's own shutdown runs (hooked in by :mod:`broadcast.servers`),
+batches before the server's own shutdown runs (hooked in by :mod:`broadcast.seams.servers`),
 so that their reconnects do not hit the remaining servers all at once; then it waits
 until each close frame has left the process, since what a server still buffers when
 its process exits never reaches the client.
@@ -12,12 +12,12 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-from .outbox import Outbox
-from .servers.base import Writer
+from broadcast.clients.outbox import Outbox
+from broadcast.protocol import CLOSE_SERVICE_RESTART
+from broadcast.seams.servers.base import Writer
 
-logger = logging.getLogger("broadcast.hub")
+logger = logging.getLogger("broadcast.stream.hub")
 
-CLOSE_SERVICE_RESTART = 1012
 MAX_BATCHES = 20
 CLIENTS_PER_BATCH = 100
 # How often the drain looks at the buffers: neither server has an event for "empty".

@@ -45,15 +45,15 @@ from typing import Any, Protocol, TypeAlias
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from . import eager, metrics
-from .conf import conf
-from .envelope import control_text
-from .groupmessages import relay_message, unpacked
-from .history import newest_id, newest_sent_before, replay_after
-from .layers import pubsub
-from .layers import redis as redis_layer
+from broadcast import metrics
+from broadcast.conf import conf
+from broadcast.history import newest_id, newest_sent_before, replay_after
+from broadcast.protocol import relay_message, reset_text, unpacked
+from broadcast.seams import eager
+from broadcast.seams.layers import pubsub
+from broadcast.seams.layers import redis as redis_layer
 
-logger = logging.getLogger("broadcast.hub")
+logger = logging.getLogger("broadcast.stream.hub")
 
 RELAY_PREFIX = "broadcast-relay"
 # The restart backoff after a failure (the layer unreachable, or a bug).
@@ -522,7 +522,7 @@ class Relay:
         """Tell clients that the ids after the position up to ``newest`` are lost to them."""
         if newest <= self.position:
             return
-        text = control_text("hub.reset", {"last_id": newest, "from": self.position}, timezone.now())
+        text = reset_text(newest, self.position)
         metrics.resets.inc()
         self._advance(newest, accounted=True)
         self._clients.fan_out(relay_message(text, None))

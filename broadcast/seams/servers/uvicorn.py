@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from types import FrameType
 from typing import Any
 
-from .base import Proven, Verdict, probe
+from broadcast.seams.servers.base import Proven, Verdict, probe
 
 PROTOCOL_CLASS = "WebSocketsSansIOProtocol"
 # The versions CI installs on its oldest and newest legs (ci/constraints-*.txt).

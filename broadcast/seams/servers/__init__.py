@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ..conf import conf
-from . import daphne, uvicorn
-from .asgi import Scope, mark_single_callable, server_send
-from .base import Writer
+from broadcast.conf import conf
+from broadcast.seams.servers import daphne, uvicorn
+from broadcast.seams.servers.asgi import Scope, mark_single_callable, server_send
+from broadcast.seams.servers.base import Writer
 
 __all__ = [
     "Scope",

@@ -16,15 +16,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from . import eager
-from .frames import text_frame
-from .servers import Writer
+from broadcast.protocol import CLOSE_NORMAL, text_frame
+from broadcast.seams import eager
+from broadcast.seams.servers import Writer
 
 logger = logging.getLogger(__name__)
 
 Send = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
-CLOSE_NORMAL = 1000
 # How often a paced writer looks at a client's backlog while it waits for it to drain.
 DRAIN_POLL_SECONDS = 0.005
 
@@ -64,7 +63,7 @@ class Outgoing:
 
 class Outbox:
     """
-    With a direct writer (see :mod:`broadcast.servers`), a message goes straight to
+    With a direct writer (see :mod:`broadcast.seams.servers`), a message goes straight to
     the client's transport, and what the transport holds unsent is the client's
     backlog. Without one, the server's ASGI ``send`` runs to completion inside
     ``push`` while the client keeps up; only a send that suspends continues in a

@@ -17,9 +17,9 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .conf import conf
-from .envelope import InvalidTopic, validate_topic
-from .publishing import USER_TOPIC_PREFIX, user_topic
+from broadcast.conf import conf
+from broadcast.protocol import InvalidTopic, validate_topic
+from broadcast.publishing.api import USER_TOPIC_PREFIX, user_topic
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import asyncio
 import logging
 from typing import TypeAlias
 
-from .conf import conf
-from .counts import Counts, close_connections
-from .relay import LostLook, Relay
+from broadcast.conf import conf
+from broadcast.stream.counts import Counts, close_connections
+from broadcast.stream.relay import LostLook, Relay
 
-logger = logging.getLogger("broadcast.hub")
+logger = logging.getLogger("broadcast.stream.hub")
 
 Answer: TypeAlias = int | Exception | None
 

@@ -24,9 +24,9 @@ from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
-from .conf import conf
-from .envelope import InvalidBroadcast, PayloadTooLarge
-from .publishing import PublishFailed, publish
+from broadcast.conf import conf
+from broadcast.protocol import InvalidBroadcast, PayloadTooLarge
+from broadcast.publishing.api import PublishFailed, publish
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from typing import Any, ParamSpec, TypeVar
 from django.db import connections
 from django.utils import timezone
 
-from .conf import conf
-from .models import ConnectionSample, HubProcess
+from broadcast.conf import conf
+from broadcast.models import ConnectionSample, HubProcess
 
 # Topics per process row, the most subscribed first: per-user topics alone can number
 # as many as the users, and the row is written every heartbeat.

@@ -20,14 +20,15 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from . import backpressure, metrics, singleprocess
-from .conf import conf
-from .envelope import BroadcastError, InvalidTopic, Prepared, prepare
-from .groupmessages import relay_message
-from .layerconf import is_process_local, load_layer, needs_shared_layer
-from .layers import pubsub
-from .models import Broadcast
-from .sendlock import redis_client, send_lock
+from broadcast import metrics
+from broadcast.conf import conf
+from broadcast.models import Broadcast
+from broadcast.protocol import BroadcastError, InvalidTopic, Prepared, prepare, relay_message
+from broadcast.publishing import backpressure
+from broadcast.publishing.sendlock import redis_client, send_lock
+from broadcast.seams.layers import pubsub
+from broadcast.stream import singleprocess
+from broadcast.stream.layer import is_process_local, load_layer, needs_shared_layer
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ async def apublish_to_user(
 
 
 def _wait_for_relays(layer: Any, budget: float | None = None) -> None:
-    """Backpressure (broadcast/backpressure.py), where the layer allows it."""
+    """Backpressure (broadcast/publishing/backpressure.py), where the layer allows it."""
     if conf.BROADCAST_MAX_RELAY_BACKLOG is None or not backpressure.applies_to(layer):
         return
     waited = backpressure.wait_for_relays(redis_client(layer), layer, budget)

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .conf import conf
-from .layers import redis as redis_layer
+from broadcast.conf import conf
+from broadcast.seams.layers import redis as redis_layer
 
 if TYPE_CHECKING:  # redis-py comes with channels-redis, the only layer that needs it
     import redis

@@ -17,9 +17,9 @@ from typing import Any
 
 from django.core import signing
 
-from .envelope import validate_topic
+from broadcast.protocol import validate_topic
 
-SALT = "broadcast.tokens.connect"
+SALT = "broadcast.clients.tokens.connect"
 
 
 class InvalidToken(Exception):

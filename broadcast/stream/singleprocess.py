@@ -24,7 +24,7 @@ import tempfile
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from .layerconf import is_process_local, load_layer, needs_shared_layer
+from broadcast.stream.layer import is_process_local, load_layer, needs_shared_layer
 
 _held: dict[str, int] = {}
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Protocol
 
-logger = logging.getLogger("broadcast.servers")
+logger = logging.getLogger("broadcast.seams.servers")
 
 
 class Writer(Protocol):

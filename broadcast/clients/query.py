@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-from .servers import Scope
+from broadcast.seams.servers import Scope
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@ The process hub: the registry of this process's clients, and its fan-out.
 
 A port of the Go hub (register, unregister, broadcast, a bounded send buffer per
 client) onto Channels. The channel layer carries each broadcast between processes;
-inside a process, one relay (:mod:`broadcast.relay`) is the only member of the
+inside a process, one relay (:mod:`broadcast.stream.relay`) is the only member of the
 broadcast group, and the fan-out writes the already-serialised envelope into each
-local client's outbox (:mod:`broadcast.outbox`). There is no channel-layer queue per
+local client's outbox (:mod:`broadcast.clients.outbox`). There is no channel-layer queue per
 client, no JSON work per client, and no database call on the delivery path.
 
 A fan-out to more clients than one chunk (``BROADCAST_SWEEP_CHUNK``) is a *sweep*: the loop
@@ -33,14 +33,16 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from . import metrics, servers, tuning
-from .conf import conf
-from .counts import Counts
-from .groupmessages import MESSAGE_TYPE
-from .heartbeat import heartbeat
-from .outbox import Outbox, Outgoing
-from .relay import STOP_WAIT_SECONDS, Relay
-from .shutdown import close_in_batches, drain
+from broadcast import metrics
+from broadcast.clients.outbox import Outbox, Outgoing
+from broadcast.conf import conf
+from broadcast.protocol import MESSAGE_TYPE
+from broadcast.seams import servers
+from broadcast.stream import tuning
+from broadcast.stream.counts import Counts
+from broadcast.stream.heartbeat import heartbeat
+from broadcast.stream.relay import STOP_WAIT_SECONDS, Relay
+from broadcast.stream.shutdown import close_in_batches, drain
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ anyway and resume from history when they reconnect elsewhere.
 
 This reads channels-redis's key layout (the group's sorted set of members, one
 sorted set of queued messages per process-local channel prefix) through its seam,
-:mod:`broadcast.layers.redis`, whose probe turns backpressure off, with a warning,
+:mod:`broadcast.seams.layers.redis`, whose probe turns backpressure off, with a warning,
 on a channels-redis it does not know.
 """
 
@@ -27,8 +27,8 @@ import logging
 import time
 from typing import Any
 
-from .conf import conf
-from .layers import redis as redis_layer
+from broadcast.conf import conf
+from broadcast.seams.layers import redis as redis_layer
 
 logger = logging.getLogger(__name__)
 

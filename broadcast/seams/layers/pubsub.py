@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..groupmessages import batch_message
-from ..servers.base import Proven, Verdict, probe
+from broadcast.protocol import batch_message
+from broadcast.seams.servers.base import Proven, Verdict, probe
 
 # channels-redis's own logger: the reader loop is its, with one number changed.
 logger = logging.getLogger("channels_redis.pubsub")

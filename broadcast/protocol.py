@@ -1,9 +1,13 @@
 """
-The envelope every client receives: ``{"id", "type", "topic", "payload", "timestamp"}``.
+The protocol, in one place: the envelope every client receives (``{"id", "type",
+"topic", "payload", "timestamp"}``), every control frame (``hub.*``) and close code,
+the WebSocket text frame, and the messages the broadcast group carries.
 
 A broadcast is validated and its payload serialised once, here; the envelope text
 is then assembled around that serialised payload at send time, when the delivery
-id and timestamp are known. No client ever re-encodes it.
+id and timestamp are known. No client ever re-encodes it. Server-to-client frames
+are not masked, so a broadcast is the same bytes for every client (like
+gorilla/websocket's ``PreparedMessage``).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
 
-from .conf import conf
+from broadcast.conf import conf
 
 # \A and \Z, not ^ and $: "$" also matches before a final newline ("a\n").
 TYPE_RE = re.compile(r"\A[A-Za-z0-9_.:\-]{1,64}\Z")
@@ -28,6 +33,20 @@ TOPIC_RE = TYPE_RE
 # envelope accepted at publish time never grows past the limit when its id is set.
 _LONGEST_ID = 2**63 - 1
 _TIMESTAMP_SAMPLE = "2026-01-01T00:00:00.000Z"
+
+# Close codes (RFC 6455 and the hub's own 4008): docs/protocol.md says when each is sent.
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_SLOW_CLIENT = 4008
+
+# The channel-layer message types of the broadcast group.
+MESSAGE_TYPE = "broadcast.message"
+BATCH_TYPE = "broadcast.batch"
 
 
 class BroadcastError(Exception):
@@ -189,10 +208,77 @@ def control_text(message_type: str, payload: Any, moment: dt.datetime) -> str:
 
 def welcome_text(last_id: int) -> str:
     """
-    The ``hub.welcome`` frame, as ``control_text`` builds it but without a JSON
-    encoder: it is built once for every connecting client.
+    ``hub.welcome``, with the stream position a client starts after; built without a
+    JSON encoder, since every connecting client gets one.
     """
     return build_text(None, '"hub.welcome"', f'{{"last_id":{int(last_id)}}}', now_timestamp())
+
+
+def subscribed_text(granted: list[str], denied: list[str]) -> str:
+    """``hub.subscribed``: what a subscribe was granted and denied."""
+    # Topic names need no encoder (they are validated ASCII), and the millisecond
+    # timestamp is shared: a burst of subscribing connects builds thousands of these.
+    payload = json.dumps({"topics": granted, "denied": denied}, separators=(",", ":"))
+    return build_text(None, '"hub.subscribed"', payload, now_timestamp())
+
+
+def unsubscribed_text(topics: list[str]) -> str:
+    return control_text("hub.unsubscribed", {"topics": topics}, timezone.now())
+
+
+def pong_text(last_id: int) -> str:
+    """``hub.pong``, with the stream position: a client may resume from it."""
+    return control_text("hub.pong", {"last_id": last_id}, timezone.now())
+
+
+def error_text(reason: str) -> str:
+    return control_text("hub.error", {"error": reason}, timezone.now())
+
+
+def reset_text(last_id: int, from_id: int) -> str:
+    """``hub.reset``: the ids after ``from_id`` up to ``last_id`` will not be sent."""
+    return control_text("hub.reset", {"last_id": last_id, "from": from_id}, timezone.now())
+
+
+def resumed_text(from_id: int, count: int, last_id: int) -> str:
+    """``hub.resumed``: ``count`` replayed after ``from_id``; the position reached."""
+    payload = {"from": from_id, "count": count, "last_id": last_id}
+    return control_text("hub.resumed", payload, timezone.now())
+
+
+def text_frame(data: bytes) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455, section 5.2)."""
+    length = len(data)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 65536:
+        header = bytes((0x81, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + length.to_bytes(8, "big")
+    return header + data
+
+
+def relay_message(text: str, msg_id: int | None, topic: str | None = None) -> dict[str, Any]:
+    """
+    The group message each process's relay receives. The topic rides beside the
+    text so that a relay routes it without decoding the envelope.
+    """
+    return {"type": MESSAGE_TYPE, "id": msg_id, "text": text, "topic": topic}
+
+
+def batch_message(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several relay messages as one, in order: each process receives and decodes it once."""
+    return {"type": BATCH_TYPE, "messages": messages}
+
+
+def unpacked(message: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The messages a batch holds, in order; None if ``message`` is not a batch."""
+    if message.get("type") != BATCH_TYPE:
+        return None
+    inner = message.get("messages")
+    if not isinstance(inner, list) or not inner:
+        return None  # the hub ignores it, with a warning, as any message it cannot read
+    return [item if isinstance(item, dict) else {"type": None} for item in inner]
 
 
 def _short(value: Any, limit: int = 80) -> str:

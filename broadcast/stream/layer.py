@@ -13,7 +13,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from .conf import conf
+from broadcast.conf import conf
 
 QUICK_START = "docs/quickstart.md, step 'The channel layer'"
 REDIS_EXTRA = "pip install 'django-broadcast-hub[redis]'"

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from .base import Proven, Verdict, probe
+from broadcast.seams.servers.base import Proven, Verdict, probe
 
 # The versions CI installs on its oldest and newest legs (ci/constraints-*.txt).
 PROVEN = (

@@ -17,27 +17,34 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ImproperlyConfigured
-from django.utils import timezone
 
-from . import metrics, singleprocess, topics
-from .conf import conf
-from .connectquery import ConnectQuery
-from .envelope import build_text, control_text, now_timestamp, welcome_text
-from .hub import get_hub
-from .outbox import Outbox, close_through_send
-from .resume import HistoryUnavailable, resume
-from .servers import Scope, Writer, direct_writer, mark_single_callable, server_send
-from .shutdown import CLOSE_SERVICE_RESTART
-from .tokens import Grant, InvalidToken, read_token
+from broadcast import metrics
+from broadcast.clients import authorizer
+from broadcast.clients.outbox import Outbox, close_through_send
+from broadcast.clients.query import ConnectQuery
+from broadcast.clients.resume import HistoryUnavailable, resume
+from broadcast.clients.tokens import Grant, InvalidToken, read_token
+from broadcast.conf import conf
+from broadcast.protocol import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_SLOW_CLIENT,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN_LATER,
+    CLOSE_UNSUPPORTED_DATA,
+    error_text,
+    pong_text,
+    subscribed_text,
+    unsubscribed_text,
+    welcome_text,
+)
+from broadcast.seams.servers import Scope, Writer, direct_writer, mark_single_callable, server_send
+from broadcast.stream import singleprocess
+from broadcast.stream.hub import get_hub
 
 logger = logging.getLogger(__name__)
 
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_SLOW_CLIENT = 4008
 # How long a cut slow client has to read up to its close frame before its TCP
 # connection is dropped, and what it holds in server memory with it.
 SLOW_CLIENT_GRACE_SECONDS = 5.0
@@ -152,7 +159,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         if query.topics:
             granted, denied, judged_errors = await self._judge(query.topics, frozenset())
             errors += judged_errors
-            answer = _subscribed_text(granted, denied)
+            answer = subscribed_text(granted, denied)
         await self.accept()
         limit = conf.BROADCAST_MAX_CONNECTIONS
         registered = await self.hub.register(
@@ -243,17 +250,15 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
             # The hub's position: every broadcast of this client's streams up to it
             # was sent ahead of this frame, so a client may resume from here even when
             # other topics' ids passed it by (resume.py).
-            pong = {"last_id": self.hub.last_id}
-            outbox.push_text(control_text("hub.pong", pong, timezone.now()))
+            outbox.push_text(pong_text(self.hub.last_id))
         elif frame_type == "hub.subscribe":
             await self._subscribe(outbox, frame.get("topics"))
         elif frame_type == "hub.unsubscribe":
-            names, errors = topics.parse_names(frame.get("topics"))
+            names, errors = authorizer.parse_names(frame.get("topics"))
             for error in errors:
                 self._reply_error(error)
             self.hub.unsubscribe(outbox, names)
-            answer = {"topics": names}
-            outbox.push_text(control_text("hub.unsubscribed", answer, timezone.now()))
+            outbox.push_text(unsubscribed_text(names))
         else:
             self._reply_error(f"unknown frame type {frame_type!r}; clients cannot publish")
 
@@ -281,7 +286,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
 
     async def _subscribe(self, outbox: Outbox, raw: Any) -> None:
         """Judge a ``hub.subscribe`` frame's topics, subscribe the granted, answer."""
-        names, errors = topics.parse_names(raw)
+        names, errors = authorizer.parse_names(raw)
         for error in errors:
             self._reply_error(error)
         granted, denied, judged_errors = await self._judge(names, self.hub.subscriptions(outbox))
@@ -290,7 +295,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         # No await between subscribing and the answer: once the client reads it,
         # every broadcast of those topics follows it.
         self.hub.subscribe(outbox, granted)
-        outbox.push_text(_subscribed_text(granted, denied))
+        outbox.push_text(subscribed_text(granted, denied))
 
     async def _judge(
         self, names: list[str], subscribed: frozenset[str]
@@ -299,7 +304,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         (granted, denied, errors) for topic names: within BROADCAST_MAX_TOPICS_PER_CLIENT,
         granted by the connect token, or by the authorizer (asked once per topic).
         """
-        inline = topics.runs_on_loop()
+        inline = authorizer.runs_on_loop()
         if inline:
             verdicts: dict[str, bool] = {}  # asking again costs less than keeping it
         else:
@@ -329,9 +334,9 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         if unknown:
             user = await self._resolve_user()
             if inline:
-                verdicts.update(topics.verdicts(user, unknown))
+                verdicts.update(authorizer.verdicts(user, unknown))
             else:
-                verdicts.update(await database_sync_to_async(topics.verdicts)(user, unknown))
+                verdicts.update(await database_sync_to_async(authorizer.verdicts)(user, unknown))
         granted = [name for name in wanted if name in pre_granted or verdicts[name]]
         denied = [name for name in wanted if name not in granted] + over
         return granted, denied, errors
@@ -373,7 +378,7 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
 
     def _reply_error(self, reason: str) -> None:
         if self.outbox is not None:
-            self.outbox.push_text(control_text("hub.error", {"error": reason}, timezone.now()))
+            self.outbox.push_text(error_text(reason))
 
     def _on_overflow(self) -> None:
         metrics.slow_client_cuts.inc()
@@ -422,13 +427,6 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _subscribed_text(granted: list[str], denied: list[str]) -> str:
-    # Topic names need no encoder (they are validated ASCII), and the millisecond
-    # timestamp is shared: a burst of subscribing connects builds thousands of these.
-    payload = json.dumps({"topics": granted, "denied": denied}, separators=(",", ":"))
-    return build_text(None, '"hub.subscribed"', payload, now_timestamp())
 
 
 def _active_user(pk: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Per connection: the consumer, its outbox, resume, and the access rules."""

@@ -1,0 +1,1 @@
+"""Publishing: validate, persist, assign the id under the send lock, hand to the layer."""

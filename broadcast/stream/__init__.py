@@ -1,0 +1,1 @@
+"""Per process: the relay that owns the stream position, the hub of clients, counts."""
