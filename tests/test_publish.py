@@ -298,8 +298,8 @@ def test_a_publisher_stalled_under_the_lock_fails_undelivered_and_the_next_proce
 
     import redis
 
-    from broadcast.publishing import sendlock
     from broadcast.publishing import api as publishing
+    from broadcast.publishing import sendlock
 
     first = publish("before", 1)
     monkeypatch.setattr(sendlock, "LOCK_EXPIRY_SECONDS", 3.0)

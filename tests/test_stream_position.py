@@ -12,7 +12,8 @@ from django.db import OperationalError
 from broadcast import apublish
 from broadcast.history import newest_id, replay_after
 from broadcast.publishing.api import relay_message
-from broadcast.stream.relay import Relay, SkippedId
+from broadcast.stream.position import SkippedId
+from broadcast.stream.relay import Relay
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -50,7 +51,7 @@ def failing_history(monkeypatch, failures):
             raise OperationalError("server closed the connection unexpectedly")
         return real(*args)
 
-    monkeypatch.setattr("broadcast.stream.relay.replay_after", read)
+    monkeypatch.setattr("broadcast.stream.position.replay_after", read)
     return calls
 
 
@@ -68,7 +69,7 @@ async def test_a_gap_inside_a_batch_is_filled_in_place_and_the_rest_follows(capl
 
 async def test_a_gap_held_while_history_fails_is_filled_once_it_answers(monkeypatch, caplog):
     messages = await persisted(6)
-    monkeypatch.setattr("broadcast.stream.relay.HOLD_FIRST_DELAY", 0.01)
+    monkeypatch.setattr("broadcast.stream.position.HOLD_FIRST_DELAY", 0.01)
     calls = failing_history(monkeypatch, 3)
     hub = Recorder()
     relay = Relay(get_channel_layer(), "unused", hub)
@@ -81,8 +82,8 @@ async def test_a_gap_held_while_history_fails_is_filled_once_it_answers(monkeypa
 
 async def test_a_gap_held_past_the_bound_is_reset_never_skipped_silently(monkeypatch, caplog):
     messages = await persisted(6)
-    monkeypatch.setattr("broadcast.stream.relay.HOLD_SECONDS", 0.2)
-    monkeypatch.setattr("broadcast.stream.relay.HOLD_FIRST_DELAY", 0.01)
+    monkeypatch.setattr("broadcast.stream.position.HOLD_SECONDS", 0.2)
+    monkeypatch.setattr("broadcast.stream.position.HOLD_FIRST_DELAY", 0.01)
     failing_history(monkeypatch, 10_000)
     hub = Recorder()
     relay = Relay(get_channel_layer(), "unused", hub)

@@ -243,7 +243,7 @@ async def test_a_sweep_takes_what_the_layer_holds_up_to_a_gap_or_a_topic(hub):
     assert [m["id"] for m in relay._take_more(64)] == [11, None, 12]
     assert [m["id"] for m in relay._carry] == [14]
     assert relay._take_more(64) == [], "nothing passes what waits behind the sweep"
-    assert relay._poll()["id"] == 15, "which is still in the layer, in order"
+    assert relay.receiver.poll()["id"] == 15, "which is still in the layer, in order"
     relay._carry = []
     await layer.send(relay.channel, relay_message(texts[16], 16, "x"))
     await layer.send(relay.channel, relay_message(texts[17], 17))
@@ -251,4 +251,4 @@ async def test_a_sweep_takes_what_the_layer_holds_up_to_a_gap_or_a_topic(hub):
     assert relay._take_more(64) == []
     assert [(m["id"], m["topic"]) for m in relay._carry] == [(16, "x")]
     assert [m["id"] for m in relay._take_more(64)] == [], "not even after the topic's"
-    assert relay._poll()["id"] == 17, "which is still in the layer, in order"
+    assert relay.receiver.poll()["id"] == 17, "which is still in the layer, in order"

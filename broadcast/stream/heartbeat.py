@@ -14,9 +14,10 @@ from typing import TypeAlias
 
 from broadcast.conf import conf
 from broadcast.stream.counts import Counts, close_connections
-from broadcast.stream.relay import LostLook, Relay
+from broadcast.stream.position import LostLook
+from broadcast.stream.relay import Relay
 
-logger = logging.getLogger("broadcast.stream.hub")
+logger = logging.getLogger(__name__)
 
 Answer: TypeAlias = int | Exception | None
 

@@ -16,7 +16,7 @@ from broadcast.clients.outbox import Outbox
 from broadcast.protocol import CLOSE_SERVICE_RESTART
 from broadcast.seams.servers.base import Writer
 
-logger = logging.getLogger("broadcast.stream.hub")
+logger = logging.getLogger(__name__)
 
 MAX_BATCHES = 20
 CLIENTS_PER_BATCH = 100
