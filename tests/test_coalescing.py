@@ -13,9 +13,10 @@ from channels.layers import get_channel_layer
 from prometheus_client import REGISTRY
 
 from broadcast import apublish
-from broadcast.clients.outbox import Outbox, Outgoing
+from broadcast.clients.outbox import Outbox
 from broadcast.protocol import text_frame
 from broadcast.seams import eager, servers
+from broadcast.stream.outgoing import Outgoing
 from tests.clients import connect, frame, uvicorn_connection
 from tests.conftest import redis_layers
 

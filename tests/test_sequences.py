@@ -13,7 +13,8 @@ from channels.layers import get_channel_layer
 
 from broadcast import apublish
 from broadcast.clients.consumer import BroadcastConsumer
-from broadcast.clients.outbox import Outbox, Outgoing
+from broadcast.clients.outbox import Outbox
+from broadcast.stream.outgoing import Outgoing
 from tests.clients import connect, frame
 
 pytestmark = pytest.mark.django_db(transaction=True)

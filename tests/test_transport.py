@@ -6,8 +6,9 @@ import pytest
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
-from broadcast.clients.outbox import Outbox, Outgoing
+from broadcast.clients.outbox import Outbox
 from broadcast.protocol import text_frame
+from broadcast.stream.outgoing import Outgoing
 from tests.clients import uvicorn_connection
 
 

@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 
-from broadcast.clients.outbox import Outbox, Outgoing
+from broadcast.clients.outbox import Outbox
 from broadcast.history import envelope_texts, replay_plan
 from broadcast.protocol import reset_text, resumed_text
+from broadcast.stream.outgoing import Outgoing
 
 logger = logging.getLogger(__name__)
 

@@ -1,22 +1,14 @@
 """
-The process hub: the registry of this process's clients, and its fan-out.
+The process hub: register and unregister clients, and run what feeds them (the relay,
+the heartbeat) from the first client to the process's shutdown.
 
 A port of the Go hub (register, unregister, broadcast, a bounded send buffer per
 client) onto Channels. The channel layer carries each broadcast between processes;
 inside a process, one relay (:mod:`broadcast.stream.relay`) is the only member of the
-broadcast group, and the fan-out writes the already-serialised envelope into each
-local client's outbox (:mod:`broadcast.clients.outbox`). There is no channel-layer queue per
-client, no JSON work per client, and no database call on the delivery path.
-
-A fan-out to more clients than one chunk (``BROADCAST_SWEEP_CHUNK``) is a *sweep*: the loop
-runs between chunks, and what the layer received meanwhile joins the writes still to
-come, so that broadcasts published during a fan-out cost each client one write, as
-Gorilla's ``writePump`` joins what queued while it wrote.
-
-Topics stay on the same group and the same relay: the hub keeps an index from each
-topic to its subscribed clients, so a topic broadcast costs its subscribers, not
-every client. The hub writes what the relay hands it: the relay alone owns the stream
-position (ids are global: every broadcast, whatever its topic, advances it).
+broadcast group and owns the stream position, and the fan-out
+(:mod:`broadcast.stream.fanout`) writes the already-serialised envelope into each
+local client's outbox (:mod:`broadcast.clients.outbox`). There is no channel-layer
+queue per client, no JSON work per client, and no database call on the delivery path.
 
 Each event loop has its own hub (daphne and uvicorn run one loop per process).
 """
@@ -24,45 +16,40 @@ Each event loop has its own hub (daphne and uvicorn run one loop per process).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from channels.layers import get_channel_layer
 
 from broadcast import metrics
-from broadcast.clients.outbox import Outbox, Outgoing
 from broadcast.conf import conf
-from broadcast.protocol import MESSAGE_TYPE
 from broadcast.seams import servers
 from broadcast.stream import tuning
 from broadcast.stream.counts import Counts
+from broadcast.stream.fanout import FanOut
 from broadcast.stream.heartbeat import heartbeat
 from broadcast.stream.relay import STOP_WAIT_SECONDS, Relay
 from broadcast.stream.shutdown import close_in_batches, drain
 
+if TYPE_CHECKING:
+    from broadcast.clients.outbox import Outbox
+
 logger = logging.getLogger(__name__)
 
 
-class ProcessHub:
+class ProcessHub(FanOut):
     """This process's clients, the relay that feeds them, and their counts."""
 
     def __init__(self) -> None:
-        self.clients: set[Outbox] = set()
-        # topic -> its subscribers, and each subscriber's topics (only clients with
-        # any: most subscribe to none, and a dict entry each would cost them memory).
-        self.topics: dict[str, set[Outbox]] = {}
-        self._subscriptions: dict[Outbox, set[str]] = {}
+        super().__init__()
         self.stopping = False
         self.relay = Relay(
             get_channel_layer(conf.BROADCAST_CHANNEL_LAYER), conf.BROADCAST_GROUP, self
         )
         self.counts = Counts(current=lambda: len(self.clients), topics=self.topic_counts)
         self._membership = asyncio.Lock()
-        self._registrations = 0  # clients added so far: a sweep stops taking after one
         self._heartbeat: asyncio.Task[None] | None = None
 
     @property
@@ -124,8 +111,7 @@ class ProcessHub:
             outbox.push_text(answer)
         if hold:
             outbox.hold()
-        self.clients.add(outbox)
-        self._registrations += 1
+        self.add(outbox)
         self.subscribe(outbox, topics)
         tuning.connection_opened()
         self.counts.accepted()
@@ -140,204 +126,10 @@ class ProcessHub:
         and the next client would wait for that. A relay with no clients costs one
         receive per broadcast.
         """
-        if outbox in self.clients:
-            self.clients.remove(outbox)
-            self.unsubscribe(outbox, tuple(self._subscriptions.get(outbox, ())))
+        if self.remove(outbox):
             metrics.connections.dec()
             if not self.stopping:  # collecting garbage on the way out is wasted time
                 tuning.connection_closed(len(self.clients))
-
-    # Topics ------------------------------------------------------------------
-
-    def subscribe(self, outbox: Outbox, topics: Iterable[str]) -> None:
-        """From now on, ``outbox`` also gets the broadcasts of ``topics``."""
-        if outbox not in self.clients:
-            return  # unregistered meanwhile (an authorizer answered after a close)
-        for topic in topics:
-            mine = self._subscriptions.setdefault(outbox, set())
-            if topic not in mine:
-                mine.add(topic)
-                self.topics.setdefault(topic, set()).add(outbox)
-
-    def unsubscribe(self, outbox: Outbox, topics: Iterable[str]) -> None:
-        """From now on, ``outbox`` no longer gets the broadcasts of ``topics``."""
-        mine = self._subscriptions.get(outbox)
-        if mine is None:
-            return
-        for topic in topics:
-            if topic in mine:
-                mine.discard(topic)
-                subscribers = self.topics[topic]
-                subscribers.discard(outbox)
-                if not subscribers:
-                    del self.topics[topic]
-        if not mine:
-            del self._subscriptions[outbox]
-
-    def subscriptions(self, outbox: Outbox) -> frozenset[str]:
-        """The topics ``outbox`` is subscribed to."""
-        return frozenset(self._subscriptions.get(outbox, ()))
-
-    def topic_counts(self) -> dict[str, int]:
-        """How many of this process's clients subscribe to each topic."""
-        return {topic: len(subscribers) for topic, subscribers in self.topics.items()}
-
-    # Fan-out -----------------------------------------------------------------
-
-    def fan_out(self, message: dict[str, Any]) -> None:
-        """
-        Hand one group message to every client (or, with a topic, to its subscribers),
-        framed once for all of them.
-        """
-        self.fan_out_batch([message])
-
-    def fan_out_batch(self, messages: list[dict[str, Any]]) -> None:
-        """
-        Hand several group messages, in order, to the clients each is for. A client
-        gets all of its messages in one write: one system call instead of one per
-        broadcast, which is most of what a burst costs.
-        """
-        started = time.perf_counter()
-        global_only: list[Outgoing] = []
-        # Each message for clients, and the topic it is for (None: every client).
-        ready: list[tuple[Outgoing, str | None]] = []
-        for message in messages:
-            outgoing = self._accept(message)
-            if outgoing is not None:
-                ready.append(outgoing)
-                if outgoing[1] is None:
-                    global_only.append(outgoing[0])
-        if not ready:
-            return
-        deliveries = 0
-        if len(global_only) == len(ready):  # every client gets the same bytes
-            batch = Outgoing.batch(global_only)
-            clients = tuple(self.clients)
-            self._push_each(clients, batch)
-            deliveries = len(clients) * len(ready)
-        else:
-            for outbox, batch, count in self._per_client(ready, global_only):
-                self._push_each((outbox,), batch)
-                deliveries += count
-        metrics.deliveries.inc(deliveries)
-        metrics.fan_out_batch.observe(len(ready))
-        metrics.fan_out_seconds.observe(time.perf_counter() - started)
-
-    async def sweep(
-        self,
-        messages: list[dict[str, Any]],
-        take: Callable[[int], list[dict[str, Any]]],
-        limit: int,
-    ) -> None:
-        """
-        :meth:`fan_out_batch` for global broadcasts to many clients, letting the loop
-        run after each chunk of ``BROADCAST_SWEEP_CHUNK`` clients. After each turn, ``take(room)``
-        gives what the layer holds now (global broadcasts, without waiting): the
-        clients not yet written to get it in the same write as the rest, those already
-        written to get it, in one write, on the next pass, and passes go on until every
-        client has everything taken. A client's write never holds more than ``limit``
-        broadcasts, and each client gets them in the order taken.
-
-        A client that registers during a sweep is not in it: from then on nothing more
-        is taken, since its welcome counts every broadcast taken so far and it must get
-        every one after.
-        """
-        size = conf.BROADCAST_SWEEP_CHUNK
-        if len(self.clients) <= size or any(
-            message.get("topic") is not None for message in messages
-        ):
-            self.fan_out_batch(messages)
-            return
-        started = time.perf_counter()
-        log = self._accept_global(messages)
-        clients = tuple(self.clients)
-        chunks = [clients[at : at + size] for at in range(0, len(clients), size)]
-        written = [0] * len(chunks)  # how much of ``log`` each chunk has been sent
-        registrations = self._registrations
-        deliveries = 0
-        while min(written) < len(log):
-            for index, chunk in enumerate(chunks):
-                done = written[index]
-                if done == len(log):
-                    continue
-                self._push_each(chunk, Outgoing.batch(log[done:]))
-                deliveries += len(chunk) * (len(log) - done)
-                written[index] = len(log)
-                await asyncio.sleep(0)  # publishers and the layer's reader run here
-                room = limit - (len(log) - min(written))
-                if room > 0 and self._registrations == registrations:
-                    log.extend(self._accept_global(take(room)))
-            floor = min(written)
-            if floor >= limit:  # what every chunk has had is no longer needed
-                del log[:floor]
-                written = [done - floor for done in written]
-        metrics.deliveries.inc(deliveries)
-        metrics.fan_out_seconds.observe(time.perf_counter() - started)
-
-    def _accept_global(self, messages: list[dict[str, Any]]) -> list[Outgoing]:
-        """Global messages for clients, in order (those no client gets left out)."""
-        if messages:
-            metrics.fan_out_batch.observe(len(messages))
-        accepted = []
-        for message in messages:
-            outgoing = self._accept(message)
-            if outgoing is not None:
-                accepted.append(outgoing[0])
-        return accepted
-
-    def _accept(self, message: dict[str, Any]) -> tuple[Outgoing, str | None] | None:
-        """A group message as a client message and its topic; None if no client gets it."""
-        text = message.get("text")
-        if message.get("type") != MESSAGE_TYPE or not isinstance(text, str):
-            logger.warning(
-                "Ignored a group message that is not a broadcast.message with a 'text' "
-                "envelope: %r",
-                {key: message.get(key) for key in ("type", "id")},
-            )
-            return None
-        msg_id = message.get("id")
-        if not isinstance(msg_id, int):
-            msg_id = None
-        topic = message.get("topic")
-        if topic is not None and not self.topics.get(topic):
-            return None  # the relay counted its id all the same: ids are global
-        return Outgoing.of_text(text, msg_id), topic
-
-    def _per_client(
-        self, ready: list[tuple[Outgoing, str | None]], global_only: list[Outgoing]
-    ) -> Iterable[tuple[Outbox, Outgoing, int]]:
-        """
-        Each client's share of a batch with topics, in order: subscribers of its
-        topics get their own selection, every other client the global messages.
-        """
-        topics = {topic for _, topic in ready if topic is not None}
-        if len(topics) == 1 and not global_only:  # one topic's: the same bytes for all
-            batch = Outgoing.batch([outgoing for outgoing, _ in ready])
-            for outbox in tuple(self.topics[topics.pop()]):
-                yield outbox, batch, len(ready)
-            return
-        subscribers: set[Outbox] = set()
-        for topic in topics:
-            subscribers.update(self.topics.get(topic, ()))
-        if global_only:
-            batch = Outgoing.batch(global_only)
-            for outbox in tuple(self.clients):  # a cut client leaves the set at once
-                if outbox not in subscribers:
-                    yield outbox, batch, len(global_only)
-        for outbox in subscribers:
-            mine: set[str] | frozenset[str] = self._subscriptions.get(outbox, frozenset())
-            share = [outgoing for outgoing, topic in ready if topic is None or topic in mine]
-            yield outbox, Outgoing.batch(share), len(share)
-
-    @staticmethod
-    def _push_each(clients: Iterable[Outbox], outgoing: Outgoing) -> None:
-        for outbox in clients:
-            try:
-                outbox.push(outgoing)
-            except Exception:  # one client's failure must not cost the others
-                logger.exception("Delivery to a client failed; cutting it so it resumes")
-                with contextlib.suppress(Exception):
-                    outbox.cut()
 
     # Stopping ----------------------------------------------------------------
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from broadcast.clients.outbox import Outbox
 from broadcast.protocol import CLOSE_SERVICE_RESTART
 from broadcast.seams.servers.base import Writer
+
+if TYPE_CHECKING:
+    from broadcast.clients.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
