@@ -1,32 +1,25 @@
-"""The WebSocket side of the hub: accept, register, write, unregister."""
+"""
+The WebSocket side of the hub: accept, register, answer the client's frames, close,
+unregister. Who may connect and subscribe is decided by its access rules
+(:mod:`broadcast.clients.access`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import json
 import logging
 from typing import Any
 
-from channels.auth import get_user
-from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
-from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncWebsocketConsumer
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AnonymousUser
-from django.core.exceptions import ImproperlyConfigured
-
 from broadcast import metrics
 from broadcast.clients import authorizer
+from broadcast.clients.access import AccessRules
+from broadcast.clients.lean import LeanConsumer
 from broadcast.clients.outbox import Outbox, close_through_send
 from broadcast.clients.query import ConnectQuery
 from broadcast.clients.resume import HistoryUnavailable, resume
-from broadcast.clients.tokens import Grant, InvalidToken, read_token
 from broadcast.conf import conf
 from broadcast.protocol import (
-    CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SERVICE_RESTART,
     CLOSE_SLOW_CLIENT,
@@ -39,8 +32,7 @@ from broadcast.protocol import (
     unsubscribed_text,
     welcome_text,
 )
-from broadcast.seams.servers import Scope, Writer, direct_writer, mark_single_callable, server_send
-from broadcast.stream import singleprocess
+from broadcast.seams.servers import Writer, direct_writer, server_send
 from broadcast.stream.hub import get_hub
 
 logger = logging.getLogger(__name__)
@@ -48,92 +40,18 @@ logger = logging.getLogger(__name__)
 # How long a cut slow client has to read up to its close frame before its TCP
 # connection is dropped, and what it holds in server memory with it.
 SLOW_CLIENT_GRACE_SECONDS = 5.0
-# One for every anonymous connection: it holds no state, and one per connection would
-# be one more object for the garbage collector to walk per idle client.
-ANONYMOUS = AnonymousUser()
-# Authorizer verdicts one connection remembers before starting over.
-VERDICTS_KEPT = 1000
 
 
-class BroadcastConsumer(AsyncWebsocketConsumer):
+class BroadcastConsumer(AccessRules, LeanConsumer):
     """
     One WebSocket client of the hub. It receives broadcasts; nothing it sends
     reaches other clients.
     """
 
-    # No channel-layer channel per client: the process hub's relay is the only
-    # member of the broadcast group in this process. An alias that is not in
-    # CHANNEL_LAYERS makes Channels skip creating one.
-    channel_layer_alias = None
-    # Channels' default (None) gives every consumer its own empty list at __init__.
-    groups = ()
-
     outbox: Outbox | None = None
     _cut: asyncio.Task[None] | None = None
     _resuming: asyncio.Task[None] | None = None
     _closing = False
-    _tokens = 0.0
-    _refilled = 0.0
-    _grant: Grant | None = None
-    _user: Any = None
-    # topic -> the authorizer's verdict, for this connection's life.
-    _verdicts: dict[str, bool] | None = None
-
-    @classmethod
-    def as_asgi(cls, **initkwargs: Any) -> Any:
-        """
-        Channels' ``as_asgi`` (same attributes), as a plain function handing back the
-        new consumer's coroutine: Channels' own is a coroutine function, whose
-        coroutine would stay alive, one more per idle connection, around this one.
-        """
-        channels_app = super().as_asgi(**initkwargs)
-        singleprocess.claim_for_layer()
-
-        def app(scope: Scope, receive: Any, send: Any) -> Any:
-            return cls(**initkwargs)(scope, receive, send)
-
-        functools.update_wrapper(app, channels_app)
-        mark_single_callable(app)
-        return app
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        # Channels' AsyncConsumer.__call__ feeds every consumer through
-        # await_many_dispatch, which keeps a Task and asyncio.wait() bookkeeping alive
-        # per idle connection to multiplex client and layer input. This consumer has
-        # one input (no layer channel, see channel_layer_alias), so a plain loop does.
-        self.scope = scope
-        self.channel_layer = None
-        self.base_send = send
-        try:
-            while True:
-                await self.dispatch(await receive())
-        except StopConsumer:
-            pass
-        except Exception:
-            # Whatever failed, the client learns it and its slot is freed below.
-            logger.exception("Closed a client after an unexpected error")
-            with contextlib.suppress(Exception):
-                await self._close(CLOSE_INTERNAL_ERROR, "internal error")
-        # Not on cancellation: a server cancels an instance at its shutdown (daphne
-        # kills them all before the hub's paced shutdown runs, which closes this
-        # client with 1012), or after the disconnect that already unregistered it.
-        self._forget()
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels 4.2+ runs aclose_old_connections on a shared thread before every
-        # handler; no handler here touches the database directly (the hub's own
-        # database calls go through database_sync_to_async), so skip that hop,
-        # which otherwise serialises every connect through one thread.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']!r}")
-        await handler(message)
-
-    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        # Channels' own version also runs aclose_old_connections on the shared
-        # thread (see dispatch); the consumer holds no database connection.
-        await self.disconnect(message["code"])
-        raise StopConsumer()
 
     async def connect(self) -> None:
         query = ConnectQuery.of(self.scope)
@@ -182,25 +100,6 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         if query.last_id is not None:
             self._start_resume(outbox, query.last_id)
         logger.debug("Client connected (%s in this process)", self.hub.current)
-
-    async def _accept_token(self, token: str) -> bool:
-        """Read a connect token; a bad one, or one whose user is gone, is refused."""
-        try:
-            grant = read_token(token)
-        except InvalidToken as exc:
-            # The reason only: a token in a log line is a credential in a log file.
-            logger.warning("Refused a WebSocket (403): %s", exc)
-            return False
-        if grant.user_pk is not None:
-            user = await database_sync_to_async(_active_user)(grant.user_pk)
-            if user is None:
-                logger.warning("Refused a WebSocket (403): the connect token's user is gone")
-                return False
-            self._user = user
-        else:
-            self._user = ANONYMOUS
-        self._grant = grant
-        return True
 
     async def disconnect(self, code: int) -> None:
         if self.outbox is not None:
@@ -297,85 +196,6 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
         self.hub.subscribe(outbox, granted)
         outbox.push_text(subscribed_text(granted, denied))
 
-    async def _judge(
-        self, names: list[str], subscribed: frozenset[str]
-    ) -> tuple[list[str], list[str], list[str]]:
-        """
-        (granted, denied, errors) for topic names: within BROADCAST_MAX_TOPICS_PER_CLIENT,
-        granted by the connect token, or by the authorizer (asked once per topic).
-        """
-        inline = authorizer.runs_on_loop()
-        if inline:
-            verdicts: dict[str, bool] = {}  # asking again costs less than keeping it
-        else:
-            if self._verdicts is None or len(self._verdicts) > VERDICTS_KEPT:
-                # Bounded: a client cycling through new names must not grow it for ever.
-                self._verdicts = {}
-            verdicts = self._verdicts
-        limit = conf.BROADCAST_MAX_TOPICS_PER_CLIENT
-        room = limit - len(subscribed)
-        wanted, over = [], []
-        for name in names:
-            if name in subscribed:
-                wanted.append(name)
-            elif room > 0:
-                wanted.append(name)
-                room -= 1
-            else:
-                over.append(name)
-        errors = []
-        if over:
-            errors.append(
-                f"denied {len(over)} topic(s): at most {limit} per connection "
-                f"(BROADCAST_MAX_TOPICS_PER_CLIENT)"
-            )
-        pre_granted = self._grant.topics if self._grant is not None else frozenset()
-        unknown = [name for name in wanted if name not in verdicts and name not in pre_granted]
-        if unknown:
-            user = await self._resolve_user()
-            if inline:
-                verdicts.update(authorizer.verdicts(user, unknown))
-            else:
-                verdicts.update(await database_sync_to_async(authorizer.verdicts)(user, unknown))
-        granted = [name for name in wanted if name in pre_granted or verdicts[name]]
-        denied = [name for name in wanted if name not in granted] + over
-        return granted, denied, errors
-
-    async def _resolve_user(self) -> Any:
-        """
-        The connection's user, resolved once and only when it is needed:
-        AuthMiddleware would resolve it on every connect, a database thread hop each.
-        """
-        if self._user is None:
-            user = self.scope.get("user")
-            if user is None and "session" in self.scope:
-                user = await get_user(self.scope)
-            self._user = user if user is not None else ANONYMOUS
-        return self._user
-
-    async def _authenticated(self) -> bool:
-        if self._grant is None and "user" not in self.scope and "session" not in self.scope:
-            raise ImproperlyConfigured(
-                "BROADCAST_REQUIRE_AUTH needs the session (SessionMiddlewareStack or "
-                "AuthMiddlewareStack) around the broadcast route."
-            )
-        user = await self._resolve_user()
-        return bool(getattr(user, "is_authenticated", False))
-
-    def _within_rate(self) -> bool:
-        """A token bucket: BROADCAST_MAX_INCOMING_RATE a second, bursts of twice that."""
-        rate = conf.BROADCAST_MAX_INCOMING_RATE
-        now = asyncio.get_running_loop().time()
-        if not self._refilled:
-            self._tokens = 2 * rate
-        else:
-            self._tokens = min(2 * rate, self._tokens + (now - self._refilled) * rate)
-        self._refilled = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
-
     def _reply_error(self, reason: str) -> None:
         if self.outbox is not None:
             self.outbox.push_text(error_text(reason))
@@ -427,12 +247,3 @@ class BroadcastConsumer(AsyncWebsocketConsumer):
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _active_user(pk: Any) -> Any:
-    """The active user with this primary key, or None (deleted, deactivated, bad pk)."""
-    try:
-        user = get_user_model().objects.get(pk=pk)
-    except Exception:
-        return None
-    return user if getattr(user, "is_active", True) else None

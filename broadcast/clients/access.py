@@ -1,0 +1,151 @@
+"""
+The access rules of one connection: its connect token, its user (resolved once, only
+when needed), the topics it may subscribe (the token's grant, or the authorizer's
+verdicts, bounded), and the rate of the frames it sends.
+
+A mixin of the consumer, not an object of its own: its state lives in the consumer's
+slots, one object fewer per idle connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.auth import get_user
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ImproperlyConfigured
+
+from broadcast.clients import authorizer
+from broadcast.clients.tokens import Grant, InvalidToken, read_token
+from broadcast.conf import conf
+
+logger = logging.getLogger(__name__)
+
+# One for every anonymous connection: it holds no state, and one per connection would
+# be one more object for the garbage collector to walk per idle client.
+ANONYMOUS = AnonymousUser()
+# Authorizer verdicts one connection remembers before starting over.
+VERDICTS_KEPT = 1000
+
+
+class AccessRules:
+    """What one connection may do; ``scope`` is the consumer's."""
+
+    scope: dict[str, Any]
+    _tokens = 0.0
+    _refilled = 0.0
+    _grant: Grant | None = None
+    _user: Any = None
+    # topic -> the authorizer's verdict, for this connection's life.
+    _verdicts: dict[str, bool] | None = None
+
+    async def _accept_token(self, token: str) -> bool:
+        """Read a connect token; a bad one, or one whose user is gone, is refused."""
+        try:
+            grant = read_token(token)
+        except InvalidToken as exc:
+            # The reason only: a token in a log line is a credential in a log file.
+            logger.warning("Refused a WebSocket (403): %s", exc)
+            return False
+        if grant.user_pk is not None:
+            user = await database_sync_to_async(_active_user)(grant.user_pk)
+            if user is None:
+                logger.warning("Refused a WebSocket (403): the connect token's user is gone")
+                return False
+            self._user = user
+        else:
+            self._user = ANONYMOUS
+        self._grant = grant
+        return True
+
+    async def _judge(
+        self, names: list[str], subscribed: frozenset[str]
+    ) -> tuple[list[str], list[str], list[str]]:
+        """
+        (granted, denied, errors) for topic names: within BROADCAST_MAX_TOPICS_PER_CLIENT,
+        granted by the connect token, or by the authorizer (asked once per topic).
+        """
+        inline = authorizer.runs_on_loop()
+        if inline:
+            verdicts: dict[str, bool] = {}  # asking again costs less than keeping it
+        else:
+            if self._verdicts is None or len(self._verdicts) > VERDICTS_KEPT:
+                # Bounded: a client cycling through new names must not grow it for ever.
+                self._verdicts = {}
+            verdicts = self._verdicts
+        limit = conf.BROADCAST_MAX_TOPICS_PER_CLIENT
+        room = limit - len(subscribed)
+        wanted, over = [], []
+        for name in names:
+            if name in subscribed:
+                wanted.append(name)
+            elif room > 0:
+                wanted.append(name)
+                room -= 1
+            else:
+                over.append(name)
+        errors = []
+        if over:
+            errors.append(
+                f"denied {len(over)} topic(s): at most {limit} per connection "
+                f"(BROADCAST_MAX_TOPICS_PER_CLIENT)"
+            )
+        pre_granted = self._grant.topics if self._grant is not None else frozenset()
+        unknown = [name for name in wanted if name not in verdicts and name not in pre_granted]
+        if unknown:
+            user = await self._resolve_user()
+            if inline:
+                verdicts.update(authorizer.verdicts(user, unknown))
+            else:
+                verdicts.update(await database_sync_to_async(authorizer.verdicts)(user, unknown))
+        granted = [name for name in wanted if name in pre_granted or verdicts[name]]
+        denied = [name for name in wanted if name not in granted] + over
+        return granted, denied, errors
+
+    async def _resolve_user(self) -> Any:
+        """
+        The connection's user, resolved once and only when it is needed:
+        AuthMiddleware would resolve it on every connect, a database thread hop each.
+        """
+        if self._user is None:
+            user = self.scope.get("user")
+            if user is None and "session" in self.scope:
+                user = await get_user(self.scope)
+            self._user = user if user is not None else ANONYMOUS
+        return self._user
+
+    async def _authenticated(self) -> bool:
+        if self._grant is None and "user" not in self.scope and "session" not in self.scope:
+            raise ImproperlyConfigured(
+                "BROADCAST_REQUIRE_AUTH needs the session (SessionMiddlewareStack or "
+                "AuthMiddlewareStack) around the broadcast route."
+            )
+        user = await self._resolve_user()
+        return bool(getattr(user, "is_authenticated", False))
+
+    def _within_rate(self) -> bool:
+        """A token bucket: BROADCAST_MAX_INCOMING_RATE a second, bursts of twice that."""
+        rate = conf.BROADCAST_MAX_INCOMING_RATE
+        now = asyncio.get_running_loop().time()
+        if not self._refilled:
+            self._tokens = 2 * rate
+        else:
+            self._tokens = min(2 * rate, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+def _active_user(pk: Any) -> Any:
+    """The active user with this primary key, or None (deleted, deactivated, bad pk)."""
+    try:
+        user = get_user_model().objects.get(pk=pk)
+    except Exception:
+        return None
+    return user if getattr(user, "is_active", True) else None
