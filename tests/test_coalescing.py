@@ -347,6 +347,7 @@ async def test_daphnes_public_path_counts_a_batch_once_against_the_bound():
     outbox = Outbox(send, 256 * 1024, lambda: None, writer)
     texts = [f"{n}:" + "x" * 998 for n in range(100)]
     outbox.push(batch_of(texts))
+    await asyncio.sleep(0)
     assert sent == texts and not outbox.closed
     assert writer.buffered() == 65536 + sum(len(t) + 4 for t in texts)  # each frame once
 

@@ -90,6 +90,7 @@ async def test_a_failing_direct_writer_falls_back_to_the_asgi_send(caplog):
     outbox = Outbox(send, 10_000, lambda: None, FailingWriter())
     outbox.push(Outgoing.of_text("a"))
     outbox.push(Outgoing.of_text("b"))
+    await asyncio.sleep(0)
     assert sent == ["a", "b"] and not outbox.closed and outbox.writer is None
     assert "using the ASGI send" in caplog.text
 

@@ -39,23 +39,29 @@ class BackpressuredSend:
         self.writable = asyncio.Event()
         self.writable.set()
         self.sent = []
+        self.tasks = set()
 
     async def __call__(self, event):
+        task = asyncio.current_task()
         await self.writable.wait()
+        assert asyncio.current_task() is task, "a send finished in another task than began it"
         self.sent.append(event.get("text", event["type"]))
+        self.tasks.add(task)
 
 
 def push(outbox, text, msg_id=None):
     outbox.push(Outgoing.of_text(text, msg_id))
 
 
-async def test_a_send_that_does_not_block_completes_inside_push():
+async def test_the_public_path_sends_in_the_clients_own_task_never_the_pushers():
     send, cuts = BackpressuredSend(), []
     outbox = Outbox(send, 1000, lambda: cuts.append(1))
     push(outbox, "a")
     push(outbox, "b")
-    assert send.sent == ["a", "b"]  # written before push returned: no task involved
-    assert outbox.pending == 0
+    assert send.sent == [] and outbox.pending == 2  # the fan-out's task sends nothing
+    await asyncio.sleep(0)
+    assert send.sent == ["a", "b"] and outbox.pending == 0
+    assert asyncio.current_task() not in send.tasks and len(send.tasks) == 1
 
 
 async def test_frames_wait_in_order_behind_a_blocked_send():
@@ -70,6 +76,7 @@ async def test_frames_wait_in_order_behind_a_blocked_send():
     await asyncio.sleep(0.01)
     assert send.sent == ["1", "2", "3"] and outbox.pending == 0
     push(outbox, "4")
+    await asyncio.sleep(0)
     assert send.sent[-1] == "4"
     assert cuts == []
 
@@ -95,6 +102,7 @@ async def test_a_failing_send_drops_the_client():
 
     outbox = Outbox(broken, 1000, lambda: None)
     push(outbox, "a")
+    await asyncio.sleep(0)
     assert outbox.closed
 
 
@@ -108,6 +116,7 @@ async def test_ids_replayed_from_history_are_skipped_when_their_live_copy_arrive
     push(outbox, "late 6", 6)
     push(outbox, "control")
     push(outbox, "live 9", 9)
+    await asyncio.sleep(0)
     assert send.sent == ["held 8", "control", "live 9"]
     assert outbox.pending == 0
 

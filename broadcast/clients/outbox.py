@@ -16,7 +16,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from broadcast.protocol import CLOSE_NORMAL
-from broadcast.seams import eager
 from broadcast.seams.servers import Writer
 from broadcast.stream.outgoing import Outgoing
 
@@ -32,10 +31,10 @@ class Outbox:
     """
     With a direct writer (see :mod:`broadcast.seams.servers`), a message goes straight to
     the client's transport, and what the transport holds unsent is the client's
-    backlog. Without one, the server's ASGI ``send`` runs to completion inside
-    ``push`` while the client keeps up; only a send that suspends continues in a
-    task, with later messages queued behind it. Past ``max_pending`` bytes of
-    backlog, the outbox closes itself and calls ``on_overflow`` instead of growing.
+    backlog. Without one (the public path), messages queue for the client's writer
+    task, which awaits the server's ASGI ``send`` for each in turn. Past
+    ``max_pending`` bytes of backlog, the outbox closes itself and calls
+    ``on_overflow`` instead of growing.
 
     While a client resumes, live messages are *held* and history is written ahead of
     them with :meth:`write_paced`, which waits for the client to read instead of
@@ -125,7 +124,9 @@ class Outbox:
 
     def _write(self, message: Outgoing, *, bounded: bool) -> None:
         writer = self._writer
-        if writer is not None and self._drainer is None:
+        # A writer that writes itself must not pass what queued for the writer task;
+        # one that only counts (daphne's public path) counts every message.
+        if writer is not None and (self._drainer is None or not writer.writes_itself):
             try:
                 buffered = writer.buffered()
                 if bounded and buffered + message.size > self._max_pending:
@@ -135,25 +136,18 @@ class Outbox:
                     return
             except Exception as exc:  # a server internal that changed under us
                 self._degrade(exc)
-        if self._drainer is not None:
-            self._pending += message.size
-            if bounded and self._pending > self._max_pending:
-                self._overflow()
-                return
-            if self._queue is None:
-                self._queue = deque()
-            self._queue.append(message)
-            return
-        try:
-            started = eager.start(self._send(message.event))  # type: ignore[arg-type]
-        except Exception as exc:
-            logger.debug("Send to a client failed (%s); dropping it", exc)
-            self.close()
-            return
-        if started.done:
-            return  # written, with no task and no wake-up
+        # The public path: the ASGI send runs in this client's own writer task, which
+        # starts and finishes it (context variables, cancel scopes and timeouts a
+        # server ties to a task hold), and drains what queued behind it.
         self._pending += message.size
-        self._drainer = asyncio.ensure_future(self._drain(started, message.size))
+        if bounded and self._pending > self._max_pending:
+            self._overflow()
+            return
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append(message)
+        if self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
 
     def _degrade(self, exc: Exception) -> None:
         """A direct writer failed: this client goes on through the ASGI send."""
@@ -173,10 +167,8 @@ class Outbox:
             self._degrade(exc)
             return 0
 
-    async def _drain(self, started: eager.Started[None], size: int) -> None:
+    async def _drain(self) -> None:
         try:
-            await started.rest()
-            self._pending -= size
             queue = self._queue  # no await between this read and the loop's test
             while queue and not self.closed:
                 message = queue.popleft()

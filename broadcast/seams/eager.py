@@ -1,10 +1,12 @@
 """
-Running a coroutine's first step at once, inside the calling task.
+Running a coroutine's first step at once, inside the calling task, and its rest later
+in that same task.
 
-The fan-out uses it twice: a server's ASGI ``send`` usually finishes without
-suspending (no task is needed for it), and the channel layer's ``receive`` finishes
-without suspending when the layer already holds a message (the relay coalesces those
-into one batch, and only a receive that must wait ends the batch).
+The relay's receiver uses it: the channel layer's ``receive`` finishes without
+suspending when the layer already holds a message (the relay coalesces those into one
+batch, and only a receive that must wait ends the batch, to be finished by the next
+take). Only one task ever starts and finishes a step, so context variables, cancel
+scopes and timeouts tied to a task hold.
 """
 
 from __future__ import annotations
