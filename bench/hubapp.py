@@ -14,6 +14,9 @@ from hubsite.asgi import application as hub_application
 # isort: split
 from bench.control import handle, payload_text
 from broadcast import apublish
+from harness.constants import apply
+
+apply()  # the app variant's HUB_CONSTANTS (APP_ENV in bench/run.py)
 
 PERSIST = os.environ.get("BENCH_PERSIST", "0") == "1"
 

@@ -18,6 +18,9 @@ import django
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hubsite.settings")
     django.setup()
+    from harness.constants import apply
+
+    apply()  # the app variant's HUB_CONSTANTS, as its servers have them
     from bench.control import paced, payload_text
     from broadcast import apublish
 

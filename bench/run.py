@@ -15,11 +15,10 @@ Each run prints a progress line while clients connect, then one JSON line
 (bench/rawapp.py) on the same server is the ceiling the hub is compared with (it has no
 channel layer, so it publishes in the server even with ``--publisher external``);
 ratios taken in one run are what count on a shared machine. ``hub-single`` is the
-hub with coalescing off (BROADCAST_COALESCE_MAX=1): one write per broadcast;
-``hub-backlog1`` the hub whose publishers wait for an empty relay queue on
-channels-redis core (BROADCAST_MAX_RELAY_BACKLOG=1, not 4); ``hub-unbatched`` the hub
-whose publishes issued at once reach the pub/sub layer in one pipeline but as one
-message each (BROADCAST_PUBLISH_BATCHES=0). With
+hub with coalescing off (its COALESCE_MAX and PIPELINE_MAX constants set to 1 through
+harness.constants): one write per broadcast; ``hub-backlog1`` the hub whose
+publishers wait for an empty relay queue on channels-redis core
+(BROADCAST_MAX_RELAY_BACKLOG=1, not 4). With
 ``--procs 2`` the server runs as two processes behind Redis: uvicorn ``--workers 2``
 on one port, or two daphne processes on two ports with the load clients split
 between them; CPU and memory are then the whole process tree's. ``--idle-seconds S``
@@ -47,6 +46,8 @@ import urllib.request
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.processes import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -94,17 +95,17 @@ APPS = {
     "hub": "bench.hubapp:app",
     "hub-single": "bench.hubapp:app",
     "hub-backlog1": "bench.hubapp:app",
-    "hub-unbatched": "bench.hubapp:app",
     "raw": "bench.rawapp:app",
 }
-# Each app's own settings, for its servers and its publisher: hub-single is the hub with
-# coalescing off; hub-backlog1 lets publishers on channels-redis core run one broadcast
-# ahead of a relay, not four; hub-unbatched sends each of a burst's publishes to the
-# pub/sub layer as a message of its own.
+# Each app's own environment, for its servers and its publisher: hub-single is the hub
+# with coalescing off (harness.constants); hub-backlog1 lets publishers on
+# channels-redis core run one broadcast ahead of a relay, not four.
 APP_ENV = {
-    "hub-single": {"BROADCAST_COALESCE_MAX": "1"},
+    "hub-single": {
+        "HUB_CONSTANTS": "broadcast.stream.relay.COALESCE_MAX=1 "
+        "broadcast.publishing.api.PIPELINE_MAX=1"
+    },
     "hub-backlog1": {"BROADCAST_MAX_RELAY_BACKLOG": "1"},
-    "hub-unbatched": {"BROADCAST_PUBLISH_BATCHES": "0"},
 }
 
 
@@ -172,15 +173,6 @@ def proc_stat(pid: int) -> tuple[float, int, int]:
         line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
     )
     return cpu, int(status["VmRSS"].split()[0]), int(status["VmHWM"].split()[0])
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process under it (uvicorn's workers)."""
-    found = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            found += descendants(int(child))
-    return found
 
 
 def tree_stat(pids: list[int]) -> tuple[float, int, int]:
@@ -520,7 +512,7 @@ def ratios(rows: list[dict]) -> list[str]:
     """Each comparison within one round; with several rounds, their median and each one."""
     out = []
     for server in sorted({r["server"] for r in rows}):
-        for app in ("hub", "hub-single", "hub-backlog1", "hub-unbatched"):
+        for app in ("hub", "hub-single", "hub-backlog1"):
             mine = [r for r in rows if r["server"] == server and r["app"] == app]
             one_process = [r for r in mine if single_process(r)]
             for procs in sorted({r.get("procs", 1) for r in mine} - {1}):

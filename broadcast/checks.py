@@ -9,7 +9,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 from django.urls import NoReverseMatch, reverse
 
-from broadcast.conf import Settings, conf
+from broadcast.conf import REMOVED, Settings, conf
 from broadcast.seams.layers.redis import hosts_of
 from broadcast.stream.layer import QUICK_START, is_process_local, load_layer
 
@@ -65,6 +65,20 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     return errors
+
+
+@register(Tags.compatibility)
+def check_removed_settings(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """A setting that no longer exists does nothing: say so, and what took its place."""
+    return [
+        Warning(
+            f"{name} is no longer a setting and is ignored: {instead}.",
+            hint=f"Remove {name} from your settings (docs/settings.md, removed settings).",
+            id="broadcast.W005",
+        )
+        for name, instead in REMOVED.items()
+        if hasattr(settings, name)
+    ]
 
 
 @register(Tags.compatibility)

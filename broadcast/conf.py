@@ -12,11 +12,12 @@ default)`` pays for an AttributeError on each of those.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 
 T = TypeVar("T")
@@ -24,7 +25,25 @@ T = TypeVar("T")
 # Channels accepts group names of ASCII letters, digits, hyphens, underscores and
 # periods, shorter than 100 characters.
 GROUP_NAME_RE = re.compile(r"\A[a-zA-Z0-9_.\-]{1,99}\Z")
+# Heartbeats a process may miss before it no longer counts as live.
+STALE_HEARTBEATS = 3
 DOTTED_PATH_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+
+
+# Settings that were removed, and what an operator who still sets one should know:
+# system check broadcast.W005 says it.
+REMOVED = {
+    "BROADCAST_STALE_HEARTBEATS": "a process counts as live for 3 heartbeats "
+    "(BROADCAST_HEARTBEAT_SECONDS)",
+    "BROADCAST_SEND_LOCK_TIMEOUT": "publishers wait up to 10 s for the send lock",
+    "BROADCAST_SAMPLE_SECONDS": "the connection-count chart is sampled once a minute",
+    "BROADCAST_RELAY_STALL_SECONDS": "publishers stop waiting for a relay that stays "
+    "behind for 2 s; BROADCAST_MAX_RELAY_BACKLOG = None turns the waiting off",
+    "BROADCAST_COALESCE_MAX": "a relay writes up to 64 ready broadcasts to a client at once",
+    "BROADCAST_PUBLISH_BATCHES": "ephemeral publishes pipelined together always travel "
+    "as one pub/sub message; every process must run 0.4.6 or later",
+    "BROADCAST_SWEEP_CHUNK": "a fan-out lets the loop run after every 64 clients",
+}
 
 
 @dataclass(frozen=True)
@@ -130,14 +149,6 @@ class Settings:
         "How often each server process writes its connection-count row and looks for "
         "persisted broadcasts the channel layer lost.",
     )  # fmt: skip
-    BROADCAST_STALE_HEARTBEATS = Setting[int](
-        3, "be a positive integer", "broadcast.E006",
-        "Missed heartbeats after which a process no longer counts as live.",
-    )  # fmt: skip
-    BROADCAST_SEND_LOCK_TIMEOUT = Setting[float](
-        10.0, "be a positive number", "broadcast.E007",
-        "Seconds a publisher waits for the send lock that keeps ids in order.",
-    )  # fmt: skip
     BROADCAST_REQUIRE_AUTH = Setting[bool](
         False, "be True or False", "broadcast.E008",
         "Refuse WebSocket clients that are not logged in (403 at the handshake).",
@@ -166,10 +177,6 @@ class Settings:
         10.0, "be a positive number", "broadcast.E014",
         "Seconds a stopping server takes to close its clients with 1012 (paced).",
     )  # fmt: skip
-    BROADCAST_SAMPLE_SECONDS = Setting[float](
-        60.0, "be a positive number", "broadcast.E015",
-        "How often each process records its connection count for the dashboard chart.",
-    )  # fmt: skip
     BROADCAST_RETENTION_DAYS = Setting[float](
         30, "be a positive number", "broadcast.E016",
         "Days `manage.py prunehub` keeps broadcasts, samples and stopped process rows.",
@@ -190,28 +197,9 @@ class Settings:
         4, "be None or a positive integer", "broadcast.E021",
         "Broadcasts a relay may have queued in Redis before publishers wait; None: off.",
     )  # fmt: skip
-    BROADCAST_RELAY_STALL_SECONDS = Setting[float](
-        2.0, "be a positive number", "broadcast.E022",
-        "How long publishers wait for a relay that is behind before ignoring it.",
-    )  # fmt: skip
     BROADCAST_FAST_PATH = Setting[bool](
         True, "be True or False", "broadcast.E023",
         "Write prepared frames to daphne's and uvicorn's transports; off: the ASGI send.",
-    )  # fmt: skip
-    BROADCAST_COALESCE_MAX = Setting[int](
-        64, "be a positive integer", "broadcast.E029",
-        "Broadcasts a relay already holds that go out in one write per client, and"
-        " ephemeral publishes that go to the pub/sub layer in one pipeline; 1: off.",
-    )  # fmt: skip
-    BROADCAST_PUBLISH_BATCHES = Setting[bool](
-        True, "be True or False", "broadcast.E031",
-        "Ephemeral publishes pipelined together travel as one pub/sub message that each"
-        " relay unpacks; False while processes of 0.4.5 or earlier serve the group.",
-    )  # fmt: skip
-    BROADCAST_SWEEP_CHUNK = Setting[int](
-        64, "be a positive integer", "broadcast.E030",
-        "Clients a fan-out writes to between turns of the event loop; what is"
-        " published meanwhile joins the writes still to come (with coalescing on).",
     )  # fmt: skip
     BROADCAST_MAX_TOPICS_PER_CLIENT = Setting[int](
         100, "be a positive integer", "broadcast.E025",
@@ -244,11 +232,49 @@ class Settings:
     @property
     def live_window(self) -> float:
         """Seconds after its last heartbeat that a process or relay still counts as live."""
-        return self.BROADCAST_HEARTBEAT_SECONDS * self.BROADCAST_STALE_HEARTBEATS
+        return self.BROADCAST_HEARTBEAT_SECONDS * STALE_HEARTBEATS
 
     def cuts_into_history(self, days: float) -> bool:
         """Whether keeping ``days`` of broadcasts would prune history clients can resume."""
         return days * 86400 < self.BROADCAST_HISTORY_TTL
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """
+    The app settings that ``environ`` sets, by their own names (``BROADCAST_MAX_CONNECTIONS=500``),
+    parsed by each declaration's rule: for a settings module configured from its
+    environment (``globals().update(from_environment(os.environ))``). An unset or empty
+    variable leaves the default; a value that cannot be parsed raises
+    ``ImproperlyConfigured`` naming it. The system checks judge what it parses.
+    """
+    found: dict[str, Any] = {}
+    for setting in Settings.declared():
+        raw = environ.get(setting.name, "").strip()
+        if raw:
+            found[setting.name] = _parsed(setting, raw)
+    return found
+
+
+def _parsed(setting: Setting[Any], raw: str) -> Any:
+    must = setting.rule.must
+    if must.startswith("be None or") and raw.lower() in {"none", "off"}:
+        return None
+    if must == "be True or False":
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ImproperlyConfigured(f"{setting.name} must be 1/0 or true/false, got {raw!r}.")
+    if must.startswith("be a list"):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    cast = int if "integer" in must else float if "number" in must else None
+    if cast is None:
+        return raw
+    try:
+        return cast(raw)
+    except ValueError:
+        kind = "an integer" if cast is int else "a number"
+        raise ImproperlyConfigured(f"{setting.name} must be {kind}, got {raw!r}.") from None
 
 
 conf = Settings()

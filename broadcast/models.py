@@ -166,7 +166,7 @@ class ConnectionSample(models.Model):
     """
     One process's connection count at one moment, for the dashboard's chart.
 
-    Written on the heartbeat, at most every BROADCAST_SAMPLE_SECONDS per process;
+    Written on the heartbeat, at most once a minute per process;
     ``manage.py prunehub`` deletes samples past BROADCAST_RETENTION_DAYS.
     """
 

@@ -35,7 +35,8 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.e2e.conftest import ROOT, Server, Site, stuck_client
+from harness.clients import stuck_client
+from harness.servers import ROOT, Server, Site
 
 WELCOME_SECONDS = 5.0
 SETTLE_SECONDS = 20.0
@@ -57,6 +58,10 @@ KNOWN_LOG_BLOCKS = re.compile(
     re.DOTALL,
 )
 PUBLISHERS = 3
+# "Try again later" (a resume while the database is away, a full server): a client
+# keeps its last id and comes back after a pause.
+TRY_AGAIN_LATER = 1013
+TRY_AGAIN_SECONDS = 0.5
 # How long publishers have to finish their request once the run stops.
 STOP_SECONDS = 10.0
 
@@ -143,6 +148,9 @@ class Client:
                 f"a client of {self.server.kind}:{self.port}, stopped with SIGTERM, got close "
                 f"code {self.ws.close_code}, not {expected}"
             )
+        if self.ws.close_code == TRY_AGAIN_LATER:
+            self.history.append(f"closed {TRY_AGAIN_LATER} {self.ws.close_reason}")
+            await asyncio.sleep(TRY_AGAIN_SECONDS)  # as the JS client backs off
         await self.oracle.reconnect(self)
 
     def take(self, frame: dict) -> None:

@@ -21,6 +21,9 @@ def main() -> None:
     import django
 
     django.setup()
+    from harness.constants import apply
+
+    apply()  # the run's HUB_CONSTANTS, as its servers have them
     from broadcast import BroadcastError
     from broadcast.history import newest_id
     from broadcast.models import Broadcast, HubProcess

@@ -48,7 +48,7 @@ def sweep_chunk_of(sequence_seed: int) -> str:
 
 
 def make_site(tmp: Path):
-    from tests.e2e.conftest import make_site as make_e2e_site
+    from harness.servers import make_site as make_e2e_site
 
     return make_e2e_site(tmp, heartbeat=0.5)
 
@@ -68,7 +68,9 @@ async def run(seconds: float, seed: int, kinds: list[str], ops: int, shrink_budg
                 site, drop = make_site(Path(tmp))
                 layer = layer_of(sequence_seed)
                 chunk = sweep_chunk_of(sequence_seed)
-                site = site.with_env(REDIS_LAYER=layer, BROADCAST_SWEEP_CHUNK=chunk)
+                site = site.with_env(
+                    REDIS_LAYER=layer, HUB_CONSTANTS=f"broadcast.stream.fanout.SWEEP_CHUNK={chunk}"
+                )
                 setup = f"{layer} layer, sweep chunk {chunk}"
                 try:
                     done, violation = await run_sequence(kind, sequence, site, log=_quiet)

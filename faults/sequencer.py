@@ -18,23 +18,24 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from faults.oracle import Oracle, Violation
-from tests.e2e.conftest import (
+from harness.clients import Browser, get_json, stuck_client
+from harness.redis import PrivateRedis
+from harness.servers import (
     ADMIN_PASSWORD,
     ADMIN_USER,
+    HARNESS_APP,
     ROOT,
-    Browser,
     Server,
     Site,
     free_port,
-    get_json,
-    stuck_client,
 )
-from tests.e2e.test_redis_outage import PrivateRedis
+from harness.tcpproxy import TcpProxy
 
 # Operation name -> weight. Connects and publishes dominate, as in production.
 # Topics clients subscribe to and broadcasts go to; None is the global stream.
@@ -71,7 +72,15 @@ WEIGHTS = {
     "server_restart": 1,
     "server_kill": 1,
     "server_stall": 2,
+    # With PostgreSQL: each server reaches it through a proxy of its own (a failover,
+    # a database too busy to answer, a lock held); with SQLite these do nothing.
+    "db_cut": 2,
+    "db_slow": 1,
+    "db_lock": 1,
 }
+# The longest a database fault lasts: under the relay's hold (10 s) and the publishers'
+# send-lock wait, so that what it holds is filled, never reset.
+DB_FAULT_SECONDS = 4.0
 
 
 async def to_thread_to_the_end(function: Callable[[], Any]) -> Any:
@@ -139,6 +148,9 @@ def generate(seed: int, count: int) -> list[Op]:
             args["topic"] = rng.choice((None, None, *TOPICS))
         elif name == "server_restart":
             args["signal"] = "SIGTERM"
+        elif name.startswith("db_"):
+            args["count"] = rng.randint(1, 10)
+            args["topic"] = rng.choice((None, None, *TOPICS))
         ops.append(Op(name, args))
     return ops
 
@@ -155,10 +167,15 @@ class Run:
         self.oracle = Oracle(site)
         self.stuck: list[socket.socket] = []
         self.killed_publishers = 0
+        # Each server's own way to its database, when that is PostgreSQL.
+        self.proxies: dict[int, TcpProxy] = {}
 
     async def start(self) -> None:
         for _ in range(2):
-            server = Server(self.site, self.kind)
+            site, proxy = _through_a_proxy(self.site)
+            server = Server(site, self.kind, app=HARNESS_APP)
+            if proxy is not None:
+                self.proxies[id(server)] = proxy
             self.servers.append(server)  # before it starts: a stopped run stops it too
             await to_thread_to_the_end(server.start)
 
@@ -172,6 +189,8 @@ class Run:
             asyncio.to_thread(self.oracle.stop),
             *(asyncio.to_thread(server.stop) for server in self.servers),
         )
+        for proxy in self.proxies.values():
+            proxy.close()
 
     async def step(self, op: Op) -> None:
         rng = random.Random(op.args["seed"])
@@ -378,6 +397,62 @@ class Run:
         await to_thread_to_the_end(server.start)
         await self.oracle.server_back(server)
 
+    async def op_db_cut(
+        self, server: Server, rng: random.Random, count: int, topic: str | None = None
+    ) -> None:
+        """
+        The server's database goes away (a failover) while broadcasts are published,
+        one of them lost in the layer first, so that its relay meets a gap it cannot
+        fill yet; and a client resumes there meanwhile. Then the database is back.
+        """
+        proxy = self.proxies.get(id(server))
+        if proxy is None:
+            return
+        if self.redis_layer_is_core():
+            await asyncio.to_thread(self.publish_lost_in_the_layer)
+        proxy.cut()
+        try:
+            await self.oracle.publish(count, persist=True, size=rng.randint(1, 500), topic=topic)
+            behind = max(0, await self.oracle.newest_id() - rng.randint(1, 20))
+            await self.oracle.connect(server, f"?last_id={behind}")
+            await asyncio.sleep(rng.uniform(0.2, DB_FAULT_SECONDS))
+        finally:
+            proxy.restore()
+
+    async def op_db_slow(
+        self, server: Server, rng: random.Random, count: int, topic: str | None = None
+    ) -> None:
+        """The server's database answers slowly while broadcasts are published."""
+        proxy = self.proxies.get(id(server))
+        if proxy is None:
+            return
+        proxy.slow(rng.uniform(0.02, 0.3))
+        try:
+            await self.oracle.publish(count, persist=True, size=rng.randint(1, 500), topic=topic)
+            await asyncio.sleep(rng.uniform(0.2, DB_FAULT_SECONDS / 2))
+        finally:
+            proxy.restore()
+
+    async def op_db_lock(
+        self, server: Server, rng: random.Random, count: int, topic: str | None = None
+    ) -> None:
+        """The broadcasts table is locked (a migration, a long report) while they are published."""
+        if not self.proxies:
+            return
+        held = rng.uniform(0.2, DB_FAULT_SECONDS / 2)
+        locking = asyncio.ensure_future(asyncio.to_thread(_lock_broadcasts, self.site, held))
+        await asyncio.sleep(0.05)
+        await self.oracle.publish(count, persist=True, size=10, topic=topic, may_fail=True)
+        await locking
+
+    def redis_layer_is_core(self) -> bool:
+        return self.site.env.get("REDIS_LAYER", "core") == "core"
+
+    def publish_lost_in_the_layer(self) -> None:
+        """A persisted broadcast, with its id, that reaches no relay: sent on another database."""
+        elsewhere = self.redis.url.rsplit("/", 1)[0] + "/1"
+        self.site.with_redis(elsewhere).manage("broadcast", "fault.lost", "{}")
+
     def redis_client(self):
         import redis
 
@@ -405,9 +480,7 @@ async def run_sequence(
     """Run ``ops`` on fresh servers; (operations done, the first violation or None)."""
     redis = PrivateRedis()
     redis.start()
-    run_site = site.with_redis(redis.url).with_env(
-        BROADCAST_MAX_PENDING_BYTES=str(256 * 1024), BROADCAST_SEND_LOCK_TIMEOUT="5"
-    )
+    run_site = site.with_redis(redis.url).with_env(BROADCAST_MAX_PENDING_BYTES=str(256 * 1024))
     run = Run(kind, run_site, redis, log)
     done = 0
     try:
@@ -451,3 +524,24 @@ async def shrink(kind: str, ops: list[Op], site: Site, budget: float, log=print)
         if not shrunk:
             chunk //= 2
     return ops
+
+
+def _through_a_proxy(site: Site) -> tuple[Site, TcpProxy | None]:
+    """``site`` as one server reaches it: PostgreSQL through a proxy of its own."""
+    url = site.env.get("DATABASE_URL", "")
+    if not url.startswith(("postgres://", "postgresql://")):
+        return site, None
+    parts = urllib.parse.urlsplit(url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432).start()
+    user = f"{parts.username}@" if parts.username else ""
+    proxied = urllib.parse.urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
+    return site.with_env(DATABASE_URL=proxied), proxy
+
+
+def _lock_broadcasts(site: Site, seconds: float) -> None:
+    """Hold an exclusive lock on the broadcasts table for ``seconds``."""
+    import psycopg
+
+    with psycopg.connect(site.env["DATABASE_URL"]) as conn:
+        conn.execute("LOCK TABLE broadcast_broadcast IN ACCESS EXCLUSIVE MODE")
+        time.sleep(seconds)

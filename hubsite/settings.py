@@ -19,6 +19,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from broadcast.conf import from_environment
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -32,18 +34,6 @@ def env_bool(name: str, default: bool) -> bool:
     if lowered in {"0", "false", "no", "off"}:
         return False
     raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), got {value!r}")
-
-
-def env_number(
-    name: str, cast: type[int] | type[float], none_words: frozenset[str] | set[str] = frozenset()
-) -> int | float | None:
-    value = os.environ[name]
-    if value.strip().lower() in none_words:
-        return None
-    try:
-        return cast(value)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
 
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
@@ -256,46 +246,6 @@ LOGGING = {
     },
 }
 
-# App settings (docs/settings.md) that deployments, the tests and
-# the benchmark set from the environment; an unset variable leaves the app's default.
-if os.environ.get("BROADCAST_HEARTBEAT_SECONDS"):
-    BROADCAST_HEARTBEAT_SECONDS = env_number("BROADCAST_HEARTBEAT_SECONDS", float)
-if os.environ.get("BROADCAST_MAX_PENDING_BYTES"):
-    BROADCAST_MAX_PENDING_BYTES = env_number("BROADCAST_MAX_PENDING_BYTES", int)
-if os.environ.get("BROADCAST_MAX_CONNECTIONS"):
-    BROADCAST_MAX_CONNECTIONS = env_number("BROADCAST_MAX_CONNECTIONS", int)
-if os.environ.get("BROADCAST_SHUTDOWN_TIMEOUT"):
-    BROADCAST_SHUTDOWN_TIMEOUT = env_number("BROADCAST_SHUTDOWN_TIMEOUT", float)
-if os.environ.get("BROADCAST_SAMPLE_SECONDS"):
-    BROADCAST_SAMPLE_SECONDS = env_number("BROADCAST_SAMPLE_SECONDS", float)
-if os.environ.get("BROADCAST_RETENTION_DAYS"):
-    BROADCAST_RETENTION_DAYS = env_number("BROADCAST_RETENTION_DAYS", float)
-if os.environ.get("BROADCAST_REQUIRE_AUTH"):
-    BROADCAST_REQUIRE_AUTH = env_bool("BROADCAST_REQUIRE_AUTH", False)
-if os.environ.get("BROADCAST_METRICS_ENABLED"):
-    BROADCAST_METRICS_ENABLED = env_bool("BROADCAST_METRICS_ENABLED", False)
-if os.environ.get("BROADCAST_HEALTHZ_ENABLED"):
-    BROADCAST_HEALTHZ_ENABLED = env_bool("BROADCAST_HEALTHZ_ENABLED", False)
-if os.environ.get("BROADCAST_FAST_PATH"):
-    BROADCAST_FAST_PATH = env_bool("BROADCAST_FAST_PATH", False)
-if os.environ.get("BROADCAST_METRICS_TOKEN"):
-    BROADCAST_METRICS_TOKEN = os.environ["BROADCAST_METRICS_TOKEN"]
-if os.environ.get("BROADCAST_MAX_RELAY_BACKLOG"):
-    BROADCAST_MAX_RELAY_BACKLOG = env_number(
-        "BROADCAST_MAX_RELAY_BACKLOG", int, none_words={"off", "none"}
-    )
-if os.environ.get("BROADCAST_RELAY_STALL_SECONDS"):
-    BROADCAST_RELAY_STALL_SECONDS = env_number("BROADCAST_RELAY_STALL_SECONDS", float)
-if os.environ.get("BROADCAST_COALESCE_MAX"):
-    BROADCAST_COALESCE_MAX = env_number("BROADCAST_COALESCE_MAX", int)
-if os.environ.get("BROADCAST_PUBLISH_BATCHES"):
-    BROADCAST_PUBLISH_BATCHES = env_bool("BROADCAST_PUBLISH_BATCHES", True)
-if os.environ.get("BROADCAST_SWEEP_CHUNK"):
-    BROADCAST_SWEEP_CHUNK = env_number("BROADCAST_SWEEP_CHUNK", int)
-if os.environ.get("BROADCAST_MAX_TOPICS_PER_CLIENT"):
-    BROADCAST_MAX_TOPICS_PER_CLIENT = env_number("BROADCAST_MAX_TOPICS_PER_CLIENT", int)
-if os.environ.get("BROADCAST_TOPIC_AUTHORIZER"):
-    BROADCAST_TOPIC_AUTHORIZER = os.environ["BROADCAST_TOPIC_AUTHORIZER"]
-# Comma-separated; each key at least 16 characters (the app's check says so otherwise).
-if os.environ.get("BROADCAST_API_KEYS"):
-    BROADCAST_API_KEYS = [key.strip() for key in os.environ["BROADCAST_API_KEYS"].split(",")]
+# Every app setting (docs/settings.md) can be set from the environment by its own name;
+# an unset variable leaves the app's default.
+globals().update(from_environment(os.environ))

@@ -73,8 +73,8 @@ def test_by_default_publishers_run_a_few_broadcasts_ahead_for_the_relay_to_take_
         relay.close()
 
 
-def test_a_stalled_relay_is_waited_for_only_so_long_then_reported(relay, settings, caplog):
-    settings.BROADCAST_RELAY_STALL_SECONDS = 0.5
+def test_a_stalled_relay_is_waited_for_only_so_long_then_reported(relay, monkeypatch, caplog):
+    monkeypatch.setattr("broadcast.publishing.backpressure.RELAY_STALL_SECONDS", 0.5)
     for n in range(3):
         publish("fill", {"n": n})  # the relay reads nothing: it is stuck
     started = time.monotonic()
@@ -108,14 +108,14 @@ def test_backpressure_can_be_switched_off(relay, settings):
 
 
 @pytest.fixture
-def capacity_five(redis_layer, settings):
+def capacity_five(redis_layer, settings, monkeypatch):
     """A relay paced at one queued broadcast, waited for 0.2 s, on a layer of capacity 5."""
     layers = redis_layers(redis_layer)
     layers["default"]["CONFIG"]["capacity"] = 5
     settings.CHANNEL_LAYERS = layers
     channel_layers.backends.clear()
     settings.BROADCAST_MAX_RELAY_BACKLOG = 1
-    settings.BROADCAST_RELAY_STALL_SECONDS = 0.2
+    monkeypatch.setattr("broadcast.publishing.backpressure.RELAY_STALL_SECONDS", 0.2)
 
 
 def publish_twelve_with_the_loop_stuck() -> list[dict]:

@@ -1,6 +1,8 @@
 import pytest
+from django.core.checks import run_checks
 
 from broadcast.checks import check_settings
+from broadcast.conf import REMOVED
 
 
 def ids(errors):
@@ -21,20 +23,15 @@ def test_default_settings_pass():
         ("BROADCAST_MAX_MESSAGE_BYTES", "64k", "broadcast.E003"),
         ("BROADCAST_MAX_PENDING_BYTES", -1, "broadcast.E004"),
         ("BROADCAST_HEARTBEAT_SECONDS", 0, "broadcast.E005"),
-        ("BROADCAST_STALE_HEARTBEATS", 1.5, "broadcast.E006"),
-        ("BROADCAST_SEND_LOCK_TIMEOUT", True, "broadcast.E007"),
         ("BROADCAST_REQUIRE_AUTH", "yes", "broadcast.E008"),
         ("BROADCAST_MAX_CONNECTIONS", 0, "broadcast.E013"),
-        ("BROADCAST_SAMPLE_SECONDS", 0, "broadcast.E015"),
         ("BROADCAST_RETENTION_DAYS", -1, "broadcast.E016"),
         ("BROADCAST_METRICS_ENABLED", "yes", "broadcast.E017"),
         ("BROADCAST_HEALTHZ_ENABLED", 1, "broadcast.E018"),
         ("BROADCAST_METRICS_TOKEN", "", "broadcast.E019"),
         ("BROADCAST_RETENTION_DAYS", 0.5, "broadcast.E020"),  # under the 1-day history TTL
         ("BROADCAST_MAX_RELAY_BACKLOG", 0, "broadcast.E021"),
-        ("BROADCAST_RELAY_STALL_SECONDS", 0, "broadcast.E022"),
         ("BROADCAST_FAST_PATH", "no", "broadcast.E023"),
-        ("BROADCAST_PUBLISH_BATCHES", 0, "broadcast.E031"),
         ("BROADCAST_MAX_TOPICS_PER_CLIENT", 0, "broadcast.E025"),
         ("BROADCAST_TOPIC_AUTHORIZER", "authorize", "broadcast.E026"),
         ("BROADCAST_TOPIC_AUTHORIZER", "myapp.nowhere.authorize", "broadcast.E028"),
@@ -153,3 +150,16 @@ def test_a_shared_layer_passes_check_deploy(settings, redis_url):
         assert deploy_ids() == []
     finally:
         channel_layers.backends.clear()
+
+
+@pytest.mark.parametrize("name", sorted(REMOVED))
+def test_a_removed_setting_still_set_is_a_warning_naming_what_replaced_it(settings, name):
+    setattr(settings, name, 5)
+    warnings = [m for m in run_checks() if m.id == "broadcast.W005"]
+    assert [m.msg for m in warnings] == [
+        f"{name} is no longer a setting and is ignored: {REMOVED[name]}."
+    ]
+
+
+def test_no_removed_setting_set_no_warning():
+    assert [m for m in run_checks() if m.id == "broadcast.W005"] == []

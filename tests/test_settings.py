@@ -139,7 +139,7 @@ def test_app_settings_come_from_the_environment_with_their_types():
         "import django, json; django.setup(); from broadcast.conf import conf;"
         "print(json.dumps([conf.BROADCAST_METRICS_TOKEN, conf.BROADCAST_METRICS_ENABLED,"
         " conf.BROADCAST_RETENTION_DAYS, conf.BROADCAST_REQUIRE_AUTH,"
-        " conf.BROADCAST_PUBLISH_BATCHES]))"
+        " conf.BROADCAST_MAX_RELAY_BACKLOG, conf.BROADCAST_API_KEYS]))"
     )
     clean = {k: v for k, v in os.environ.items() if k not in UNSET}
     clean.update(
@@ -148,11 +148,22 @@ def test_app_settings_come_from_the_environment_with_their_types():
         BROADCAST_METRICS_ENABLED="false",
         BROADCAST_RETENTION_DAYS="7.5",
         BROADCAST_REQUIRE_AUTH="1",
-        BROADCAST_PUBLISH_BATCHES="0",
+        BROADCAST_MAX_RELAY_BACKLOG="off",
+        BROADCAST_API_KEYS="0123456789abcdef, fedcba9876543210",
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, env=clean, capture_output=True, text=True
     )
-    assert json.loads(result.stdout) == ["t0ken", False, 7.5, True, False], result.stderr
+    assert json.loads(result.stdout) == [
+        "t0ken",
+        False,
+        7.5,
+        True,
+        None,
+        ["0123456789abcdef", "fedcba9876543210"],
+    ], result.stderr
     bad = load(BROADCAST_METRICS_ENABLED="maybe")
-    assert bad.returncode != 0 and "BROADCAST_METRICS_ENABLED must be a boolean" in bad.stderr
+    assert bad.returncode != 0
+    assert "BROADCAST_METRICS_ENABLED must be 1/0 or true/false, got 'maybe'" in bad.stderr
+    bad = load(BROADCAST_MAX_CONNECTIONS="lots")
+    assert "BROADCAST_MAX_CONNECTIONS must be an integer, got 'lots'" in bad.stderr

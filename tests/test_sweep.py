@@ -1,5 +1,5 @@
 """
-Sweeps: a fan-out to more clients than BROADCAST_SWEEP_CHUNK lets the loop run between
+Sweeps: a fan-out to more clients than SWEEP_CHUNK lets the loop run between
 chunks, and broadcasts published meanwhile join the writes still to come. Every client
 still gets every broadcast once, in order, within the slow-client bound; a topic's
 broadcast or a client that connects during a sweep ends the taking.
@@ -16,6 +16,7 @@ from broadcast.clients.outbox import Outbox
 from broadcast.conf import conf
 from broadcast.publishing.api import relay_message
 from broadcast.seams import servers
+from broadcast.stream import fanout
 from tests.clients import uvicorn_connection
 from tests.test_coalescing import CountingWriter, read_texts
 
@@ -23,9 +24,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def fast_path(settings):
+def fast_path(settings, monkeypatch):
     settings.BROADCAST_FAST_PATH = True
-    settings.BROADCAST_SWEEP_CHUNK = 4
+    monkeypatch.setattr("broadcast.stream.fanout.SWEEP_CHUNK", 4)
 
 
 class Client:
@@ -64,9 +65,9 @@ async def one_at_a_time(count, **kwargs):
 
 @pytest.mark.parametrize("chunk", [1, 100])
 async def test_broadcasts_published_one_at_a_time_during_a_fan_out_join_its_writes(
-    hub, fast_path, settings, chunk
+    hub, fast_path, monkeypatch, chunk
 ):
-    settings.BROADCAST_SWEEP_CHUNK = chunk
+    monkeypatch.setattr("broadcast.stream.fanout.SWEEP_CHUNK", chunk)
     everyone = await clients(hub, 12)
     for client in everyone:
         assert (await client.texts(1))[0]["type"] == "hub.welcome"
@@ -219,7 +220,7 @@ async def test_a_lone_broadcast_to_many_clients_is_one_write_each(hub, fast_path
     for client in everyone:
         assert [m["payload"]["n"] for m in await client.texts(1)] == [0]
     assert [client.writer.writes for client in everyone] == [1] * 12
-    assert conf.BROADCAST_SWEEP_CHUNK < 12
+    assert fanout.SWEEP_CHUNK < 12
     for client in everyone:
         client.sock.close()
 

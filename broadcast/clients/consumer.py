@@ -11,6 +11,8 @@ import json
 import logging
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
+
 from broadcast import metrics
 from broadcast.clients import authorizer
 from broadcast.clients.access import AccessRules
@@ -20,6 +22,7 @@ from broadcast.clients.query import ConnectQuery
 from broadcast.clients.resume import HistoryUnavailable, resume
 from broadcast.conf import conf
 from broadcast.protocol import (
+    CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SERVICE_RESTART,
     CLOSE_SLOW_CLIENT,
@@ -62,7 +65,13 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
             logger.debug("Refused an anonymous client (BROADCAST_REQUIRE_AUTH)")
             await self.close()
             return
-        self.hub = get_hub()
+        try:
+            self.hub = get_hub()
+        except ImproperlyConfigured as exc:  # another process serves the in-memory layer
+            logger.error("Refused a client (1011): %s", exc)
+            await self.accept()
+            await self._close(CLOSE_INTERNAL_ERROR, "misconfigured")
+            return
         if self.hub.stopping:
             await self.accept()
             await self._close(CLOSE_SERVICE_RESTART, "service restart")

@@ -17,7 +17,6 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from broadcast.protocol import CLOSE_INTERNAL_ERROR
 from broadcast.seams.servers import Scope, Writer, mark_single_callable
-from broadcast.stream import singleprocess
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ class LeanConsumer(AsyncWebsocketConsumer):
         coroutine would stay alive, one more per idle connection, around this one.
         """
         channels_app = super().as_asgi(**initkwargs)
-        singleprocess.claim_for_layer()
 
         def app(scope: Scope, receive: Any, send: Any) -> Any:
             return cls(**initkwargs)(scope, receive, send)

@@ -32,6 +32,9 @@ from broadcast.stream.layer import is_process_local, load_layer, needs_shared_la
 
 logger = logging.getLogger(__name__)
 
+# Most ephemeral publishes of one process sent to the pub/sub layer in one pipeline.
+PIPELINE_MAX = 64
+
 USER_TOPIC_PREFIX = "user."
 
 
@@ -188,8 +191,8 @@ async def _send_ephemeral(prepared: Prepared, layer: Any) -> dict[str, Any]:
             layer,
             conf.BROADCAST_GROUP,
             message,
-            conf.BROADCAST_COALESCE_MAX,
-            batches=conf.BROADCAST_PUBLISH_BATCHES,
+            PIPELINE_MAX,
+            batches=True,
         )
     except Exception as exc:
         metrics.publish_failures.inc()

@@ -11,7 +11,7 @@ milliseconds per broadcast, a check takes one Redis round trip.
 
 A relay is *live* while its group membership is fresh (each relay renews it every
 heartbeat) and its oldest queued broadcast is younger than
-BROADCAST_RELAY_STALL_SECONDS. A process that was killed, or whose event loop is
+RELAY_STALL_SECONDS. A process that was killed, or whose event loop is
 stuck, stops being waited for after that long; its own clients are cut off from it
 anyway and resume from history when they reconnect elsewhere.
 
@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 # publish, for a process that is gone.
 _reported: dict[str, float] = {}
 REPORT_EVERY_SECONDS = 60.0
+# How long publishers wait for a relay that stays behind before ignoring it.
+RELAY_STALL_SECONDS = 2.0
 
 
 def applies_to(layer: Any) -> bool:
@@ -69,13 +71,13 @@ def wait_for_relays(client: Any, layer: Any, budget: float | None = None) -> flo
     """
     Block until no live relay has BROADCAST_MAX_RELAY_BACKLOG broadcasts queued, or
     for ``budget`` seconds at most; returns the seconds waited. Never raises for a
-    slow relay: one that stays behind for BROADCAST_RELAY_STALL_SECONDS is no longer
+    slow relay: one that stays behind for RELAY_STALL_SECONDS is no longer
     waited for.
     """
     limit = conf.BROADCAST_MAX_RELAY_BACKLOG
     if limit is None:
         return 0.0
-    stall = conf.BROADCAST_RELAY_STALL_SECONDS
+    stall = RELAY_STALL_SECONDS
     started = time.monotonic()
     delay = 0.001
     while True:

@@ -1,7 +1,7 @@
 """
 This process's connection counts in the database: its HubProcess row, written every
 heartbeat, and a ConnectionSample for the dashboard's chart every
-BROADCAST_SAMPLE_SECONDS.
+SAMPLE_SECONDS.
 
 The writes, and the heartbeat's other question, run on a database thread of the
 process's own, one after another, and that thread keeps its connection from one
@@ -30,12 +30,13 @@ from typing import Any, ParamSpec, TypeVar
 from django.db import connections
 from django.utils import timezone
 
-from broadcast.conf import conf
 from broadcast.models import ConnectionSample, HubProcess
 
 # Topics per process row, the most subscribed first: per-user topics alone can number
 # as many as the users, and the row is written every heartbeat.
 TOPIC_COUNTS_KEPT = 200
+# How often a process records its connection count for the dashboard chart.
+SAMPLE_SECONDS = 60.0
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -110,11 +111,7 @@ class Counts:
             )
             self.row_id = row.pk
         clock = time.monotonic()
-        if (
-            stopped
-            or self._sampled_at is None
-            or clock - self._sampled_at >= conf.BROADCAST_SAMPLE_SECONDS
-        ):
+        if stopped or self._sampled_at is None or clock - self._sampled_at >= SAMPLE_SECONDS:
             ConnectionSample.objects.create(
                 process_id=self.row_id, taken_at=now, current=fields["current"]
             )

@@ -1,7 +1,7 @@
 """
 The fan-out: what the relay hands over, written into each local client's outbox,
 framed once for all of them. A fan-out to more clients than one chunk
-(``BROADCAST_SWEEP_CHUNK``) is a *sweep*: the loop runs between chunks, and what the
+(``SWEEP_CHUNK``) is a *sweep*: the loop runs between chunks, and what the
 layer received meanwhile joins the writes still to come, so that broadcasts published
 during a fan-out cost each client one write, as Gorilla's ``writePump`` joins what
 queued while it wrote. A topic broadcast costs its subscribers, not every client.
@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from broadcast import metrics
-from broadcast.conf import conf
 from broadcast.protocol import MESSAGE_TYPE
 from broadcast.stream.outgoing import Outgoing
 from broadcast.stream.registry import Registry
@@ -28,6 +27,9 @@ if TYPE_CHECKING:
     from broadcast.clients.outbox import Outbox
 
 logger = logging.getLogger(__name__)
+
+# Clients a fan-out writes to between turns of the event loop.
+SWEEP_CHUNK = 64
 
 
 class FanOut(Registry):
@@ -80,7 +82,7 @@ class FanOut(Registry):
     ) -> None:
         """
         :meth:`fan_out_batch` for global broadcasts to many clients, letting the loop
-        run after each chunk of ``BROADCAST_SWEEP_CHUNK`` clients. After each turn, ``take(room)``
+        run after each chunk of ``SWEEP_CHUNK`` clients. After each turn, ``take(room)``
         gives what the layer holds now (global broadcasts, without waiting): the
         clients not yet written to get it in the same write as the rest, those already
         written to get it, in one write, on the next pass, and passes go on until every
@@ -91,7 +93,7 @@ class FanOut(Registry):
         is taken, since its welcome counts every broadcast taken so far and it must get
         every one after.
         """
-        size = conf.BROADCAST_SWEEP_CHUNK
+        size = SWEEP_CHUNK
         if len(self.clients) <= size or any(
             message.get("topic") is not None for message in messages
         ):

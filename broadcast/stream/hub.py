@@ -26,7 +26,7 @@ from channels.layers import get_channel_layer
 from broadcast import metrics
 from broadcast.conf import conf
 from broadcast.seams import servers
-from broadcast.stream import tuning
+from broadcast.stream import singleprocess, tuning
 from broadcast.stream.counts import Counts
 from broadcast.stream.fanout import FanOut
 from broadcast.stream.heartbeat import heartbeat
@@ -173,6 +173,9 @@ def get_hub() -> ProcessHub:
     loop = asyncio.get_running_loop()
     hub = _hubs.get(loop)
     if hub is None:
+        # The process serves clients from now on: on the in-memory layer, only it may
+        # (ImproperlyConfigured if another process does).
+        singleprocess.claim_for_layer()
         hub = _hubs[loop] = ProcessHub()
         servers.install_shutdown(lambda: _shutdown(hub))
     return hub

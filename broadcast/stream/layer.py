@@ -5,7 +5,6 @@ cannot work: one line each, naming the setting to change.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from channels.exceptions import InvalidChannelLayerError
@@ -17,9 +16,6 @@ from broadcast.conf import conf
 
 QUICK_START = "docs/quickstart.md, step 'The channel layer'"
 REDIS_EXTRA = "pip install 'django-broadcast-hub[redis]'"
-
-# hubsite, the project this app ships in, builds CHANNEL_LAYERS from its environment.
-HUBSITE_SETTINGS = "hubsite.settings"
 
 
 def load_layer() -> Any:
@@ -66,8 +62,4 @@ def needs_shared_layer(what: str) -> str:
         f"CHANNEL_LAYERS[{alias!r}] to channels_redis.core.RedisChannelLayer ({REDIS_EXTRA}; "
         "docs/operations.md) for the servers and for this process"
     )
-    # override_settings() hides the module name; the environment still has it.
-    module = settings.SETTINGS_MODULE or os.environ.get("DJANGO_SETTINGS_MODULE")
-    if module == HUBSITE_SETTINGS:
-        advice += " (hubsite: set REDIS_URL, for example redis://127.0.0.1:6379/0)"
     return advice + "."

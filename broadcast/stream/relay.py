@@ -9,7 +9,7 @@ It is supervised: a failure is logged, retried with a growing delay, and followe
 a catch-up from the database, since what the layer held meanwhile may be gone.
 
 It coalesces: after each receive, it takes every message the layer already holds
-(up to BROADCAST_COALESCE_MAX) without waiting for any, and hands them on together,
+(up to COALESCE_MAX) without waiting for any, and hands them on together,
 so that a burst costs each client one write instead of one per broadcast. A fan-out
 to many clients lets the loop run between chunks of them, and takes what reached the
 layer meanwhile into the writes still to come (the hub's ``sweep``). A lone broadcast
@@ -42,6 +42,8 @@ RESTART_FIRST_DELAY, RESTART_MAX_DELAY = 0.5, 5.0
 # How long stopping waits for a cancelled task: channels-redis's receive can swallow
 # a cancellation inside redis-py's retry and carry on, and a stop must not hang on it.
 STOP_WAIT_SECONDS = 2.0
+# Most broadcasts ready together that go to a client in one write (a sweep's too).
+COALESCE_MAX = 64
 
 
 class Relay(Stream):
@@ -129,7 +131,7 @@ class Relay(Stream):
                     # Through the ASGI send a batch is still one write per broadcast, and
                     # handing them over in one loop turn leaves daphne no turn to flush
                     # between them: the public path takes broadcasts one at a time.
-                    limit = conf.BROADCAST_COALESCE_MAX if conf.BROADCAST_FAST_PATH else 1
+                    limit = COALESCE_MAX if conf.BROADCAST_FAST_PATH else 1
                     from_redis = limit > 1 and self.receiver.redis_holds_the_queue()
                     if not from_redis:
                         self.receiver.take_held(batch, limit)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import descendants
+from harness.processes import descendants
 from tests.e2e.conftest import cmdline, running
 
 ROOT = Path(__file__).resolve().parents[2]

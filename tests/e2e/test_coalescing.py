@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from tests.e2e.conftest import get_text, stuck_client
+from tests.e2e.conftest import HARNESS_APP, get_text, stuck_client
 from tests.e2e.test_slow_client import read_once_cut
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
@@ -130,9 +130,11 @@ async def test_broadcasts_published_during_sweeps_arrive_in_order_and_a_stuck_cl
     # A chunk of one client makes every fan-out to these clients a sweep, so what the
     # publisher sends while the server writes joins writes already under way.
     site = redis_site.with_env(
-        REDIS_LAYER="pubsub", BROADCAST_MAX_PENDING_BYTES=str(LIMIT), BROADCAST_SWEEP_CHUNK="1"
+        REDIS_LAYER="pubsub",
+        BROADCAST_MAX_PENDING_BYTES=str(LIMIT),
+        HUB_CONSTANTS="broadcast.stream.fanout.SWEEP_CHUNK=1",
     )
-    server = start_server(site, kind)
+    server = start_server(site, kind, app=HARNESS_APP)
     fast, slow = await server.client(), await server.client()
     await asyncio.to_thread(site.wait_for_live_total, 2)
 

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.run import descendants
 from faults.run import run
+from harness.processes import descendants
 from tests.e2e.conftest import ROOT, cmdline, process_state, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]

@@ -7,40 +7,11 @@ import sys
 import time
 
 import pytest
-import redis
 
-from tests.e2e.conftest import ROOT, frames, free_port, get_json, no_frame
+from harness.redis import PrivateRedis
+from tests.e2e.conftest import ROOT, frames, get_json, no_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
-
-
-class PrivateRedis:
-    """A redis-server on its own port that keeps nothing, like this machine's."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
 
 
 @pytest.fixture

@@ -3,9 +3,17 @@
 import asyncio
 
 import pytest
+from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.e2e.conftest import ADMIN_PASSWORD, ADMIN_USER, Browser, frames, no_frame
+from tests.e2e.conftest import (
+    ADMIN_PASSWORD,
+    ADMIN_USER,
+    Browser,
+    close_code,
+    frames,
+    no_frame,
+)
 
 pytestmark = [pytest.mark.e2e]
 
@@ -86,8 +94,7 @@ def test_the_command_refuses_the_in_memory_layer_in_one_line(site):
         "CommandError: This command cannot reach the server, another process: the in-memory "
         "channel layer reaches this process only. Set CHANNEL_LAYERS['default'] to "
         "channels_redis.core.RedisChannelLayer (pip install 'django-broadcast-hub[redis]'; "
-        "docs/operations.md) for the servers and for this process (hubsite: set REDIS_URL, "
-        "for example redis://127.0.0.1:6379/0)."
+        "docs/operations.md) for the servers and for this process."
     ]
 
 
@@ -116,37 +123,33 @@ def test_probes_answer_plain_http_while_the_site_redirects_to_https(site, start_
     assert status("/metrics") == 200
 
 
-def test_a_second_server_process_on_the_in_memory_layer_refuses_to_start(site, start_server):
+async def test_a_second_server_process_on_the_in_memory_layer_refuses_clients_saying_why(
+    site, start_server
+):
     first = start_server(site)
-    import subprocess
-
-    from tests.e2e.conftest import ROOT, SERVER_COMMANDS, free_port
-
-    second = subprocess.run(
-        SERVER_COMMANDS["uvicorn"](free_port()),
-        cwd=ROOT,
-        env=site.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert second.returncode != 0
-    assert "Another server process already serves the broadcast hub" in second.stderr
-    assert first.process.poll() is None
+    served = await first.client()  # the first process serves the hub from its first client
+    second = start_server(site, "uvicorn")
+    refused = await connect(second.ws_url, origin=second.http)
+    assert await close_code(refused) == 1011
+    assert "Another server process already serves the broadcast hub" in second.log()
+    assert first.process.poll() is None and await no_frame(served, 0.2)
 
 
-def test_publish_from_another_process_on_the_in_memory_layer_is_an_error(site, start_server):
+async def test_publish_from_another_process_on_the_in_memory_layer_is_an_error(site, start_server):
     server = start_server(site)
-    result = site.manage(
+    client = await server.client()  # the process serves the hub from its first client
+    result = await asyncio.to_thread(
+        site.manage,
         "shell",
         "-c",
         "from broadcast import publish\ntry:\n    publish('refused.in.memory', 1)\n"
         "except Exception as exc:\n    print(type(exc).__name__, exc)",
     )
-    assert "ImproperlyConfigured" in result.stdout and "REDIS_URL" in result.stdout
+    assert "ImproperlyConfigured" in result.stdout and "CHANNEL_LAYERS" in result.stdout
     assert server.process.poll() is None
     rows = site.shell(
         "from broadcast.models import Broadcast as B\n"
         "print(B.objects.filter(type='refused.in.memory').count())"
     )
     assert rows.strip() == "0"  # refused before anything was stored
+    await client.close()

@@ -8,7 +8,7 @@ every subscribed process wakes for each broadcast alone: its relay receives them
 by one, and each client gets one write per broadcast. Sent in one pipeline instead,
 a burst reaches each subscriber in one read, and its relay fans it out as one batch.
 And the messages of one pipeline for the same group travel as one message (a
-``broadcast.batch``, with BROADCAST_PUBLISH_BATCHES): every process pays its reader's
+``broadcast.batch``): every process pays its reader's
 cost (parse, decode, queue, wake the relay) once for the burst instead of once for
 each broadcast, and a second server process on a host pays it once more, not 50 times.
 
@@ -81,7 +81,7 @@ async def group_send(
     shard = loop_layer._get_shard(channel)
     outgoing = _outgoing.get(shard)
     if outgoing is None:
-        outgoing = _outgoing[shard] = Outgoing()
+        outgoing = _outgoing[shard] = ShardPipeline()
     await outgoing.send(shard, Pending(channel, message, layer.serialize, batches), most)
 
 
@@ -176,7 +176,7 @@ class Pending:
 
 
 @dataclass
-class Outgoing:
+class ShardPipeline:
     """
     The publishes waiting for one shard's connection, and the task that sends them.
     Only that task holds the shard, while it runs: an idle entry must not keep its
@@ -276,4 +276,4 @@ def _settle(batch: list[Pending], error: BaseException | None) -> None:
 
 
 # One per shard, and so per event loop: the layer keeps a loop layer per loop.
-_outgoing: weakref.WeakKeyDictionary[Any, Outgoing] = weakref.WeakKeyDictionary()
+_outgoing: weakref.WeakKeyDictionary[Any, ShardPipeline] = weakref.WeakKeyDictionary()
