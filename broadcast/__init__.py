@@ -19,6 +19,7 @@ __all__ = [
     "PublishFailed",
     "apublish",
     "apublish_to_user",
+    "connect_token",
     "publish",
     "publish_to_user",
 ]
@@ -29,6 +30,7 @@ _LAZY = {
     "publish_to_user": "publishing.api",
     "apublish_to_user": "publishing.api",
     "PublishFailed": "publishing.api",
+    "connect_token": "clients.tokens",
     "BroadcastError": "protocol",
     "InvalidBroadcast": "protocol",
     "InvalidPayload": "protocol",

@@ -3,11 +3,12 @@ One server process per database on the in-memory channel layer.
 
 The in-memory layer reaches only the process it lives in. Two server processes on
 it (``uvicorn --workers 2``, gunicorn workers) would each hold some of the clients,
-and a broadcast published in one would never reach the other's: silent loss. So a
-process that serves the hub on the in-memory layer takes an OS file lock named
-after its database; a second one refuses to start, and ``publish()`` from any other
-process on that database (``manage.py shell``, a worker) raises instead of
-reporting a broadcast sent to nobody.
+and a broadcast published in one would never reach the other's: silent loss. So the
+process whose hub starts first (its first client) takes an OS file lock named after
+its database; a second one refuses its clients (``ImproperlyConfigured``, which the
+consumer turns into close 1011 and an error line naming ``CHANNEL_LAYERS``), and
+``publish()`` from any other process on that database (``manage.py shell``, a worker)
+raises instead of reporting a broadcast sent to nobody.
 
 The kernel drops a lock when its process exits, however it exits. Workers forked
 from a parent that took the lock share it, so preloading the application in a
