@@ -6,9 +6,9 @@ SAMPLE_SECONDS.
 The writes, and the heartbeat's other question, run on a database thread of the
 process's own, one after another, and that thread keeps its connection from one
 heartbeat to the next until :meth:`Counts.release`. Through ``database_sync_to_async``
-with ``conn_max_age`` at 0 (hubsite's default, and what Django advises under ASGI),
-every heartbeat opened a connection and closed it, and on SQLite closing the last one
-checkpoints the write-ahead log: most of what an idle process cost. Django's advice is
+with ``conn_max_age`` at 0 (Django's default, and what it advises under ASGI),
+every heartbeat would open a connection and close it, and on SQLite closing the last
+one checkpoints the write-ahead log: most of what an idle process costs. Django's advice is
 against connections kept by request threads, which come and go; this one thread lives
 as long as the hub.
 """

@@ -1,6 +1,7 @@
 """
-Garbage-collector tuning a project may opt into from its ASGI module (hubsite/asgi.py
-does): the collector, not the hub, dominates the cost of accepting WebSocket clients.
+Garbage-collector tuning a project may opt into from its ASGI module (``tune_gc()``
+after the application is built): the collector, not the hub, dominates the cost of
+accepting WebSocket clients.
 
 Every connection leaves long-lived objects the collector tracks (most of them the
 server's own), and each full collection walks all of them again while clients pile
