@@ -17,7 +17,7 @@ from broadcast import metrics
 from broadcast.clients import authorizer
 from broadcast.clients.access import AccessRules
 from broadcast.clients.lean import LeanConsumer
-from broadcast.clients.outbox import Outbox, close_through_send
+from broadcast.clients.outbox import Outbox
 from broadcast.clients.query import ConnectQuery
 from broadcast.clients.resume import HistoryUnavailable, resume
 from broadcast.conf import conf
@@ -36,6 +36,7 @@ from broadcast.protocol import (
     welcome_text,
 )
 from broadcast.seams.servers import Writer, direct_writer, server_send
+from broadcast.seams.servers.asgi import close_through_send
 from broadcast.stream.hub import get_hub
 
 logger = logging.getLogger(__name__)

@@ -9,14 +9,13 @@ into it: a client whose write fails costs that client, not the process.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from broadcast.protocol import CLOSE_NORMAL
 from broadcast.seams.servers import Writer
+from broadcast.seams.servers.asgi import close_through_send
 from broadcast.stream.outgoing import Outgoing
 
 logger = logging.getLogger(__name__)
@@ -277,24 +276,6 @@ class Outbox:
         drainer = self._drainer
         if drainer is not None and drainer is not _current_task():
             drainer.cancel()
-
-
-async def close_through_send(send: Send, code: int, reason: str) -> None:
-    """
-    Close a connection through the ASGI ``send`` (the public path). daphne refuses
-    codes that autobahn's public close does not allow (anything but 1000 and
-    3000-4999): those clients get 1000 rather than no close at all.
-    """
-    event = {"type": "websocket.close", "code": code, "reason": reason}
-    try:
-        await send(event)
-    except Exception as exc:
-        if code == CLOSE_NORMAL:
-            logger.debug("Could not close a client (%s)", exc)
-            return
-        logger.debug("The server refused close code %s (%s); closing with 1000", code, exc)
-        with contextlib.suppress(Exception):
-            await send({**event, "code": CLOSE_NORMAL})
 
 
 def _closed() -> None:
