@@ -119,3 +119,20 @@ async def test_a_fan_out_that_fails_puts_the_position_back_for_the_catch_up():
     with pytest.raises(RuntimeError):
         await relay._deliver([messages[1], messages[2]])
     assert relay.position == 0
+
+
+async def test_a_catch_up_whose_fan_out_fails_leaves_the_position_before_what_it_did_not_send():
+    messages = await persisted(3)
+
+    class FailsOnTwo(Recorder):
+        def fan_out_batch(self, batch):
+            if any(message["id"] == 2 for message in batch):
+                raise RuntimeError("a bug in the fan-out")
+            super().fan_out_batch(batch)
+
+    hub = FailsOnTwo()
+    relay = Relay(get_channel_layer(), "unused", hub)
+    with pytest.raises(RuntimeError):
+        await relay._deliver([messages[3]])  # 1 and 2 lost: the catch-up sends 1, fails on 2
+    assert [m["id"] for m in hub.delivered] == [1]
+    assert relay.position == 1

@@ -31,7 +31,7 @@ from channels.db import database_sync_to_async
 from django.utils import timezone
 
 from broadcast import metrics
-from broadcast.history import newest_sent_before, replay_after
+from broadcast.history import Replayed, newest_sent_before, replay_after
 from broadcast.protocol import relay_message, reset_text
 from broadcast.stream.receiver import Message, Receiver
 
@@ -223,9 +223,9 @@ class Stream:
             while True:
                 try:
                     # Up to the id before: after a reset, the live one still follows.
-                    caught_up = await self._catch_up(msg_id - 1)
+                    missed = await database_sync_to_async(replay_after)(self.position, msg_id - 1)
                     break
-                except Exception as exc:
+                except Exception as exc:  # the database, not a bug: that goes up
                     if self.holding_since is None:
                         self._hold(True)
                         logger.warning(
@@ -251,6 +251,7 @@ class Stream:
                     delay = min(delay * 2, HOLD_MAX_DELAY)
         finally:
             self._hold(False)
+        caught_up = self._send_missed(missed, msg_id - 1)
         # History may already hold ids after ``msg_id`` too: those were not missed.
         missed = [missed_id for missed_id in caught_up.ids if missed_id < msg_id]
         if missed:
@@ -273,13 +274,20 @@ class Stream:
         database failure raises, and the position stays where it was.
         """
         missed = await database_sync_to_async(replay_after)(self.position, newest)
+        return self._send_missed(missed, newest)
+
+    def _send_missed(self, missed: list[Replayed] | None, newest: int) -> CatchUp:
+        """Fan out what history gave, up to ``newest``; None from history: ``hub.reset``."""
         if missed is None:
             logger.warning("Relay missed broadcasts beyond history: hub.reset")
             self._reset(newest)
             return CatchUp(reset=True)
         for replayed in missed:
-            if self._advance(replayed.id, accounted=True):  # burnt ids between: never sent
-                self._clients.fan_out(relay_message(replayed.text, replayed.id, replayed.topic))
+            if replayed.id <= self.position:
+                continue  # already sent
+            # Fanned out, then the position moves (burnt ids before it were never sent).
+            self._clients.fan_out(relay_message(replayed.text, replayed.id, replayed.topic))
+            self._advance(replayed.id, accounted=True)
         self._advance(newest, accounted=True)  # history runs to it: the rest were burnt
         return CatchUp(ids=tuple(replayed.id for replayed in missed))
 
@@ -287,7 +295,6 @@ class Stream:
         """Tell clients that the ids after the position up to ``newest`` are lost to them."""
         if newest <= self.position:
             return
-        text = reset_text(newest, self.position)
+        self._clients.fan_out(relay_message(reset_text(newest, self.position), None))
         metrics.resets.inc()
         self._advance(newest, accounted=True)
-        self._clients.fan_out(relay_message(text, None))
