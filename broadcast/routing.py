@@ -79,7 +79,7 @@ class AllowedOrigins:
     Channels' ``AllowedHostsOriginValidator`` (its own check decides), except for a
     connection with a connect token (``?token=``): the consumer checks the token
     instead, and refuses a bad one with 403 (broadcast/clients/tokens.py). Two more changes
-    for the connect path: the verdict is remembered per Origin header value
+    for the connect path: the answer is remembered per Origin header value
     (a site sees a handful; the memory is bounded), where Channels parses the origin
     and every allowed-host pattern with ``urlparse`` on every connect; and, like
     :class:`SessionIfAuthRequired`, no coroutine of its own per connection.
@@ -101,30 +101,30 @@ class AllowedOrigins:
         for name, value in scope.get("headers", ()):
             if name == b"origin":
                 origin = value  # the last one counts, as in Channels
-        verdict = self._remembered.get(origin)
-        if verdict is None:
-            verdict = self.judge(origin)
+        allowed = self._remembered.get(origin)
+        if allowed is None:
+            allowed = self.judge(origin)
             if len(self._remembered) >= self.MAX_REMEMBERED:
                 self._remembered.clear()  # random origins from an attacker cannot grow it
-            self._remembered[origin] = verdict
-        if verdict:
+            self._remembered[origin] = allowed
+        if allowed:
             return self.application(scope, receive, send)
         return Denier()(scope, receive, send)
 
     @property
     def remembered(self) -> int:
-        """How many Origin values have a verdict remembered (at most MAX_REMEMBERED)."""
+        """How many Origin values have an answer remembered (at most MAX_REMEMBERED)."""
         return len(self._remembered)
 
     def judge(self, origin: bytes | None) -> bool:
-        """Channels' own verdict on one Origin header value (None: no header)."""
+        """Channels' own answer on one Origin header value (None: no header)."""
         parsed = urlparse(origin.decode("latin1")) if origin is not None else None
-        verdict = bool(self._validator.valid_origin(parsed))
-        if not verdict:
+        allowed = bool(self._validator.valid_origin(parsed))
+        if not allowed:
             # Once per Origin value while it is remembered: a refused client retrying
             # cannot flood the log.
             logger.warning("%s", refusal(origin))
-        return verdict
+        return allowed
 
 
 def refusal(origin: bytes | None) -> str:

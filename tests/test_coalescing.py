@@ -320,7 +320,7 @@ async def test_a_core_layer_whose_internals_moved_is_received_one_by_one(
 ):
     from broadcast.seams.layers import redis as redis_layer_seam
 
-    monkeypatch.setattr(redis_layer_seam, "verdicts", {})
+    monkeypatch.setattr(redis_layer_seam, "probes", {})
     monkeypatch.setattr(redis_layer_seam, "TAKE_NAMES", ("receive_count", "gone_in_a_release"))
     assert not redis_layer_seam.can_take_queued(get_channel_layer())
     assert "RedisChannelLayer.gone_in_a_release" in caplog.text
@@ -491,7 +491,7 @@ async def test_a_pubsub_layer_whose_internals_moved_publishes_one_by_one(
 ):
     from broadcast.seams.layers import pubsub
 
-    monkeypatch.setattr(pubsub, "verdicts", {})
+    monkeypatch.setattr(pubsub, "probes", {})
     monkeypatch.setattr(pubsub, "SHARD_NAMES", ("_lock", "gone_in_a_release"))
     client = await connect()
     assert all(isinstance(r, dict) for r in await publish_concurrently(10))

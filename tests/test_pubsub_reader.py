@@ -57,7 +57,7 @@ async def test_a_health_check_before_any_client_starts_the_quiet_reader_too(pubs
 async def test_a_reader_whose_internals_moved_is_channels_redis_own_and_delivers(
     pubsub_layer, hub, monkeypatch, caplog
 ):
-    monkeypatch.setattr(pubsub, "verdicts", {})
+    monkeypatch.setattr(pubsub, "probes", {})
     monkeypatch.setattr(pubsub, "READER_SHARD_NAMES", ("_pubsub", "gone_in_a_release"))
     client = await connect()
     assert await reads_while_idle(1.0) >= 5, "the layer's own 0.1 s reads"

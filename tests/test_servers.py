@@ -14,7 +14,7 @@ from tests.clients import uvicorn_connection
 @pytest.fixture
 def fresh_probe(monkeypatch, settings):
     """The uvicorn seam as a new process finds it: not probed yet, the fast path on."""
-    monkeypatch.setattr(uvicorn_seam, "verdict", None)
+    monkeypatch.setattr(uvicorn_seam, "probed", None)
     settings.BROADCAST_FAST_PATH = True  # whatever the environment says (CI's public leg)
 
 
@@ -22,7 +22,7 @@ async def test_uvicorn_gets_a_direct_writer_when_the_probe_passes(fresh_probe):
     send, client = await uvicorn_connection()
     try:
         assert type(servers.direct_writer(send)).__name__ == "SansioWriter"
-        assert uvicorn_seam.verdict.safe
+        assert uvicorn_seam.probed.safe
     finally:
         client.close()
 
@@ -32,7 +32,7 @@ async def test_the_fast_path_switched_off_means_the_asgi_send(fresh_probe, setti
     send, client = await uvicorn_connection()
     try:
         assert servers.direct_writer(send) is None
-        assert uvicorn_seam.verdict is None  # not even probed
+        assert uvicorn_seam.probed is None  # not even probed
     finally:
         client.close()
 
@@ -72,9 +72,9 @@ def test_a_probe_that_raises_answers_unsafe_rather_than_raising(caplog):
     def missing():
         raise ImportError("No module named 'websockets.protocol'")
 
-    verdict = base.probe("uvicorn", (), missing)
-    assert not verdict.safe
-    assert "ImportError" in verdict.reason and "uvicorn fast path off" in caplog.text
+    probed = base.probe("uvicorn", (), missing)
+    assert not probed.safe
+    assert "ImportError" in probed.reason and "uvicorn fast path off" in caplog.text
 
 
 @pytest.mark.parametrize(

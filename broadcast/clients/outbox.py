@@ -41,7 +41,7 @@ class Outbox:
     """
 
     __slots__ = (
-        "_send", "_writer", "_queue", "_pending", "_max_pending", "_on_overflow",
+        "_send", "_writer", "_queue", "_queued_bytes", "_max_pending", "_on_overflow",
         "_drainer", "_held", "_held_bytes", "_replayed_through", "closed",
     )  # fmt: skip
 
@@ -57,7 +57,7 @@ class Outbox:
         # Created when the client first falls behind: an empty deque is about 600
         # bytes, and most clients never need one.
         self._queue: deque[Outgoing] | None = None
-        self._pending = 0
+        self._queued_bytes = 0
         self._max_pending = max_pending
         self._on_overflow = on_overflow
         self._drainer: asyncio.Task[None] | None = None
@@ -73,7 +73,7 @@ class Outbox:
     @property
     def pending(self) -> int:
         """Bytes accepted for this client but not yet taken by its socket."""
-        return self._pending + self._buffered()
+        return self._queued_bytes + self._buffered()
 
     def push_text(self, text: str) -> None:
         self.push(Outgoing.of_text(text))
@@ -138,8 +138,8 @@ class Outbox:
         # The public path: the ASGI send runs in this client's own writer task, which
         # starts and finishes it (context variables, cancel scopes and timeouts a
         # server ties to a task hold), and drains what queued behind it.
-        self._pending += message.size
-        if bounded and self._pending > self._max_pending:
+        self._queued_bytes += message.size
+        if bounded and self._queued_bytes > self._max_pending:
             self._overflow()
             return
         if self._queue is None:
@@ -172,7 +172,7 @@ class Outbox:
             while queue and not self.closed:
                 message = queue.popleft()
                 await self._send(message.event)  # type: ignore[arg-type]
-                self._pending -= message.size
+                self._queued_bytes -= message.size
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -272,7 +272,7 @@ class Outbox:
         if self._queue is not None:
             self._queue.clear()
         self._held = None
-        self._pending = 0
+        self._queued_bytes = 0
         drainer = self._drainer
         if drainer is not None and drainer is not _current_task():
             drainer.cancel()

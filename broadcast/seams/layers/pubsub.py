@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broadcast.protocol import batch_message
-from broadcast.seams.servers.base import Proven, Verdict, probe
+from broadcast.seams.servers.base import Probed, Proven, probe
 
 # channels-redis's own logger: the reader loop is its, with one number changed.
 logger = logging.getLogger("channels_redis.pubsub")
@@ -51,7 +51,7 @@ READER_SHARD_NAMES = ("_do_receiving", "_pubsub", "_receive_message")
 READ_SECONDS = 1.0
 
 # This process's probe answers: each asked once, by the first publish or subscription.
-verdicts: dict[str, Verdict] = {}
+probes: dict[str, Probed] = {}
 # A batch's texts at most, so that one message does not grow past what a subscriber's
 # buffers take in one go (a broadcast larger than this travels alone).
 BATCH_MAX_BYTES = 256 * 1024
@@ -133,10 +133,10 @@ def _reader_probed(layer: Any) -> bool:
 
 def _probed(layer: Any, seam: str, names: tuple[tuple[str, ...], ...]) -> bool:
     """Whether the layer has ``names`` at each level, and channels-redis is proven; once."""
-    verdict = verdicts.get(seam)
-    if verdict is None:
-        verdict = verdicts[seam] = probe(seam, PROVEN, lambda: _missing(layer, *names))
-    return verdict.safe
+    probed = probes.get(seam)
+    if probed is None:
+        probed = probes[seam] = probe(seam, PROVEN, lambda: _missing(layer, *names))
+    return probed.safe
 
 
 def _missing(

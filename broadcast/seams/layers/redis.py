@@ -13,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
-from broadcast.seams.servers.base import Proven, Verdict, probe
+from broadcast.seams.servers.base import Probed, Proven, probe
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ TAKE_NAMES = (
 )  # fmt: skip
 
 # This process's probe answers, by seam: asked once, by the first client or publish.
-verdicts: dict[str, Verdict] = {}
+probes: dict[str, Probed] = {}
 
 
 def is_core(layer: Any) -> bool:
@@ -51,14 +51,14 @@ def can_take_queued(layer: Any) -> bool:
 
 def _probed(seam: str, names: tuple[str, ...], layer: Any) -> bool:
     """Whether the layer has ``names`` and channels-redis is proven; once a process."""
-    verdict = verdicts.get(seam)
-    if verdict is None:
-        verdict = verdicts[seam] = probe(
+    probed = probes.get(seam)
+    if probed is None:
+        probed = probes[seam] = probe(
             seam,
             PROVEN,
             lambda: (f"RedisChannelLayer.{name}" for name in names if not hasattr(layer, name)),
         )
-    return verdict.safe
+    return probed.safe
 
 
 async def take_queued(layer: Any, channel: str, limit: int) -> list[dict[str, Any]]:

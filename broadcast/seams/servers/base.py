@@ -67,14 +67,14 @@ class Proven:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Probed:
     """A probe's answer: whether the fast path is safe, and if not, why."""
 
     safe: bool
     reason: str = ""
 
 
-def probe(seam: str, proven: Iterable[Proven], missing: Callable[[], Iterable[str]]) -> Verdict:
+def probe(seam: str, proven: Iterable[Proven], missing: Callable[[], Iterable[str]]) -> Probed:
     """
     Whether ``seam``'s fast path may run: every distribution within its proven range,
     and ``missing()`` (the private names the seam touches that are absent) empty.
@@ -96,12 +96,12 @@ def probe(seam: str, proven: Iterable[Proven], missing: Callable[[], Iterable[st
         absent = [f"{type(exc).__name__}: {exc}"]
     if absent:
         return _refuse(seam, "missing " + ", ".join(absent))
-    return Verdict(True)
+    return Probed(True)
 
 
-def _refuse(seam: str, reason: str) -> Verdict:
+def _refuse(seam: str, reason: str) -> Probed:
     logger.warning("%s fast path off (%s); using the public path", seam, reason)
-    return Verdict(False, reason)
+    return Probed(False, reason)
 
 
 def _release(version: str) -> tuple[int, ...]:

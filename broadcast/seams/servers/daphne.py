@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from broadcast.seams.servers.base import Proven, Verdict, probe
+from broadcast.seams.servers.base import Probed, Proven, probe
 
 # The versions CI installs on its oldest and newest legs (ci/constraints-*.txt).
 PROVEN = (
@@ -45,8 +45,8 @@ TIMER_ROUNDING_SECONDS = 1.0
 TWISTED_BUFFER_SIZE = 2**16
 
 # This process's probe answers: None until the first client asks.
-verdict: Verdict | None = None
-public_verdict: Verdict | None = None
+probed: Probed | None = None
+public_verdict: Probed | None = None
 
 
 def serves(send: Any) -> bool:
@@ -63,12 +63,12 @@ def writer_for(send: Any, *, fast: bool) -> DaphneWriter | PausedWriter | None:
     The fast writer for daphne's ``send`` if ``fast`` and its probe passed in this
     process, else the public one if its probe passed, else None (the ASGI send only).
     """
-    global verdict, public_verdict
+    global probed, public_verdict
     protocol = send.args[0]
     if fast:
-        if verdict is None:
-            verdict = probe("daphne", PROVEN, lambda: _missing(protocol, *FAST_NAMES))
-        if verdict.safe:
+        if probed is None:
+            probed = probe("daphne", PROVEN, lambda: _missing(protocol, *FAST_NAMES))
+        if probed.safe:
             return DaphneWriter(protocol)
     if public_verdict is None:
         public_verdict = probe(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from types import FrameType
 from typing import Any
 
-from broadcast.seams.servers.base import Proven, Verdict, probe
+from broadcast.seams.servers.base import Probed, Proven, probe
 
 PROTOCOL_CLASS = "WebSocketsSansIOProtocol"
 # The versions CI installs on its oldest and newest legs (ci/constraints-*.txt).
@@ -22,7 +22,7 @@ PROVEN = (Proven("uvicorn", "0.53", "0.55"), Proven("websockets", "14.1", "18"))
 PROTOCOL_NAMES = ("close_sent", "disconnected", "writable", "conn", "transport", "send")
 
 # This process's probe answer: None until the first client (or publish) asks.
-verdict: Verdict | None = None
+probed: Probed | None = None
 
 
 def serves(send: Any) -> bool:
@@ -33,10 +33,10 @@ def serves(send: Any) -> bool:
 def writer_for(send: Any) -> SansioWriter | None:
     """A direct writer for uvicorn's ``send``, if the probe passed on this process."""
     server = send.__self__
-    global verdict
-    if verdict is None:
-        verdict = probe("uvicorn", PROVEN, lambda: _missing(server))
-    return SansioWriter(server, _open_state()) if verdict.safe else None
+    global probed
+    if probed is None:
+        probed = probe("uvicorn", PROVEN, lambda: _missing(server))
+    return SansioWriter(server, _open_state()) if probed.safe else None
 
 
 def _missing(server: Any) -> Iterator[str]:
