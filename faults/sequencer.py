@@ -411,13 +411,17 @@ class Run:
         if self.redis_layer_is_core():
             await asyncio.to_thread(self.publish_lost_in_the_layer)
         proxy.cut()
+        resuming: asyncio.Future[Any] | None = None
         try:
             await self.oracle.publish(count, persist=True, size=rng.randint(1, 500), topic=topic)
             behind = max(0, await self.oracle.newest_id() - rng.randint(1, 20))
-            await self.oracle.connect(server, f"?last_id={behind}")
+            # It is told to try again later, and is served once the database is back.
+            resuming = asyncio.ensure_future(self.oracle.connect(server, f"?last_id={behind}"))
             await asyncio.sleep(rng.uniform(0.2, DB_FAULT_SECONDS))
         finally:
             proxy.restore()
+        if resuming is not None:
+            await resuming
 
     async def op_db_slow(
         self, server: Server, rng: random.Random, count: int, topic: str | None = None

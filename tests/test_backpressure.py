@@ -155,7 +155,7 @@ async def test_a_relay_stuck_past_capacity_with_nothing_after_gets_the_rest_on_a
 ):
     # The last broadcasts are lost too: no later id reveals the gap, so the heartbeat's
     # look for what an idle relay never got has to send them.
-    from broadcast.stream.position import LOST_AFTER_SECONDS
+    from broadcast.stream.lost import LOST_AFTER_SECONDS
 
     settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
     client = await connect()

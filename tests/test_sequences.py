@@ -356,7 +356,7 @@ def count_connections(opened):
 async def test_an_idle_process_keeps_one_database_connection_for_its_heartbeats(
     hub, settings, monkeypatch
 ):
-    from broadcast.stream.position import LOST_AFTER_SECONDS
+    from broadcast.stream.lost import LOST_AFTER_SECONDS
 
     settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
     client = await connect()
@@ -403,7 +403,7 @@ async def test_a_heartbeat_that_failed_reconnects_and_writes_the_row_on_the_next
 async def test_a_broadcast_just_sent_is_left_to_the_layer(hub, settings):
     from channels.db import database_sync_to_async
 
-    from broadcast.stream.position import LOST_AFTER_SECONDS
+    from broadcast.stream.lost import LOST_AFTER_SECONDS
 
     settings.BROADCAST_HEARTBEAT_SECONDS = 0.2
     client = await connect()

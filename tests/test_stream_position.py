@@ -6,6 +6,7 @@ out, burnt, or named by a hub.reset; held at a gap the database cannot fill yet.
 import json
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import OperationalError
 
@@ -136,3 +137,28 @@ async def test_a_catch_up_whose_fan_out_fails_leaves_the_position_before_what_it
         await relay._deliver([messages[3]])  # 1 and 2 lost: the catch-up sends 1, fails on 2
     assert [m["id"] for m in hub.delivered] == [1]
     assert relay.position == 1
+
+
+async def test_during_a_sweep_the_settled_position_is_the_one_every_client_was_written():
+    messages = await persisted(3)
+    seen = []
+
+    class Sweeping(Recorder):
+        async def sweep(self, batch, take, limit):
+            seen.append((relay.position, relay.settled))
+            self.fan_out_batch(batch)
+
+    relay = Relay(get_channel_layer(), "unused", Sweeping())
+    await relay._deliver([messages[1], messages[2], messages[3]], sweep_limit=64)
+    # A pong names the settled position: a client in a chunk not yet written has 0.
+    assert seen == [(3, 0)]
+    assert relay.settled == relay.position == 3
+
+
+async def test_history_replays_a_broadcast_larger_than_a_limit_lowered_since(settings):
+    from broadcast.history import envelope_texts
+
+    messages = await persisted(1)
+    settings.BROADCAST_MAX_MESSAGE_BYTES = 10
+    (replayed,) = await database_sync_to_async(envelope_texts)([1])
+    assert replayed.text == messages[1]["text"]

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import DatabaseError
 
 from broadcast import metrics
 from broadcast.clients import authorizer
@@ -90,14 +91,19 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
             answer = subscribed_text(granted, denied)
         await self.accept()
         limit = conf.BROADCAST_MAX_CONNECTIONS
-        registered = await self.hub.register(
-            outbox,
-            welcome_text,
-            hold=query.last_id is not None,
-            limit=limit,
-            topics=granted,
-            answer=answer,
-        )
+        try:
+            registered = await self.hub.register(
+                outbox,
+                welcome_text,
+                hold=query.last_id is not None,
+                limit=limit,
+                topics=granted,
+                answer=answer,
+            )
+        except DatabaseError as exc:  # the process's first client: no position to start at
+            logger.warning("Refused a client (1013): the database cannot be read (%s)", exc)
+            await self._close(CLOSE_TRY_AGAIN_LATER, "database unavailable")
+            return
         if not registered:
             logger.warning(
                 "Refused a client: this process has %s (BROADCAST_MAX_CONNECTIONS)", limit
@@ -159,7 +165,7 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
             # The hub's position: every broadcast of this client's streams up to it
             # was sent ahead of this frame, so a client may resume from here even when
             # other topics' ids passed it by (resume.py).
-            outbox.push_text(pong_text(self.hub.last_id))
+            outbox.push_text(pong_text(self.hub.relay.settled))
         elif frame_type == "hub.subscribe":
             await self._subscribe(outbox, frame.get("topics"))
         elif frame_type == "hub.unsubscribe":

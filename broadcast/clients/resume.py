@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection
 from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
+from django.db import DatabaseError
 
 from broadcast.clients.outbox import Outbox
 from broadcast.history import envelope_texts, replay_plan
@@ -99,7 +100,7 @@ async def _read(read: Callable[..., T], *args: Any) -> T:
     """``read(*args)`` on a database thread; a failure is :class:`HistoryUnavailable`."""
     try:
         result: T = await database_sync_to_async(read)(*args)
-    except Exception as exc:
+    except DatabaseError as exc:  # anything else is a bug, which resume() reports
         raise HistoryUnavailable(f"could not read history ({exc})") from exc
     return result
 

@@ -14,7 +14,7 @@ from typing import TypeAlias
 
 from broadcast.conf import conf
 from broadcast.stream.counts import Counts, close_connections
-from broadcast.stream.position import LostLook
+from broadcast.stream.lost import LostLook
 from broadcast.stream.relay import Relay
 
 logger = logging.getLogger(__name__)

@@ -1,8 +1,7 @@
 """
 The stream position of one process, and every step that moves it: a batch delivered
 in order (a jump in its ids is a gap), a gap filled from history or held while history
-cannot be read, a catch-up, a ``hub.reset``. The relay (:mod:`broadcast.stream.relay`)
-is this object; its own module receives and supervises.
+cannot be read, a catch-up, a ``hub.reset``. The relay is this object.
 
 The invariant, checked in one place (``_advance``): the position moves past an id
 only when that id was fanned out, when history shows it was never sent (a burnt id),
@@ -11,10 +10,8 @@ or when a ``hub.reset`` naming it was sent. A fan-out that raises puts it back.
 cannot be read holds the stream (the live broadcasts wait in the layer) and retries;
 past HOLD_SECONDS its clients get ``hub.reset``: told, never silent.
 
-A broadcast the layer lost with nothing after it (a pub/sub process not yet subscribed
-again after Redis restarted) leaves no gap to notice: on each heartbeat, a relay that
-has waited on an empty layer for LOST_AFTER_SECONDS sends from the database what was
-sent before then and never reached it.
+A broadcast the layer lost with nothing after it leaves no gap to notice: the
+heartbeat's look (:mod:`broadcast.stream.lost`) finds it, and ``send_lost`` sends it.
 """
 
 from __future__ import annotations
@@ -24,22 +21,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from channels.db import database_sync_to_async
-from django.utils import timezone
+from django.db import DatabaseError
 
 from broadcast import metrics
-from broadcast.history import Replayed, newest_sent_before, replay_after
+from broadcast.history import Replayed, replay_after
 from broadcast.protocol import relay_message, reset_text
+from broadcast.stream.lost import LostLook, look
 from broadcast.stream.receiver import Message, Receiver
 
 logger = logging.getLogger(__name__)
 
-# A relay delivers within milliseconds: one idle for this long, while a broadcast sent
-# this long ago never reached it, will not get that broadcast from the layer.
-LOST_AFTER_SECONDS = 1.0
 # How long a gap whose history cannot be read holds the stream, retrying with a
 # growing delay, before clients are told with hub.reset: a database failover's span.
 HOLD_SECONDS = 10.0
@@ -52,19 +46,6 @@ class CatchUp:
 
     ids: tuple[int, ...] = ()
     reset: bool = False
-
-
-@dataclass(frozen=True)
-class LostLook:
-    """A heartbeat's question to the database for broadcasts an idle relay never got."""
-
-    idle_since: float  # the relay's when asked: an answer is used only if it still is
-    after_id: int
-    before: datetime
-
-    def newest(self) -> int:
-        """The newest id after ``after_id`` sent before ``before``, 0 if none; blocking."""
-        return newest_sent_before(self.after_id, self.before)
 
 
 class SkippedId(RuntimeError):
@@ -99,37 +80,48 @@ class Stream:
         # Messages a sweep took that could not join it (a topic's, or after a gap),
         # with all after them: the next batch starts with them.
         self._carry: list[Message] = []
+        self._sweep_floor: int | None = None  # the position a sweep under way began at
 
     def lost_look(self) -> LostLook | None:
-        """
-        What to ask the database for what the layer lost with nothing after it; None
-        while receiving, or restarting (whose recovery catches up itself).
-        """
-        idle_since = self.receiver.idle_since
-        if self.channel is None or idle_since is None:
-            return None
-        if time.monotonic() - idle_since < LOST_AFTER_SECONDS:
-            return None
-        before = timezone.now() - timedelta(seconds=LOST_AFTER_SECONDS)
-        return LostLook(idle_since, self.position, before)
+        """The heartbeat's look; None while receiving, or restarting (which catches up)."""
+        return None if self.channel is None else look(self.receiver.idle_since, self.position)
 
     async def send_lost(self, look: LostLook, newest: int | Exception) -> None:
-        """Send from the database what ``look`` found sent a while ago and never received."""
+        """
+        Send from the database what ``look`` found sent a while ago and never received,
+        if the relay is still idle at the same position once history is read: this
+        runs in the heartbeat's task, and must not pass a batch the relay took meanwhile.
+        """
         try:
             if isinstance(newest, Exception):
                 raise newest
-            if newest <= self.position or self.receiver.idle_since != look.idle_since:
+            if newest <= self.position or not self._still(look):
                 return  # nothing lost; or the relay woke meanwhile: the next heartbeat looks
-            caught_up = await self._catch_up(newest)
+            missed = await database_sync_to_async(replay_after)(look.after_id, newest)
         except Exception as exc:
             logger.warning("Relay could not look for broadcasts the layer lost (%s)", exc)
             return
+        if not self._still(look):
+            return
+        caught_up = self._send_missed(missed, newest)
         if caught_up.ids:
             logger.warning(
                 "Relay missed persisted broadcast(s) %s in the channel layer, with none "
                 "after them; sent them from the database",
                 ", ".join(str(missed_id) for missed_id in caught_up.ids),
             )
+
+    def _still(self, look: LostLook) -> bool:
+        """Whether the relay is idle, at the position, where ``look`` found it."""
+        return self.receiver.idle_since == look.idle_since and self.position == look.after_id
+
+    @property
+    def settled(self) -> int:
+        """
+        The newest id every client was written up to: the position, or during a sweep
+        the position before it (a pong must not name ids a later chunk has yet to get).
+        """
+        return self.position if self._sweep_floor is None else self._sweep_floor
 
     def _take_more(self, room: int) -> list[Message]:
         """
@@ -175,11 +167,14 @@ class Stream:
                     continue  # already sent (the gap's history held it too)
             ready.append(message)
         if ready and sweep_limit:
+            self._sweep_floor = since
             try:
                 await self._clients.sweep(ready, self._take_more, sweep_limit)
             except Exception:
                 self.position = since  # as in _hand_over
                 raise
+            finally:
+                self._sweep_floor = None
         elif ready:
             self._hand_over(ready, since)
 
@@ -225,7 +220,7 @@ class Stream:
                     # Up to the id before: after a reset, the live one still follows.
                     missed = await database_sync_to_async(replay_after)(self.position, msg_id - 1)
                     break
-                except Exception as exc:  # the database, not a bug: that goes up
+                except DatabaseError as exc:  # the database; a bug goes up
                     if self.holding_since is None:
                         self._hold(True)
                         logger.warning(

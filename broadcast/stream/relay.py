@@ -26,6 +26,7 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.db import DatabaseError
 
 from broadcast import metrics
 from broadcast.conf import conf
@@ -86,7 +87,15 @@ class Relay(Stream):
             # Redis away, or a pooled connection it closed when it restarted.
             logger.warning("Could not join group %r yet (%s); the relay retries", self.group, exc)
             joined = False
-        newest: int = await database_sync_to_async(newest_id)()
+        try:
+            newest: int = await database_sync_to_async(newest_id)()
+        except DatabaseError:
+            # No position, no relay: the next client starts it again. Its channel
+            # leaves the group, or every attempt during an outage would add one.
+            with contextlib.suppress(Exception):
+                await self.layer.group_discard(self.group, self.channel)
+            self.channel = None
+            raise
         # Receiving starts only from a known position: a broadcast that arrives while
         # the id is read waits in the layer, where it would otherwise look like a gap
         # from 0 (and, past history, a hub.reset that skips ids not yet delivered).

@@ -11,10 +11,19 @@ import urllib.parse
 
 import psycopg
 import pytest
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from harness.tcpproxy import TcpProxy
-from tests.e2e.conftest import E2E_REDIS_URL, ROOT, frames, get_json, make_site, no_frame
+from tests.e2e.conftest import (
+    E2E_REDIS_URL,
+    ROOT,
+    close_code,
+    frames,
+    get_json,
+    make_site,
+    no_frame,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
@@ -154,3 +163,20 @@ async def test_the_docs_script_comes_back_after_try_again_later_and_misses_nothi
     finally:
         listener.kill()
         await listener.wait()
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_first_client_while_the_database_is_away_is_told_to_retry_then_served(
+    proxied, start_server, kind
+):
+    served, proxy = proxied
+    server = start_server(served, kind)  # no client yet: its relay has no position
+    proxy.cut()
+    refused = await connect(server.ws_url, origin=server.http)
+    assert await close_code(refused) == 1013
+    proxy.restore()
+    ws = await server.client()  # the welcome, with the position read now
+    assert ws.welcome["payload"]["last_id"] >= 0
+    log = server.log()
+    assert "Refused a client (1013): the database cannot be read" in log
+    assert "Traceback" not in log

@@ -64,6 +64,23 @@ async def test_a_process_that_refused_a_handshake_still_stops_on_sigterm(kind, t
     )
 
 
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_first_client_during_a_database_cut_is_told_to_retry_then_served(
+    kind, tmp_path, monkeypatch
+):
+    # Shrunk by the sequencer (daphne, pub/sub, seed 49, PostgreSQL): a process whose
+    # database was cut got its first client, could not read its position, and closed
+    # it with 1011 and a traceback; it is now 1013, and the client is served once the
+    # database is back. On the core layer, the cut also meets a broadcast lost in the
+    # layer: a gap the relay holds until it can fill it.
+    from tests.e2e.test_database_outage import POSTGRES_URL
+
+    monkeypatch.setenv("DATABASE_URL", POSTGRES_URL)
+    await no_violation_in(
+        kind, tmp_path, ("db_cut", {"server": 0, "seed": 638799359, "count": 1, "topic": None})
+    )
+
+
 async def test_a_stall_resumes_its_server_even_while_the_publish_waits_for_that_server(
     tmp_path,
 ):
