@@ -33,6 +33,8 @@ TOPIC_RE = TYPE_RE
 # envelope accepted at publish time never grows past the limit when its id is set.
 _LONGEST_ID = 2**63 - 1
 _TIMESTAMP_SAMPLE = "2026-01-01T00:00:00.000Z"
+# A \u0000 escape in JSON text, not an escaped backslash followed by "u0000".
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 # Close codes (RFC 6455 and the hub's own 4008): docs/protocol.md says when each is sent.
 CLOSE_NORMAL = 1000
@@ -192,7 +194,18 @@ def prepare(
     longest = build_text(
         _LONGEST_ID, json.dumps(message_type), payload_json, _TIMESTAMP_SAMPLE, topic
     )
-    size = len(longest.encode("utf-8"))
+    try:
+        size = len(longest.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800") has no UTF-8 form
+        raise InvalidPayload(
+            f"Broadcast payload must be valid Unicode ({exc.reason}): payload {_short(payload)}."
+        ) from exc
+    if _NUL_ESCAPE.search(payload_json):
+        # PostgreSQL's jsonb cannot store it: refused on every database alike.
+        raise InvalidPayload(
+            f"Broadcast payload strings cannot contain the NUL character (\\u0000) "
+            f"(payload {_short(payload)})."
+        )
     limit = conf.BROADCAST_MAX_MESSAGE_BYTES
     if size > limit:
         raise PayloadTooLarge(

@@ -1,4 +1,7 @@
-"""The WebSocket route of the hub, and the checks in front of its consumer."""
+"""
+The hub's ASGI pieces a project wires in its ``asgi.py``: the WebSocket route, the
+checks in front of its consumer, and the publish API's guard (:class:`PublishGuard`).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +17,12 @@ from django.urls import path
 from broadcast.clients.consumer import BroadcastConsumer
 from broadcast.clients.query import carries_token
 from broadcast.conf import conf
+from broadcast.publishing.guard import PublishGuard
 from broadcast.seams.servers import Scope, mark_single_callable
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["AllowedOrigins", "PublishGuard", "SessionIfAuthRequired", "websocket_urlpatterns"]
 
 websocket_urlpatterns = [
     path("ws/broadcast/", BroadcastConsumer.as_asgi()),

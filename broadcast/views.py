@@ -16,7 +16,9 @@ from django.views.decorators.http import require_GET
 
 from broadcast import metrics
 from broadcast.conf import conf
+from broadcast.history import newest_id
 from broadcast.models import HubProcess
+from broadcast.publishing.deadline import database_deadline
 from broadcast.seams.layers import pubsub
 from broadcast.stream.hub import running_hub
 from broadcast.stream.layer import load_layer
@@ -43,11 +45,15 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
 
 
 def _check_database() -> dict[str, Any]:
+    """
+    What publishing and resuming need: the broadcasts table read (a lock on it, such
+    as ``LOCK TABLE``, holds every publish) and the process rows, each in time.
+    """
     started = time.perf_counter()
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        live = HubProcess.objects.live_total()
+        with database_deadline(LAYER_TIMEOUT):
+            newest_id()
+            live = HubProcess.objects.live_total()
     finally:
         connection.close()  # a pool thread, not a request thread: nothing else closes it
     return {"ok": True, "ms": _ms(started), "live_connections": live}
@@ -110,7 +116,8 @@ def _ms(started: float) -> float:
 def _failure(exc: BaseException, check: str) -> dict[str, Any]:
     # The exception's text names hosts, users and databases: it goes to the log, and
     # anyone who can reach the endpoint gets the kind of failure only.
-    reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+    slow = isinstance(exc, TimeoutError) or type(exc.__cause__).__name__ == "QueryCanceled"
+    reason = "timed out" if slow else type(exc).__name__
     logger.warning("Health check of the %s failed: %s: %s", check, type(exc).__name__, exc)
     return {"ok": False, "error": reason}
 

@@ -17,6 +17,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from broadcast.routing import (  # noqa: E402
     AllowedOrigins,
+    PublishGuard,
     SessionIfAuthRequired,
     websocket_urlpatterns,
 )
@@ -24,7 +25,8 @@ from broadcast.stream.tuning import tune_gc  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # The publish API's key and length are judged before Django reads its body.
+        "http": PublishGuard(django_asgi_app),
         # Not AuthMiddlewareStack: it resolves the user on every connect, a database
         # thread hop per client (docs/benchmarks.md). The consumer resolves the user
         # from the session only when BROADCAST_REQUIRE_AUTH is on. AllowedOrigins is

@@ -298,23 +298,23 @@ def test_a_publisher_stalled_under_the_lock_fails_undelivered_and_the_next_proce
 
     import redis
 
-    from broadcast.publishing import api as publishing
+    from broadcast.publishing import send as publishing
     from broadcast.publishing import sendlock
 
     first = publish("before", 1)
     monkeypatch.setattr(sendlock, "LOCK_EXPIRY_SECONDS", 3.0)
     admin = redis.Redis.from_url(redis_url)
-    real_wait = publishing._wait_for_relays
+    real_wait = publishing.wait_for_relays
 
     def pause_redis_then_wait(layer, budget=None):
         admin.execute_command("CLIENT", "PAUSE", 4000, "WRITE")  # a stall, with the lock held
         real_wait(layer, budget)
 
-    monkeypatch.setattr(publishing, "_wait_for_relays", pause_redis_then_wait)
+    monkeypatch.setattr(publishing, "wait_for_relays", pause_redis_then_wait)
     paused = time.monotonic()
     with pytest.raises(PublishFailed):
         publish("stalled", 2)
-    monkeypatch.setattr(publishing, "_wait_for_relays", real_wait)
+    monkeypatch.setattr(publishing, "wait_for_relays", real_wait)
     stalled = Broadcast.objects.get(type="stalled")
     assert stalled.status == Broadcast.Status.FAILED
     time.sleep(max(0.0, 4.5 - (time.monotonic() - paused)))  # until the pause is over

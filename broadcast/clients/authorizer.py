@@ -24,6 +24,8 @@ from broadcast.publishing.api import USER_TOPIC_PREFIX, user_topic
 logger = logging.getLogger(__name__)
 
 Authorizer = Callable[[Any, str], bool]
+# Invalid names one subscribe (frame or connect URL) is told about, one hub.error each.
+ERRORS_REPORTED = 10
 
 
 def default_authorizer(user: Any, topic: str) -> bool:
@@ -79,7 +81,8 @@ def verdicts(user: Any, topics: Iterable[str]) -> dict[str, bool]:
 def parse_names(raw: Any) -> tuple[list[str], list[str]]:
     """
     (valid topic names, in order and without repeats, and errors for the others) from
-    a ``hub.subscribe`` frame's ``topics`` or the connect query's ``topics=a,b``.
+    a ``hub.subscribe`` or ``hub.unsubscribe`` frame's ``topics`` or the connect
+    query's ``topics=a,b``: the one judge of the names a client sends.
     """
     if not isinstance(raw, list):
         return [], ["topics must be a list of topic names"]
@@ -93,4 +96,8 @@ def parse_names(raw: Any) -> tuple[list[str], list[str]]:
             continue
         if topic is not None and topic not in names:
             names.append(topic)
+    if len(errors) > ERRORS_REPORTED:
+        # One hub.error frame each: a list of bad names must not become a flood of them.
+        more = len(errors) - ERRORS_REPORTED
+        errors = [*errors[:ERRORS_REPORTED], f"and {more} more invalid topic name(s)"]
     return names, errors

@@ -86,8 +86,10 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
         granted: list[str] = []
         answer = None
         if query.topics:
-            granted, denied, judged_errors = await self._judge(query.topics, frozenset())
-            errors += judged_errors
+            # Judged as a hub.subscribe frame's are: the same names refused, repeats merged.
+            names, name_errors = authorizer.parse_names(query.topics)
+            granted, denied, judged_errors = await self._judge(names, frozenset())
+            errors += name_errors + judged_errors
             answer = subscribed_text(granted, denied)
         await self.accept()
         limit = conf.BROADCAST_MAX_CONNECTIONS

@@ -1,45 +1,50 @@
 """
-Publishing: the one place that calls ``group_send``.
+Publishing: every way to publish (the API, the admin, the command, the signal, HTTP)
+ends here.
 
-Every way to publish (the API, the admin, the command, the signal) ends here.
 A broadcast is validated and serialised once, persisted (unless ``persist=False``),
-and sent after the transaction commits. A failure to reach the channel layer is
-recorded on the row and raised to the caller.
+and sent after the transaction commits (:mod:`broadcast.publishing.send`). A failure
+to store it or to reach the channel layer is recorded on the row and raised to the
+caller as PublishFailed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from django.core.exceptions import ImproperlyConfigured
-from django.db import transaction
-from django.db.models import Max
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from broadcast import metrics
 from broadcast.conf import conf
 from broadcast.models import Broadcast
-from broadcast.protocol import BroadcastError, InvalidTopic, Prepared, prepare, relay_message
+from broadcast.protocol import InvalidTopic, Prepared, prepare, relay_message
 from broadcast.publishing import backpressure
-from broadcast.publishing.sendlock import redis_client, send_lock
+from broadcast.publishing.deadline import database_deadline
+from broadcast.publishing.send import (
+    PublishFailed,
+    describe,
+    on_topic,
+    send_row,
+    send_saved_row,
+    wait_for_relays,
+)
 from broadcast.seams.layers import pubsub
 from broadcast.stream import singleprocess
 from broadcast.stream.layer import is_process_local, load_layer, needs_shared_layer
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["PublishFailed", "apublish", "publish", "resend", "send_row", "send_saved_row"]
+
 # Most ephemeral publishes of one process sent to the pub/sub layer in one pipeline.
 PIPELINE_MAX = 64
 
 USER_TOPIC_PREFIX = "user."
-
-
-class PublishFailed(BroadcastError):
-    """The broadcast was valid but could not be handed to the channel layer."""
 
 
 def _check_reach(layer: Any) -> None:
@@ -61,19 +66,6 @@ def user_topic(user: Any) -> str:
     return f"{USER_TOPIC_PREFIX}{pk}"
 
 
-def _group_send(
-    layer: Any, prepared: Prepared, msg_id: int | None, moment: Any, timeout: float
-) -> None:
-    message = relay_message(prepared.text(msg_id, moment), msg_id, prepared.topic)
-    async_to_sync(_bounded_group_send)(layer, message, timeout)
-
-
-async def _bounded_group_send(layer: Any, message: dict[str, Any], seconds: float) -> None:
-    # Cancelled at the deadline, redis-py drops the connection, and a command Redis
-    # had not run yet (a CLIENT PAUSE) is never run: failed means not delivered.
-    await asyncio.wait_for(layer.group_send(conf.BROADCAST_GROUP, message), seconds)
-
-
 def publish(
     type: str,  # noqa: A002 - the envelope's field name, as users know it
     payload: Any = None,
@@ -87,8 +79,9 @@ def publish(
     a ``topic``, to the clients subscribed to it.
 
     Raises InvalidBroadcast (a ValueError) for a bad type or payload, and
-    PublishFailed when the channel layer cannot be reached; a persisted broadcast
-    is then marked failed, with the error, and can be resent.
+    PublishFailed when the database cannot store it within 5 s (DATABASE_SECONDS)
+    or the channel layer cannot be reached; a stored broadcast is then marked
+    failed, with the error, and can be resent.
 
     Inside ``transaction.atomic()``, a persisted broadcast is sent when the outermost
     transaction commits; the returned envelope's ``id`` and ``timestamp`` are filled
@@ -108,7 +101,13 @@ def publish(
     )
     # Tells the post_save receiver that this row is sent here, not by the signal.
     row.sent_by_publish = True
-    row.save()
+    try:
+        with database_deadline():
+            row.save()
+    except DatabaseError as exc:
+        metrics.publish_failures.inc()
+        logger.warning("Broadcast %r could not be stored: %s", prepared.type, exc)
+        raise PublishFailed(f"The database cannot store the broadcast: {describe(exc)}") from exc
     envelope = prepared.envelope(None, row.created_at)
 
     in_atomic = transaction.get_connection().in_atomic_block
@@ -170,19 +169,10 @@ async def apublish_to_user(
     return await apublish(type, payload, topic=user_topic(user), **options)
 
 
-def _wait_for_relays(layer: Any, budget: float | None = None) -> None:
-    """Backpressure (broadcast/publishing/backpressure.py), where the layer allows it."""
-    if conf.BROADCAST_MAX_RELAY_BACKLOG is None or not backpressure.applies_to(layer):
-        return
-    waited = backpressure.wait_for_relays(redis_client(layer), layer, budget)
-    if waited >= 0.001:
-        metrics.backpressure_seconds.inc(waited)
-
-
 async def _send_ephemeral(prepared: Prepared, layer: Any) -> dict[str, Any]:
     try:
         if conf.BROADCAST_MAX_RELAY_BACKLOG is not None and backpressure.applies_to(layer):
-            await sync_to_async(_wait_for_relays, thread_sensitive=False)(layer)
+            await sync_to_async(wait_for_relays, thread_sensitive=False)(layer)
         now = timezone.now()
         message = relay_message(prepared.text(None, now), None, prepared.topic)
         # Several at once from this process: one round trip, and one message for the
@@ -197,59 +187,10 @@ async def _send_ephemeral(prepared: Prepared, layer: Any) -> dict[str, Any]:
     except Exception as exc:
         metrics.publish_failures.inc()
         logger.warning("Ephemeral broadcast %r failed: %s", prepared.type, exc)
-        raise PublishFailed(f"Could not reach the channel layer: {_describe(exc)}") from exc
+        raise PublishFailed(f"Could not reach the channel layer: {describe(exc)}") from exc
     metrics.published.inc()
-    logger.info("Published ephemeral broadcast type=%s%s", prepared.type, _on(prepared.topic))
+    logger.info("Published ephemeral broadcast type=%s%s", prepared.type, on_topic(prepared.topic))
     return prepared.envelope(None, now)
-
-
-def send_row(
-    row: Broadcast, prepared: Prepared | None = None, *, layer: Any = None
-) -> dict[str, Any]:
-    """
-    Send a persisted broadcast: assign its delivery id and hand it to the layer.
-
-    The id is committed before the send, and both happen under the send lock, so a
-    client that sees id N can always find every id below N in the database.
-    """
-    layer = layer or load_layer()
-    if prepared is None:
-        try:
-            prepared = prepare(row.type, row.payload, topic=row.topic_or_none)
-        except BroadcastError as exc:
-            _mark_failed(row, exc)
-            raise
-    try:
-        with send_lock(layer) as held:
-            # Pacing gets half of the lock's time at most; the send needs the rest.
-            _wait_for_relays(layer, held.remaining() / 2)
-            now = timezone.now()
-            with transaction.atomic():
-                last = Broadcast.objects.aggregate(last=Max("seq"))["last"] or 0
-                seq = last + 1
-                Broadcast.objects.filter(pk=row.pk).update(
-                    seq=seq, status=Broadcast.Status.PENDING, sent_at=now, error=""
-                )
-            _group_send(layer, prepared, seq, now, held.check())
-    except Exception as exc:
-        _mark_failed(row, exc)
-        metrics.publish_failures.inc()
-        logger.warning("Broadcast row %s (%s) failed: %s", row.pk, row.type, exc)
-        raise PublishFailed(
-            f"Broadcast row {row.pk} could not be sent and is marked failed: {_describe(exc)}"
-        ) from exc
-    Broadcast.objects.filter(pk=row.pk).update(status=Broadcast.Status.SENT)
-    row.seq, row.sent_at, row.status, row.error = seq, now, Broadcast.Status.SENT, ""
-    metrics.published.inc()
-    logger.info("Published broadcast id=%s type=%s%s", seq, prepared.type, _on(prepared.topic))
-    return prepared.envelope(seq, now)
-
-
-def send_saved_row(pk: int) -> None:
-    """Send a row that was saved directly (the admin), after its transaction commits."""
-    row = Broadcast.objects.get(pk=pk)
-    if row.status == Broadcast.Status.PENDING and row.seq is None:
-        send_row(row)
 
 
 def resend(row: Broadcast, *, created_by: Any = None) -> dict[str, Any]:
@@ -269,23 +210,6 @@ def resend(row: Broadcast, *, created_by: Any = None) -> dict[str, Any]:
         Broadcast.objects.filter(pk=row.pk).update(status=Broadcast.Status.RESENT, error=note)
         row.status, row.error = Broadcast.Status.RESENT, note
     return envelope
-
-
-def _mark_failed(row: Broadcast, exc: BaseException) -> None:
-    # A failed row keeps any id it was given: ids are never reused, so a client
-    # never sees one id twice. History replay skips failed rows.
-    error = _describe(exc)
-    Broadcast.objects.filter(pk=row.pk).update(status=Broadcast.Status.FAILED, error=error)
-    row.status, row.error = Broadcast.Status.FAILED, error
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _on(topic: str | None) -> str:
-    return f" topic={topic}" if topic is not None else ""
 
 
 def _user_or_none(user: Any) -> Any:

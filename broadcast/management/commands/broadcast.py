@@ -11,10 +11,12 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from broadcast.models import Broadcast
 from broadcast.protocol import BroadcastError, prepare
 from broadcast.publishing.api import publish, resend
+from broadcast.publishing.send import describe
 from broadcast.stream.layer import is_process_local, load_layer, needs_shared_layer
 
 
@@ -52,7 +54,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         with _app_logging(verbose=options["verbosity"] >= 2):
-            self._handle(options)
+            try:
+                self._handle(options)
+            except DatabaseError as exc:  # one line, as for every other failure
+                raise CommandError(f"The database cannot be reached: {describe(exc)}") from exc
 
     def _handle(self, options: dict[str, Any]) -> None:
         if options["resend"] is not None or options["resend_failed"]:
