@@ -42,7 +42,8 @@ class PublishGuard:
     async def _guard(self, scope: Scope, receive: Any, send: Any) -> None:
         keys = conf.BROADCAST_API_KEYS
         if not keys:  # the view answers 404
-            return await self.application(scope, receive, send)
+            await self.application(scope, receive, send)
+            return None
         headers = {name.lower(): value for name, value in scope.get("headers", ())}
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         if key_number(authorization, keys) is None:
