@@ -46,6 +46,10 @@ publish_failures = Counter(
 deliveries = Counter(
     "broadcast_deliveries", "Broadcast frames handed to clients' connections (one per client)."
 )
+revocations = Counter(
+    "broadcast_revocations",
+    "Connections closed with 4003 because their user's access was revoked.",
+)
 slow_client_cuts = Counter(
     "broadcast_slow_client_cuts",
     "Clients disconnected for falling more than BROADCAST_MAX_PENDING_BYTES behind.",

@@ -1,7 +1,8 @@
 """
 The protocol, in one place: the envelope every client receives (``{"id", "type",
 "topic", "payload", "timestamp"}``), every control frame (``hub.*``) and close code,
-the WebSocket text frame, and the messages the broadcast group carries.
+and the WebSocket text frame. The messages the broadcast group carries between
+processes are :mod:`broadcast.group`'s.
 
 A broadcast is validated and its payload serialised once, here; the envelope text
 is then assembled around that serialised payload at send time, when the delivery
@@ -36,7 +37,8 @@ _TIMESTAMP_SAMPLE = "2026-01-01T00:00:00.000Z"
 # A \u0000 escape in JSON text, not an escaped backslash followed by "u0000".
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
-# Close codes (RFC 6455 and the hub's own 4008): docs/protocol.md says when each is sent.
+# Close codes (RFC 6455, and the hub's own 4001, 4003 and 4008): docs/protocol.md says
+# when each is sent.
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
@@ -44,11 +46,9 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_REVOKED = 4003
 CLOSE_SLOW_CLIENT = 4008
-
-# The channel-layer message types of the broadcast group.
-MESSAGE_TYPE = "broadcast.message"
-BATCH_TYPE = "broadcast.batch"
 
 
 class BroadcastError(Exception):
@@ -89,7 +89,7 @@ def validate_type(message_type: Any, *, allow_reserved: bool = False) -> str:
     return message_type
 
 
-def validate_topic(topic: Any) -> str | None:
+def validate_topic(topic: Any, *, allow_reserved: bool = False) -> str | None:
     """A topic name, or None for the global stream; InvalidTopic otherwise."""
     if topic is None:
         return None
@@ -97,7 +97,7 @@ def validate_topic(topic: Any) -> str | None:
         raise InvalidTopic(
             f"Topic must be 1-64 characters of letters, digits and '_.:-', got {_short(topic)}."
         )
-    if topic.startswith(RESERVED_PREFIX):
+    if topic.startswith(RESERVED_PREFIX) and not allow_reserved:
         raise InvalidTopic(f"Topics starting with {RESERVED_PREFIX!r} are reserved, got {topic!r}.")
     return topic
 
@@ -184,7 +184,7 @@ def prepare(
 ) -> Prepared:
     """Validate a broadcast and serialise its payload, or raise InvalidBroadcast."""
     validate_type(message_type, allow_reserved=allow_reserved)
-    validate_topic(topic)
+    validate_topic(topic, allow_reserved=allow_reserved)
     try:
         payload_json = dumps(payload)
     except (TypeError, ValueError) as exc:
@@ -248,6 +248,16 @@ def error_text(reason: str) -> str:
     return control_text("hub.error", {"error": reason}, timezone.now())
 
 
+def expiring_text(seconds: int) -> str:
+    """``hub.expiring``: the connect token expires in ``seconds``; send ``hub.refresh``."""
+    return control_text("hub.expiring", {"expires_in": seconds}, timezone.now())
+
+
+def refreshed_text(seconds: int) -> str:
+    """``hub.refreshed``: the new token is accepted, and expires in ``seconds``."""
+    return control_text("hub.refreshed", {"expires_in": seconds}, timezone.now())
+
+
 def reset_text(last_id: int, from_id: int) -> str:
     """``hub.reset``: the ids after ``from_id`` up to ``last_id`` will not be sent."""
     return control_text("hub.reset", {"last_id": last_id, "from": from_id}, timezone.now())
@@ -269,29 +279,6 @@ def text_frame(data: bytes) -> bytes:
     else:
         header = bytes((0x81, 127)) + length.to_bytes(8, "big")
     return header + data
-
-
-def relay_message(text: str, msg_id: int | None, topic: str | None = None) -> dict[str, Any]:
-    """
-    The group message each process's relay receives. The topic rides beside the
-    text so that a relay routes it without decoding the envelope.
-    """
-    return {"type": MESSAGE_TYPE, "id": msg_id, "text": text, "topic": topic}
-
-
-def batch_message(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several relay messages as one, in order: each process receives and decodes it once."""
-    return {"type": BATCH_TYPE, "messages": messages}
-
-
-def unpacked(message: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The messages a batch holds, in order; None if ``message`` is not a batch."""
-    if message.get("type") != BATCH_TYPE:
-        return None
-    inner = message.get("messages")
-    if not isinstance(inner, list) or not inner:
-        return None  # the hub ignores it, with a warning, as any message it cannot read
-    return [item if isinstance(item, dict) else {"type": None} for item in inner]
 
 
 def _short(value: Any, limit: int = 80) -> str:

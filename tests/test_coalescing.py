@@ -290,7 +290,7 @@ async def test_a_message_that_cannot_go_back_to_redis_waits_in_the_buffer(
 @pytest.mark.redis
 async def test_a_relay_on_channels_redis_core_takes_a_backlog_at_once_in_order(redis_layer, hub):
     from broadcast.conf import conf
-    from broadcast.publishing.api import relay_message
+    from broadcast.group import relay_message
 
     client = await connect()
     layer = get_channel_layer()
@@ -436,7 +436,7 @@ async def test_a_burst_too_large_for_one_message_travels_in_several_in_order(
 
 
 async def test_a_relay_unpacks_a_batch_in_place_among_single_messages(hub):
-    from broadcast.protocol import batch_message, relay_message
+    from broadcast.group import batch_message, relay_message
 
     client = await connect()
     await client.send_json_to({"type": "hub.subscribe", "topics": ["x"]})

@@ -11,8 +11,8 @@ from channels.testing import WebsocketCommunicator
 
 from broadcast import apublish
 from broadcast.clients.consumer import BroadcastConsumer
+from broadcast.group import relay_message
 from broadcast.models import Broadcast
-from broadcast.publishing.api import relay_message
 from hubsite.asgi import application
 from tests.clients import PATH, connect, frame
 

@@ -11,8 +11,8 @@ from channels.layers import get_channel_layer
 from django.db import OperationalError
 
 from broadcast import apublish
+from broadcast.group import relay_message
 from broadcast.history import newest_id, replay_after
-from broadcast.publishing.api import relay_message
 from broadcast.stream.position import SkippedId
 from broadcast.stream.relay import Relay
 
@@ -162,3 +162,42 @@ async def test_history_replays_a_broadcast_larger_than_a_limit_lowered_since(set
     settings.BROADCAST_MAX_MESSAGE_BYTES = 10
     (replayed,) = await database_sync_to_async(envelope_texts)([1])
     assert replayed.text == messages[1]["text"]
+
+
+class Connection:
+    """A client of the fan-out as the fan-out sees it: what it is pushed, and a revoke."""
+
+    def __init__(self):
+        self.pushed, self.revoked = [], False
+
+    def push(self, outgoing):
+        if not self.revoked:
+            self.pushed.extend(part.id for part in outgoing.parts or [outgoing])
+
+    def revoke(self):
+        self.revoked = True
+
+
+async def test_a_revocation_lost_in_the_layer_is_caught_up_before_what_follows_it():
+    from django.contrib.auth.models import User
+
+    from broadcast.publishing.revocation import adisconnect_user
+    from broadcast.stream.fanout import FanOut
+
+    alice = await User.objects.acreate_user("alice")
+    await apublish("before", 1)
+    revocation = await adisconnect_user(alice)
+    after = await apublish("after", 2)
+    messages = {
+        row.id: relay_message(row.text, row.id, row.topic)
+        for row in await database_sync_to_async(replay_after)(0, after["id"])
+    }
+    hub = FanOut()
+    theirs, other = Connection(), Connection()
+    hub.add(theirs, str(alice.pk))
+    hub.add(other)
+    relay = Relay(get_channel_layer(), "unused", hub)
+    relay.position = revocation["id"] - 1
+    await relay._deliver([messages[after["id"]]])  # the revocation was lost in the layer
+    assert theirs.revoked and theirs.pushed == []
+    assert other.pushed == [after["id"]] and relay.position == after["id"]

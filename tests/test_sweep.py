@@ -14,7 +14,7 @@ from channels.layers import get_channel_layer
 from broadcast import apublish
 from broadcast.clients.outbox import Outbox
 from broadcast.conf import conf
-from broadcast.publishing.api import relay_message
+from broadcast.group import relay_message
 from broadcast.seams import servers
 from broadcast.stream import fanout
 from tests.clients import uvicorn_connection

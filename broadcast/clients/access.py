@@ -1,7 +1,8 @@
 """
-The access rules of one connection: its connect token, its user (resolved once, only
-when needed), the topics it may subscribe (the token's grant, or the authorizer's
-verdicts, bounded), and the rate of the frames it sends.
+The access rules of one connection: its connect token and that token's lifetime
+(warned ahead of its expiry, refreshed in-band, closed at it), its user (resolved
+once, only when needed) and owner, the topics it may subscribe (the token's grant, or
+the authorizer's verdicts, bounded), and the rate of the frames it sends.
 
 A mixin of the consumer, not an object of its own: its state lives in the consumer's
 slots, one object fewer per idle connection.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from channels.auth import get_user
@@ -22,6 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 from broadcast.clients import authorizer
 from broadcast.clients.tokens import Grant, InvalidToken, read_token
 from broadcast.conf import conf
+from broadcast.protocol import CLOSE_TOKEN_EXPIRED, error_text, expiring_text, refreshed_text
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,9 @@ logger = logging.getLogger(__name__)
 ANONYMOUS = AnonymousUser()
 # Authorizer verdicts one connection remembers before starting over.
 VERDICTS_KEPT = 1000
+# How long before its token expires a connection is sent hub.expiring (at most half
+# the token's lifetime): the time a client has to fetch a new token and send it.
+REFRESH_AHEAD_SECONDS = 60.0
 
 
 class AccessRules:
@@ -42,25 +48,100 @@ class AccessRules:
     _user: Any = None
     # topic -> the authorizer's verdict, for this connection's life.
     _verdicts: dict[str, bool] | None = None
+    _expiry: asyncio.TimerHandle | None = None
 
     async def _accept_token(self, token: str) -> bool:
         """Read a connect token; a bad one, or one whose user is gone, is refused."""
+        grant, user, refusal = await self._grant_of(token)
+        if grant is None:
+            # The reason only: a token in a log line is a credential in a log file.
+            logger.warning("Refused a WebSocket (403): %s", refusal)
+            return False
+        self._grant, self._user = grant, user
+        return True
+
+    async def _grant_of(self, token: Any) -> tuple[Grant | None, Any, str]:
+        """(the grant, its user, "") for a valid token; (None, None, why not) otherwise."""
+        if not isinstance(token, str):
+            return None, None, "the connect token must be a string"
         try:
             grant = read_token(token)
         except InvalidToken as exc:
-            # The reason only: a token in a log line is a credential in a log file.
-            logger.warning("Refused a WebSocket (403): %s", exc)
-            return False
-        if grant.user_pk is not None:
-            user = await database_sync_to_async(_active_user)(grant.user_pk)
-            if user is None:
-                logger.warning("Refused a WebSocket (403): the connect token's user is gone")
-                return False
-            self._user = user
-        else:
-            self._user = ANONYMOUS
-        self._grant = grant
-        return True
+            return None, None, str(exc)
+        if grant.user_pk is None:
+            return grant, ANONYMOUS, ""
+        user = await database_sync_to_async(_active_user)(grant.user_pk)
+        if user is None:
+            return None, None, "the connect token's user is gone or inactive"
+        if not grant.binds(user):
+            return None, None, "the connect token was minted before its user's password changed"
+        return grant, user, ""
+
+    async def _owner(self) -> str | None:
+        """
+        The user this connection is authenticated as (a revocation closes it), as
+        text; None for an anonymous one. Resolving it costs a database read only for
+        a connection that carries a session cookie or a user's token.
+        """
+        if self._grant is None and "user" not in self.scope and "session" not in self.scope:
+            return None
+        user = await self._resolve_user()
+        if not getattr(user, "is_authenticated", False):
+            return None
+        return str(user.pk)
+
+    # A token's lifetime ---------------------------------------------------------
+
+    def _track_expiry(self) -> None:
+        """From now on, warn the client ahead of its token's expiry, then close it."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._grant is None:
+            return
+        left = self._grant.expires - time.time()
+        ahead = min(REFRESH_AHEAD_SECONDS, left / 2)
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(0.0, left - ahead), self._warn_expiring
+        )
+
+    def _warn_expiring(self) -> None:
+        if self._grant is None:
+            return
+        left = max(0.0, self._grant.expires - time.time())
+        self._push_control(expiring_text(round(left)))
+        self._expiry = asyncio.get_running_loop().call_later(left, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        logger.info("Closed a connection whose connect token expired (%s)", CLOSE_TOKEN_EXPIRED)
+        self._end(CLOSE_TOKEN_EXPIRED, "token expired")
+
+    async def _refresh(self, token: Any) -> None:
+        """``hub.refresh``: a new token for the same user extends the connection."""
+        grant, user, refusal = await self._grant_of(token)
+        if grant is not None and self._grant is not None and grant.user_pk != self._grant.user_pk:
+            grant, refusal = None, "the new token names another user"
+        elif grant is not None and self._grant is None:
+            grant, refusal = None, "this connection was not opened with a connect token"
+        if grant is None:
+            self._push_control(error_text(f"hub.refresh refused: {refusal}"))
+            return
+        self._grant, self._user = grant, user
+        self._track_expiry()
+        self._push_control(refreshed_text(round(grant.expires - time.time())))
+
+    def _stop_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    # Hooks the consumer provides.
+
+    def _push_control(self, text: str) -> None:
+        raise NotImplementedError
+
+    def _end(self, code: int, reason: str) -> None:
+        raise NotImplementedError
 
     async def _judge(
         self, names: list[str], subscribed: frozenset[str]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -25,6 +26,7 @@ from broadcast.conf import conf
 from broadcast.protocol import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_POLICY_VIOLATION,
+    CLOSE_REVOKED,
     CLOSE_SERVICE_RESTART,
     CLOSE_SLOW_CLIENT,
     CLOSE_TOO_BIG,
@@ -54,11 +56,12 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
     """
 
     outbox: Outbox | None = None
-    _cut: asyncio.Task[None] | None = None
+    _closer: asyncio.Task[Any] | None = None  # a close begun from a callback
     _resuming: asyncio.Task[None] | None = None
     _closing = False
 
     async def connect(self) -> None:
+        checked = time.monotonic()  # access is judged from here on
         query = ConnectQuery.of(self.scope)
         if query.token is not None and not await self._accept_token(query.token):
             await self.close()  # before accept: the handshake gets 403
@@ -66,6 +69,13 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
         if conf.BROADCAST_REQUIRE_AUTH and not await self._authenticated():
             logger.debug("Refused an anonymous client (BROADCAST_REQUIRE_AUTH)")
             await self.close()
+            return
+        try:
+            owner = await self._owner()
+        except DatabaseError as exc:  # the session's user cannot be read
+            logger.warning("Refused a client (1013): the database cannot be read (%s)", exc)
+            await self.accept()
+            await self._close(CLOSE_TRY_AGAIN_LATER, "database unavailable")
             return
         try:
             self.hub = get_hub()
@@ -82,6 +92,7 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
         outbox = Outbox(
             send, conf.BROADCAST_MAX_PENDING_BYTES, self._on_overflow, direct_writer(send)
         )
+        outbox.on_revoked = self._on_revoked
         errors = list(query.errors)
         granted: list[str] = []
         answer = None
@@ -101,6 +112,7 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
                 limit=limit,
                 topics=granted,
                 answer=answer,
+                owner=owner,
             )
         except DatabaseError as exc:  # the process's first client: no position to start at
             logger.warning("Refused a client (1013): the database cannot be read (%s)", exc)
@@ -113,6 +125,11 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
             await self._close(CLOSE_TRY_AGAIN_LATER, "server full")
             return
         self.outbox = outbox
+        if self.hub.revoked_since(owner, checked):
+            # Revoked while its access was being judged: the revocation missed it.
+            self._on_revoked()
+            return
+        self._track_expiry()
         for error in errors:
             self._reply_error(error)
         if query.last_id is not None:
@@ -129,7 +146,8 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
         if self.outbox is None:
             return
         self.outbox.close()
-        for task in (self._cut, self._resuming):
+        self._stop_expiry()
+        for task in (self._closer, self._resuming):
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
         self.hub.unregister(self.outbox)
@@ -168,6 +186,8 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
             # was sent ahead of this frame, so a client may resume from here even when
             # other topics' ids passed it by (resume.py).
             outbox.push_text(pong_text(self.hub.relay.settled))
+        elif frame_type == "hub.refresh":
+            await self._refresh(frame.get("token"))
         elif frame_type == "hub.subscribe":
             await self._subscribe(outbox, frame.get("topics"))
         elif frame_type == "hub.unsubscribe":
@@ -215,8 +235,20 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
         outbox.push_text(subscribed_text(granted, denied))
 
     def _reply_error(self, reason: str) -> None:
+        self._push_control(error_text(reason))
+
+    def _push_control(self, text: str) -> None:
         if self.outbox is not None:
-            self.outbox.push_text(error_text(reason))
+            self.outbox.push_text(text)
+
+    def _end(self, code: int, reason: str) -> None:
+        """Close with ``code``, from a callback (a revocation, a token's expiry)."""
+        if not self._closing:
+            self._closer = asyncio.ensure_future(self._close(code, reason))
+
+    def _on_revoked(self) -> None:
+        metrics.revocations.inc()
+        self._end(CLOSE_REVOKED, "access revoked")
 
     def _on_overflow(self) -> None:
         metrics.slow_client_cuts.inc()
@@ -225,7 +257,7 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
             CLOSE_SLOW_CLIENT,
             conf.BROADCAST_MAX_PENDING_BYTES,
         )
-        self._cut = asyncio.ensure_future(self._cut_slow_client())
+        self._closer = asyncio.ensure_future(self._cut_slow_client())
 
     async def _cut_slow_client(self) -> None:
         writer = await self._close(CLOSE_SLOW_CLIENT, "slow client", SLOW_CLIENT_GRACE_SECONDS)

@@ -42,7 +42,7 @@ class Outbox:
 
     __slots__ = (
         "_send", "_writer", "_queue", "_queued_bytes", "_max_pending", "_on_overflow",
-        "_drainer", "_held", "_held_bytes", "_replayed_through", "closed",
+        "_drainer", "_held", "_held_bytes", "_replayed_through", "closed", "on_revoked",
     )  # fmt: skip
 
     def __init__(
@@ -65,6 +65,8 @@ class Outbox:
         self._held_bytes = 0
         self._replayed_through = 0
         self.closed = False
+        # Called once when the client's access is revoked (its owner closes it).
+        self.on_revoked: Callable[[], None] = _closed
 
     @property
     def writer(self) -> Writer | None:
@@ -258,6 +260,12 @@ class Outbox:
         """Close as a slow client: the owner's ``on_overflow`` says so to the client."""
         self._overflow()
 
+    def revoke(self) -> None:
+        """Close now, so that nothing more reaches the client; the owner closes the socket."""
+        on_revoked = self.on_revoked
+        self.close()
+        on_revoked()
+
     def _overflow(self) -> None:
         on_overflow = self._on_overflow
         self.close()
@@ -268,7 +276,7 @@ class Outbox:
         # The callback is usually a bound method of the consumer that holds this
         # outbox: dropping it breaks that cycle, so a closed connection's objects are
         # freed as soon as it ends instead of waiting for a full garbage collection.
-        self._on_overflow = _closed
+        self._on_overflow = self.on_revoked = _closed
         if self._queue is not None:
             self._queue.clear()
         self._held = None

@@ -5,17 +5,22 @@ grants, and expires; it is signed with SECRET_KEY (Django's signing), so only th
 server can mint one. A client passes it as ``?token=...``.
 
 A valid token stands in for the Origin check (it is the proof of where the client
-comes from that the Origin header gives a browser) and for the session.
+comes from that the Origin header gives a browser) and for the session. Like a
+session, it is bound to its user's session auth hash (Django's, which changes with
+the password): a password change invalidates every token minted before it. The token
+carries a digest of that hash, never the hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from django.core import signing
+from django.utils.crypto import constant_time_compare
 
 from broadcast.protocol import validate_topic
 
@@ -32,6 +37,14 @@ class Grant:
 
     user_pk: Any
     topics: frozenset[str]
+    expires: int  # Unix time
+    binding: str | None = None  # the digest of the user's session auth hash, if it has one
+
+    def binds(self, user: Any) -> bool:
+        """Whether ``user`` still has the session auth hash this token was minted with."""
+        if self.binding is None:
+            return not _hashes(user)  # a user model with no auth hash binds nothing
+        return any(constant_time_compare(self.binding, _digest(h)) for h in _hashes(user))
 
 
 def connect_token(user: Any, *, topics: Iterable[str] = (), ttl: float = 3600) -> str:
@@ -46,7 +59,11 @@ def connect_token(user: Any, *, topics: Iterable[str] = (), ttl: float = 3600) -
     if user is not None and (pk is None or not getattr(user, "is_authenticated", False)):
         raise ValueError("connect_token needs a saved, authenticated user, or None.")
     expires = int(time.time() + ttl)
-    return signing.dumps({"u": pk, "t": names, "x": expires}, salt=SALT, compress=True)
+    data = {"u": pk, "t": names, "x": expires}
+    hashes = _hashes(user) if user is not None else []
+    if hashes:
+        data["h"] = _digest(hashes[0])
+    return signing.dumps(data, salt=SALT, compress=True)
 
 
 def read_token(token: str) -> Grant:
@@ -64,4 +81,26 @@ def read_token(token: str) -> Grant:
     topics = data.get("t")
     if not isinstance(topics, list) or not all(isinstance(topic, str) for topic in topics):
         raise InvalidToken("the connect token is malformed")
-    return Grant(user_pk=data.get("u"), topics=frozenset(topics))
+    binding = data.get("h")
+    if binding is not None and not isinstance(binding, str):
+        raise InvalidToken("the connect token is malformed")
+    return Grant(data.get("u"), frozenset(topics), data["x"], binding)
+
+
+def _hashes(user: Any) -> list[str]:
+    """
+    The user's session auth hash, then those made with SECRET_KEY_FALLBACKS (a token
+    minted before a key rotation stays valid, as a session does); none if the user
+    model has no such hash (not an AbstractBaseUser).
+    """
+    current = getattr(user, "get_session_auth_hash", None)
+    if current is None:
+        return []
+    fallbacks = getattr(user, "get_session_auth_fallback_hash", None)
+    return [current(), *(fallbacks() if fallbacks is not None else ())]
+
+
+def _digest(session_auth_hash: str) -> str:
+    # A plain hash of an HMAC keyed with SECRET_KEY: no secret of its own, so a hash
+    # made with a fallback key still matches after the key rotates.
+    return hashlib.sha256(f"{SALT}:{session_auth_hash}".encode()).hexdigest()[:32]

@@ -21,8 +21,9 @@ from django.utils import timezone
 
 from broadcast import metrics
 from broadcast.conf import conf
+from broadcast.group import relay_message
 from broadcast.models import Broadcast
-from broadcast.protocol import InvalidTopic, Prepared, prepare, relay_message
+from broadcast.protocol import InvalidTopic, Prepared, prepare
 from broadcast.publishing import backpressure
 from broadcast.publishing.deadline import database_deadline
 from broadcast.publishing.send import (
@@ -87,7 +88,13 @@ def publish(
     transaction commits; the returned envelope's ``id`` and ``timestamp`` are filled
     in at that moment (and nothing is sent if the transaction rolls back).
     """
-    prepared = prepare(type, payload, topic=topic)
+    return publish_prepared(prepare(type, payload, topic=topic), payload, persist, created_by)
+
+
+def publish_prepared(
+    prepared: Prepared, payload: Any, persist: bool = True, created_by: Any = None
+) -> dict[str, Any]:
+    """:func:`publish` of a broadcast validated already (a revocation's reserved topic)."""
     layer = load_layer()
     _check_reach(layer)
     if not persist:

@@ -17,8 +17,9 @@ from django.utils import timezone
 
 from broadcast import metrics
 from broadcast.conf import conf
+from broadcast.group import REVOKE_TOPIC, relay_message
 from broadcast.models import Broadcast
-from broadcast.protocol import BroadcastError, Prepared, prepare, relay_message
+from broadcast.protocol import BroadcastError, Prepared, prepare
 from broadcast.publishing import backpressure
 from broadcast.publishing.deadline import DATABASE_SECONDS, database_deadline
 from broadcast.publishing.sendlock import redis_client, send_lock
@@ -68,7 +69,10 @@ def send_row(
     layer = layer or load_layer()
     if prepared is None:
         try:
-            prepared = prepare(row.type, row.payload, topic=row.topic_or_none)
+            revocation = row.topic == REVOKE_TOPIC  # its reserved topic is allowed
+            prepared = prepare(
+                row.type, row.payload, topic=row.topic_or_none, allow_reserved=revocation
+            )
         except BroadcastError as exc:
             _mark_failed(row, exc)
             raise

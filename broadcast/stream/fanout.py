@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from broadcast import metrics
-from broadcast.protocol import MESSAGE_TYPE
+from broadcast.group import MESSAGE_TYPE, REVOKE_TOPIC
 from broadcast.stream.outgoing import Outgoing
 from broadcast.stream.registry import Registry
 
@@ -150,9 +151,28 @@ class FanOut(Registry):
         if not isinstance(msg_id, int):
             msg_id = None
         topic = message.get("topic")
+        if topic == REVOKE_TOPIC:
+            self._revoke_from(text)
+            return None
         if topic is not None and not self.topics.get(topic):
             return None  # the relay counted its id all the same: ids are global
         return Outgoing.of_text(text, msg_id), topic
+
+    def _revoke_from(self, text: str) -> None:
+        """
+        Close the connections of the owner a revocation names, here in the stream's
+        order: what is handed over after it reaches none of them.
+        """
+        try:
+            owner = json.loads(text)["payload"]["owner"]
+        except (ValueError, KeyError, TypeError):
+            owner = None
+        if not isinstance(owner, str):
+            logger.warning("Ignored a revocation that names no owner: %.200s", text)
+            return
+        revoked = self.revoke(owner)
+        if revoked:
+            logger.info("Closed %s connection(s) whose access was revoked", revoked)
 
     def _per_client(
         self, ready: list[tuple[Outgoing, str | None]], global_only: list[Outgoing]

@@ -84,13 +84,15 @@ class ProcessHub(FanOut):
         limit: int | None = None,
         topics: Iterable[str] = (),
         answer: str | None = None,
+        owner: str | None = None,
     ) -> bool:
         """
         Add a client, unless the process already has ``limit`` clients (False). The
         first one in the process starts the relay; then the client gets its welcome
         frame (built by ``welcome(last_id)``) and every broadcast relayed after it,
         global or on one of its ``topics``, with nothing in between. ``answer``
-        (what it was granted) goes right after the welcome.
+        (what it was granted) goes right after the welcome; a revocation of ``owner``
+        closes it.
         """
         # The lock only matters while the relay joins, which ends with reading the
         # last id: a client that came meanwhile waits for it. Afterwards, clients
@@ -111,7 +113,7 @@ class ProcessHub(FanOut):
             outbox.push_text(answer)
         if hold:
             outbox.hold()
-        self.add(outbox)
+        self.add(outbox, owner)
         self.subscribe(outbox, topics)
         tuning.connection_opened()
         self.counts.accepted()

@@ -27,8 +27,9 @@ from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
 from broadcast import metrics
+from broadcast.group import relay_message
 from broadcast.history import Replayed, replay_after
-from broadcast.protocol import relay_message, reset_text
+from broadcast.protocol import reset_text
 from broadcast.stream.lost import LostLook, look
 from broadcast.stream.receiver import Message, Receiver
 

@@ -13,7 +13,7 @@ import collections
 import time
 from typing import Any
 
-from broadcast.protocol import unpacked
+from broadcast.group import unpacked
 from broadcast.seams import eager
 from broadcast.seams.layers import redis as redis_layer
 

@@ -1,16 +1,23 @@
 """
-The registry of this process's clients, and the index from each topic to its
-subscribers: what the fan-out reads to know who gets what. Most clients subscribe to
-no topic, and cost the index nothing.
+The registry of this process's clients, the index from each topic to its
+subscribers (what the fan-out reads to know who gets what), and the index from each
+*owner* (the user a connection authenticated as) to its connections, which a
+revocation closes. Most clients subscribe to no topic and have no owner, and cost
+the indexes nothing.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from broadcast.clients.outbox import Outbox
+
+# How long a revocation is remembered: a connect whose access was checked before it
+# and that registers after it is closed all the same (``revoked_since``).
+REVOKED_KEPT_SECONDS = 300.0
 
 
 class Registry:
@@ -23,18 +30,52 @@ class Registry:
         self.topics: dict[str, set[Outbox]] = {}
         self._subscriptions: dict[Outbox, set[str]] = {}
         self.registrations = 0  # clients added so far: a sweep stops taking after one
+        # owner -> its connections; each connection's owner.
+        self.owned: dict[str, set[Outbox]] = {}
+        self._owners: dict[Outbox, str] = {}
+        self._revoked: dict[str, float] = {}  # owner -> when (monotonic) it was revoked
 
-    def add(self, outbox: Outbox) -> None:
+    def add(self, outbox: Outbox, owner: str | None = None) -> None:
         self.clients.add(outbox)
         self.registrations += 1
+        if owner is not None:
+            self._owners[outbox] = owner
+            self.owned.setdefault(owner, set()).add(outbox)
 
     def remove(self, outbox: Outbox) -> bool:
-        """Forget a client and its topics; False if it was not registered."""
+        """Forget a client, its topics and its owner; False if it was not registered."""
         if outbox not in self.clients:
             return False
         self.clients.remove(outbox)
         self.unsubscribe(outbox, tuple(self._subscriptions.get(outbox, ())))
+        owner = self._owners.pop(outbox, None)
+        if owner is not None:
+            mine = self.owned[owner]
+            mine.discard(outbox)
+            if not mine:
+                del self.owned[owner]
         return True
+
+    def revoke(self, owner: str) -> int:
+        """Close every connection of ``owner`` now (nothing more reaches them); how many."""
+        now = time.monotonic()
+        self._revoked[owner] = now
+        if len(self._revoked) > 1000:  # a revocation storm must not grow it for ever
+            self._revoked = {
+                key: when for key, when in self._revoked.items()
+                if now - when < REVOKED_KEPT_SECONDS
+            }  # fmt: skip
+        connections = self.owned.get(owner, ())
+        for outbox in tuple(connections):
+            outbox.revoke()
+        return len(connections)
+
+    def revoked_since(self, owner: str | None, since: float) -> bool:
+        """Whether ``owner`` was revoked at or after the monotonic time ``since``."""
+        if owner is None:
+            return False
+        when = self._revoked.get(owner)
+        return when is not None and when >= since
 
     def subscribe(self, outbox: Outbox, topics: Iterable[str]) -> None:
         """From now on, ``outbox`` also gets the broadcasts of ``topics``."""

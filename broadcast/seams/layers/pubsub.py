@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from broadcast.protocol import batch_message
+from broadcast.group import batch_message
 from broadcast.seams.servers.base import Probed, Proven, probe
 
 # channels-redis's own logger: the reader loop is its, with one number changed.

@@ -1,0 +1,177 @@
+"""
+Access taken back: a password change invalidates connect tokens minted before it; a
+user deactivated, deleted, with a new password, or named to ``disconnect_user`` loses
+every open connection (4003), and nothing published after reaches it; a token
+connection ends at its token's expiry (4001) unless it refreshes in-band.
+"""
+
+import asyncio
+import json
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.test import AsyncClient
+
+from broadcast import apublish
+from broadcast.clients import access
+from broadcast.clients.consumer import BroadcastConsumer
+from broadcast.clients.tokens import connect_token
+from broadcast.models import Broadcast
+from broadcast.publishing.revocation import adisconnect_user
+from broadcast.routing import SessionIfAuthRequired
+from tests.clients import PATH, connect, frame
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def closed_with(client, timeout=2, received=None):
+    """The close code; the frames still ahead of the close go into ``received``."""
+    while True:
+        output = await client.receive_output(timeout=timeout)
+        if output["type"] == "websocket.close":
+            return output["code"]
+        if received is not None:
+            received.append(json.loads(output["text"]))
+
+
+async def token_client(user, **kwargs):
+    return await connect(query=f"?token={connect_token(user, ttl=60)}", **kwargs)
+
+
+async def test_a_password_change_refuses_tokens_minted_before_it(hub):
+    alice = await User.objects.acreate_user("alice", password="old")
+    before = connect_token(alice, ttl=3600)
+    alice.set_password("new")
+    await alice.asave()
+    refused = WebsocketCommunicator(BroadcastConsumer.as_asgi(), f"{PATH}?token={before}")
+    assert not (await refused.connect())[0]
+    after = await connect(query=f"?token={connect_token(alice, ttl=60)}")
+    assert after.welcome["type"] == "hub.welcome"
+    await after.disconnect()
+
+
+@pytest.mark.parametrize("change", ["password", "deactivate", "delete", "disconnect_user"])
+async def test_a_users_open_connections_close_with_4003_and_get_nothing_after(hub, change):
+    alice = await User.objects.acreate_user("alice", password="old")
+    bob = await User.objects.acreate_user("bob", password="pw")
+    mine = [await token_client(alice) for _ in range(2)]
+    theirs = await token_client(bob)
+    if change == "password":
+        alice.set_password("new")
+        await alice.asave()
+    elif change == "deactivate":
+        alice.is_active = False
+        await alice.asave()
+    elif change == "delete":
+        await alice.adelete()
+    else:
+        await adisconnect_user(alice)
+    after = await apublish("after", 1)
+    for client in mine:
+        received = []
+        assert await closed_with(client, received=received) == 4003
+        assert after["id"] not in [one["id"] for one in received]
+    assert (await frame(theirs))["id"] == after["id"]
+    await theirs.disconnect()
+
+
+async def test_a_login_or_profile_save_revokes_nothing(hub):
+    alice = await User.objects.acreate_user("alice", password="pw")
+    client = await token_client(alice)
+    alice.first_name = "Alice"
+    await alice.asave()
+    await AsyncClient().alogin(username="alice", password="pw")  # saves last_login
+    sent = await apublish("still", 1)
+    assert (await frame(client))["id"] == sent["id"]
+    assert not await Broadcast.objects.filter(type="hub.revoke").aexists()
+    await client.disconnect()
+
+
+async def test_a_session_connection_of_the_user_is_closed_too(hub, settings):
+    alice = await User.objects.acreate_user("alice", password="pw")
+    browser = AsyncClient()
+    await browser.aforce_login(alice)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={browser.cookies[settings.SESSION_COOKIE_NAME].value}"
+    app = SessionIfAuthRequired(BroadcastConsumer.as_asgi())
+    client = await connect(app, headers=[(b"cookie", cookie.encode())])
+    await adisconnect_user(alice.pk)
+    assert await closed_with(client) == 4003
+
+
+async def test_a_revocation_during_the_access_check_is_not_missed(hub, monkeypatch):
+    """The revocation reaches the process between the token check and the register."""
+    alice = await User.objects.acreate_user("alice", password="pw")
+    real_owner = access.AccessRules._owner
+
+    async def owner_then_revoked(self):
+        owner = await real_owner(self)
+        hub.revoke(owner)  # what the relay does with a revocation arriving now
+        return owner
+
+    monkeypatch.setattr(access.AccessRules, "_owner", owner_then_revoked)
+    client = await token_client(alice)
+    assert await closed_with(client) == 4003
+
+
+async def test_a_revocation_is_never_replayed_to_a_resuming_client(hub):
+    alice = await User.objects.acreate_user("alice", password="pw")
+    first = await apublish("one", 1)
+    await adisconnect_user(alice)
+    last = await apublish("two", 2)
+    client = await connect(query=f"?last_id={first['id'] - 1}")
+    got = [await frame(client) for _ in range(3)]
+    assert [one["type"] for one in got] == ["one", "two", "hub.resumed"]
+    assert got[1]["id"] == last["id"]
+    await client.disconnect()
+
+
+# A token's lifetime --------------------------------------------------------------
+
+
+async def test_a_token_connection_is_warned_then_closed_with_4001_at_expiry(hub):
+    client = await connect(query=f"?token={connect_token(None, ttl=2)}")
+    warning = await frame(client, timeout=3)
+    assert warning["type"] == "hub.expiring"
+    assert 0 <= warning["payload"]["expires_in"] <= 1
+    assert await closed_with(client, timeout=3) == 4001
+
+
+async def test_a_refreshed_token_keeps_the_connection_past_the_first_expiry(hub):
+    alice = await User.objects.acreate_user("alice", password="pw")
+    client = await connect(query=f"?token={connect_token(alice, ttl=2)}")
+    assert (await frame(client, timeout=3))["type"] == "hub.expiring"
+    fresh = connect_token(alice, ttl=60)
+    await client.send_to(json.dumps({"type": "hub.refresh", "token": fresh}))
+    refreshed = await frame(client)
+    assert refreshed["type"] == "hub.refreshed"
+    assert 55 <= refreshed["payload"]["expires_in"] <= 60
+    await asyncio.sleep(1.5)  # past the first token's expiry
+    sent = await apublish("still", 1)
+    assert (await frame(client))["id"] == sent["id"]
+    await client.disconnect()
+
+
+@pytest.mark.parametrize("bad", ["other user", "garbage", "not a string"])
+async def test_a_refresh_with_a_bad_token_is_refused_and_the_expiry_stands(hub, bad):
+    alice = await User.objects.acreate_user("alice", password="pw")
+    bob = await User.objects.acreate_user("bob", password="pw")
+    client = await connect(query=f"?token={connect_token(alice, ttl=2)}")
+    token = {"other user": connect_token(bob, ttl=60), "garbage": "x", "not a string": 7}[bad]
+    await client.send_to(json.dumps({"type": "hub.refresh", "token": token}))
+    error = await frame(client)
+    assert error["type"] == "hub.error"
+    assert error["payload"]["error"].startswith("hub.refresh refused")
+    assert (await frame(client, timeout=3))["type"] == "hub.expiring"
+    assert await closed_with(client, timeout=3) == 4001
+
+
+async def test_a_password_change_closes_a_token_connection_and_its_token_cannot_return(hub):
+    alice = await User.objects.acreate_user("alice", password="old")
+    old = connect_token(alice, ttl=60)
+    client = await connect(query=f"?token={old}")
+    alice.set_password("new")
+    await alice.asave()
+    assert await closed_with(client) == 4003
+    again = WebsocketCommunicator(BroadcastConsumer.as_asgi(), f"{PATH}?token={old}")
+    assert not (await again.connect())[0]
