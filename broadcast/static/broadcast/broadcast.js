@@ -12,6 +12,12 @@
  *   });
  *   client.subscribe(["orders"]);      // and client.unsubscribe([...])
  *
+ * With a connect token, give tokenProvider: a function that returns a new token (or
+ * a promise of one). The client calls it when the server warns that the token
+ * expires (hub.expiring) and sends it in-band (hub.refresh), and before it
+ * reconnects after the token expired (4001). A connection whose access was revoked
+ * (4003) is not reconnected: onError is told, and connect() starts again.
+ *
  * It reconnects after any close with exponential backoff and full jitter, and
  * resumes with the last id it saw (?last_id=N), so a reconnect misses nothing that
  * is still in the server's history. Beyond that history the server says hub.reset
@@ -29,6 +35,7 @@
     onSubscribed: function () {},
     topics: [],             // topics to subscribe to on every connect
     token: null,            // a connect token (broadcast.clients.tokens.connect_token)
+    tokenProvider: null,    // () => a new token, or a promise of one (see above)
     lastId: null,           // resume from this id on the first connect
     baseDelay: 500,         // ms: the backoff's first ceiling
     maxDelay: 30000,        // ms: the backoff's cap
@@ -74,6 +81,7 @@
     this._stable = null;
     this._ping = null;
     this._heard = false;
+    this._tokenStale = false;
     this.connect();
   }
 
@@ -87,6 +95,17 @@
 
   BroadcastClient.prototype.connect = function () {
     var self = this;
+    if (this._tokenStale && this.options.tokenProvider) {
+      // The token expired: a new one first, then the connect (resuming as ever).
+      this._tokenStale = false;
+      this._stopped = false;
+      this._setState("connecting");
+      this._freshToken(function () { self.connect(); }, function (err) {
+        self.options.onError(err);
+        self._dropped(4001, "no new token");
+      });
+      return;
+    }
     if (this.socket) {
       // connect() on a live client starts over rather than leaving a socket behind.
       var old = this.socket;
@@ -165,7 +184,11 @@
       this.options.onSubscribed(payload, self);
       return;
     }
-    if (type === "hub.unsubscribed") return;
+    if (type === "hub.unsubscribed" || type === "hub.refreshed") return;
+    if (type === "hub.expiring") {
+      this._refresh();
+      return;
+    }
     if (type === "hub.error") {
       this.options.onError(new Error(payload.error));
       return;
@@ -175,6 +198,33 @@
       this.lastId = envelope.id;
     }
     this.options.onMessage(envelope, this);
+  };
+
+  /* A new token from tokenProvider, sent in-band before the old one expires. */
+  BroadcastClient.prototype._refresh = function () {
+    var self = this;
+    var socket = this.socket;
+    if (!this.options.tokenProvider) return;
+    this._freshToken(function (token) {
+      if (socket === self.socket && socket.readyState === 1) {
+        socket.send(JSON.stringify({ type: "hub.refresh", token: token }));
+      }
+    }, function (err) { self.options.onError(err); });
+  };
+
+  BroadcastClient.prototype._freshToken = function (done, failed) {
+    var self = this;
+    var token;
+    try {
+      token = this.options.tokenProvider();
+    } catch (err) {
+      failed(err);
+      return;
+    }
+    Promise.resolve(token).then(function (value) {
+      self.options.token = value;  // what every later connect carries
+      done(value);
+    }, failed);
   };
 
   BroadcastClient.prototype._advance = function (position) {
@@ -241,13 +291,19 @@
     }
     this.socket = null;
     this._setState("closed");
+    this.lastClose = { code: code, reason: reason };
+    if (code === 4003) {
+      // Access revoked: the same credentials must not come straight back.
+      this._stopped = true;
+      this.options.onError(new Error("access revoked (4003)"));
+    }
+    if (code === 4001) this._tokenStale = true;
     if (this._stopped) return;
     var self = this;
     var delay = backoffDelay(this.attempt, this.options.baseDelay, this.options.maxDelay,
                              this.options.random);
     this.attempt += 1;
     this.retryIn = delay;
-    this.lastClose = { code: code, reason: reason };
     this._retry = setTimeout(function () { self.connect(); }, delay);
   };
 
