@@ -14,6 +14,9 @@ is checked as it arrives; the end of a sequence checks what no single frame show
   and is owed every one of them sent after it subscribed, across reconnects (which
   resume with its topics, as the JS client does).
 - Every connect gets its welcome within WELCOME_SECONDS.
+- Access (:mod:`faults.access`): once a revocation of a user is acknowledged, no
+  broadcast published after it reaches a connection of that user opened before it;
+  each closes with 4003 and does not come back, and no other connection gets 4003.
 - At the end: counts on /metrics return to zero once clients leave, no row stays
   pending, no traceback in any server's log, and memory is near its baseline.
 """
@@ -64,6 +67,7 @@ TRY_AGAIN_LATER = 1013
 TRY_AGAIN_SECONDS = 0.5
 # The longest a fault may keep a client told to try again (the database faults: 4 s).
 TRY_AGAIN_FOR_SECONDS = 20.0
+REVOKED = 4003
 # How long publishers have to finish their request once the run stops.
 STOP_SECONDS = 10.0
 
@@ -76,9 +80,20 @@ class Client:
     """One reading client, across its reconnects."""
 
     def __init__(
-        self, oracle: Oracle, server: Server, query: str, topics: tuple[str, ...] = ()
+        self,
+        oracle: Oracle,
+        server: Server,
+        query: str,
+        topics: tuple[str, ...] = (),
+        token: str | None = None,
+        owner: str | None = None,
     ) -> None:
         self.oracle = oracle
+        self.token = token  # a connect token it carries on every (re)connect
+        self.owner = owner  # the user it connects as, if any
+        self.revoking = False  # its user's revocation was asked for: it may get 4003
+        self.revoked_after: int | None = None  # no id after this may reach it
+        self.welcomed_at = 0.0
         self.server = server
         self.query = query
         self.requested = set(topics)  # what it asks for when it (re)connects
@@ -99,10 +114,12 @@ class Client:
         self.recent: deque[str] = deque(maxlen=40)  # what a violation report shows
 
     def url_query(self) -> str:
-        if not self.requested:
-            return self.query
-        topics = "topics=" + ",".join(sorted(self.requested))
-        return f"?{topics}&{self.query[1:]}" if self.query else f"?{topics}"
+        parts = [self.query[1:]] if self.query else []
+        if self.requested:
+            parts.insert(0, "topics=" + ",".join(sorted(self.requested)))
+        if self.token is not None:
+            parts.insert(0, f"token={self.token}")
+        return "?" + "&".join(parts) if parts else ""
 
     async def open(self) -> None:
         requested = _requested_last_id(self.query)
@@ -151,6 +168,7 @@ class Client:
 
     def _welcomed(self, welcome: dict, requested: int | None) -> None:
         self.port = self.server.port
+        self.welcomed_at = time.monotonic()
         welcome_id = welcome["payload"]["last_id"]
         line = f"connect {self.server.kind}:{self.server.port}{self.query} welcome {welcome_id}"
         self.history.append(line)
@@ -168,6 +186,13 @@ class Client:
         except ConnectionClosed:
             pass
         if self.leaving:
+            return
+        if self.ws.close_code == REVOKED and not self.revoking:
+            self.oracle.fail(f"a client of {self.server.kind} got 4003 with no revocation")
+        if self.revoking:  # a revoked user's connection does not come back
+            self.history.append(f"closed {self.ws.close_code} while revoked")
+            if self in self.oracle.clients:
+                self.oracle.clients.remove(self)
             return
         expected = self.oracle.expected_close.get(self.port)
         if expected is not None and self.ws.close_code != expected:
@@ -207,6 +232,13 @@ class Client:
             return
         if not isinstance(msg_id, int):
             self.take_ephemeral(frame)
+            return
+        if self.revoked_after is not None and msg_id > self.revoked_after:
+            self.oracle.fail(
+                f"a connection of revoked user {self.owner} got id {msg_id}, published after "
+                f"its revocation was acknowledged (at id {self.revoked_after}) on "
+                f"{self.server.kind}:{self.server.port}"
+            )
             return
         if msg_id <= self.last_seen:
             self.oracle.fail(
@@ -331,9 +363,15 @@ class Oracle:
     # Clients --------------------------------------------------------------------
 
     async def connect(
-        self, server: Server, query: str = "", track: bool = True, topics: tuple[str, ...] = ()
+        self,
+        server: Server,
+        query: str = "",
+        track: bool = True,
+        topics: tuple[str, ...] = (),
+        token: str | None = None,
+        owner: str | None = None,
     ) -> Client:
-        client = Client(self, server, query, topics)
+        client = Client(self, server, query, topics, token, owner)
         await client.open()
         if track:
             self.clients.append(client)
@@ -371,9 +409,11 @@ class Oracle:
 
     async def reconnect(self, client: Client) -> None:
         """What a real client does when the server closes it: resume, elsewhere if need be."""
-        if client not in self.clients:
+        if client not in self.clients or client.revoking:
             return
         for attempt in range(40):
+            if client.revoking:  # revoked meanwhile: it would be refused, or kicked again
+                return
             live = [s for s in self.servers if s.process.poll() is None and id(s) not in self.going]
             if live:
                 client.server = live[attempt % len(live)]

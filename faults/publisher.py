@@ -6,6 +6,8 @@ request a line on stdin, one JSON answer a line on stdout.
     {"op": "publish", "count": 5, "persist": true, "size": 100, "topic": null}
     {"op": "publish", "count": 5, "persist": false, "size": 9, "at_once": true}
     {"op": "newest"}        {"op": "rows"}        {"op": "live_total"}
+    {"op": "token", "user": "fault.u0"}
+    {"op": "revoke", "user": "fault.u0", "how": "password" | "deactivate" | "disconnect"}
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def main() -> None:
             }
         elif request["op"] == "newest":
             answer = {"newest": newest_id()}
+        elif request["op"] == "token":
+            answer = {"token": token_for(request["user"])}
+        elif request["op"] == "revoke":
+            answer = revoke(request["user"], request["how"])
         elif request["op"] == "live_total":
             answer = {"live_total": HubProcess.objects.live_total()}
         elif request["op"] == "rows":
@@ -64,6 +70,50 @@ def main() -> None:
             answer = {"error": f"unknown op {request['op']!r}"}
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
+
+
+def token_for(name: str) -> str:
+    """A connect token for the user ``name`` (created the first time)."""
+    from django.contrib.auth.models import User
+
+    from broadcast import connect_token
+
+    user, _ = User.objects.get_or_create(username=name)
+    return connect_token(user, ttl=3600)
+
+
+def revoke(name: str, how: str) -> dict:
+    """
+    Take the user's access back; ``sent``: whether the revocation went out, and
+    ``after``: the newest id once it did (nothing published later may reach them).
+    A deactivated user is active again at once: its connections stay closed.
+    """
+    from django.contrib.auth.models import User
+
+    from broadcast import BroadcastError
+    from broadcast.history import newest_id
+    from broadcast.models import Broadcast
+    from broadcast.publishing.revocation import disconnect_user
+
+    user, _ = User.objects.get_or_create(username=name)
+    before = newest_id()
+    if how == "password":
+        user.set_password(f"changed-{before}")
+        user.save()
+    elif how == "deactivate":
+        user.is_active = False
+        user.save()
+        user.is_active = True
+        user.save()
+    else:
+        try:
+            disconnect_user(user)
+        except BroadcastError:
+            return {"sent": False, "after": before}
+    sent = Broadcast.objects.filter(
+        type="hub.revoke", payload__owner=str(user.pk), seq__gt=before, status="sent"
+    ).exists()
+    return {"sent": sent, "after": newest_id()}
 
 
 def publish_one(payload: dict, request: dict) -> dict | BaseException:

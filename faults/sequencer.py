@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from faults.access import HOW, USERS, AccessOps
 from faults.oracle import Oracle, Violation
 from harness.clients import Browser, get_json, stuck_client
 from harness.redis import PrivateRedis
@@ -77,6 +78,9 @@ WEIGHTS = {
     "db_cut": 2,
     "db_slow": 1,
     "db_lock": 1,
+    # Clients that connect as users, and their access taken back (faults/access.py).
+    "connect_user": 4,
+    "revoke": 2,
 }
 # The longest a database fault lasts: under the relay's hold (10 s) and the publishers'
 # send-lock wait, so that what it holds is filled, never reset.
@@ -148,6 +152,12 @@ def generate(seed: int, count: int) -> list[Op]:
             args["topic"] = rng.choice((None, None, *TOPICS))
         elif name == "server_restart":
             args["signal"] = "SIGTERM"
+        elif name == "connect_user":
+            args["user"] = rng.choice(USERS)
+            args["count"] = rng.randint(1, 3)
+        elif name == "revoke":
+            args["user"] = rng.choice(USERS)
+            args["how"] = rng.choice(HOW)
         elif name.startswith("db_"):
             args["count"] = rng.randint(1, 10)
             args["topic"] = rng.choice((None, None, *TOPICS))
@@ -155,7 +165,7 @@ def generate(seed: int, count: int) -> list[Op]:
     return ops
 
 
-class Run:
+class Run(AccessOps):
     """One sequence against two fresh server processes of one kind."""
 
     def __init__(self, kind: str, site: Site, redis: PrivateRedis, log=print) -> None:

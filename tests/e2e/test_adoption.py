@@ -257,7 +257,7 @@ async def test_a_new_project_adopts_the_app_by_following_the_quick_start(tmp_pat
         status, script = Browser(server.base).get("/static/broadcast/broadcast.js")
         assert status == 200 and "BroadcastClient" in script
         # The app's log lines reach the console without any LOGGING of the project's.
-        assert "INFO broadcast.publishing.api: Published broadcast id=1 type=announcement" in (
+        assert "INFO broadcast.publishing.send: Published broadcast id=1 type=announcement" in (
             server.log()
         )
 

@@ -3,6 +3,7 @@ The JS client's side of revocable access, in a real headless Chromium against a 
 server: it refreshes its connect token in-band before it expires, fetches a new one
 and resumes after a 4001, and stops for good on a 4003.
 """
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+# The browser fixture is test_browser's: imported, it is used as an argument.
 from tests.e2e.test_browser import browser, open_page, publish, wait_for  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.redis]
@@ -33,7 +35,7 @@ def tokens(site, pk: int, *ttls: int) -> list[str]:
     return out.split()
 
 
-def start_client(browser, first: str, provided: list, *, fail_first: bool = False) -> None:  # noqa: F811
+def start_client(browser, first: str, provided: list, *, fail_first: bool = False) -> None:
     """window.client, connected with ``first``; its tokenProvider hands out ``provided``."""
     browser.execute_script(
         "window.provided = arguments[1]; window.failFirst = arguments[2];"
@@ -53,7 +55,7 @@ def start_client(browser, first: str, provided: list, *, fail_first: bool = Fals
 def test_the_js_client_refreshes_its_token_in_band_then_stops_when_revoked(
     browser,
     redis_site,
-    start_server,  # noqa: F811
+    start_server,
 ):
     server = start_server(redis_site, "uvicorn")
     open_page(browser, server)
@@ -85,7 +87,7 @@ def test_the_js_client_refreshes_its_token_in_band_then_stops_when_revoked(
 def test_the_js_client_gets_a_new_token_after_4001_and_resumes_what_it_missed(
     browser,
     redis_site,
-    start_server,  # noqa: F811
+    start_server,
 ):
     server = start_server(redis_site, "daphne")
     open_page(browser, server)

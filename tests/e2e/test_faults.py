@@ -114,6 +114,33 @@ async def test_a_stall_resumes_its_server_even_while_the_publish_waits_for_that_
         drop()
 
 
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_revoked_users_get_nothing_after_the_acknowledgement_on_either_process(
+    kind, tmp_path
+):
+    # The access operations on both processes, across a restart: each way to revoke,
+    # with the oracle failing any broadcast published after the acknowledgement that
+    # reaches a connection of that user, and any such connection still open after.
+    await no_violation_in(
+        kind,
+        tmp_path,
+        ("connect_user", {"server": 0, "seed": 1, "user": "fault.u0", "count": 2}),
+        ("connect_user", {"server": 1, "seed": 2, "user": "fault.u0", "count": 1}),
+        ("connect_user", {"server": 1, "seed": 3, "user": "fault.u1", "count": 2}),
+        ("connect", {"server": 0, "seed": 4, "count": 2}),
+        ("publish", {"server": 0, "seed": 5, "count": 5}),
+        ("revoke", {"server": 0, "seed": 6, "user": "fault.u0", "how": "password"}),
+        ("publish", {"server": 1, "seed": 7, "count": 5}),
+        ("connect_user", {"server": 0, "seed": 8, "user": "fault.u0", "count": 1}),
+        ("server_restart", {"server": 1, "seed": 9, "signal": "SIGTERM"}),
+        ("revoke", {"server": 1, "seed": 10, "user": "fault.u1", "how": "deactivate"}),
+        ("publish_ephemeral", {"server": 0, "seed": 11, "count": 5}),
+        ("revoke", {"server": 0, "seed": 12, "user": "fault.u0", "how": "disconnect"}),
+        ("connect_user", {"server": 1, "seed": 13, "user": "fault.u1", "count": 1}),
+        ("publish", {"server": 1, "seed": 14, "count": 3}),
+    )
+
+
 async def no_violation_in(kind, tmp_path, *steps):
     """Run one fixed sequence of operations on fresh servers (the core layer)."""
     from faults.run import make_site
