@@ -5,65 +5,26 @@ client resuming meanwhile is told to come back (never hub.reset).
 """
 
 import asyncio
-import os
 import sys
-import urllib.parse
 
-import psycopg
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from harness.tcpproxy import TcpProxy
 from tests.e2e.conftest import (
     E2E_REDIS_URL,
     ROOT,
     close_code,
     frames,
     get_json,
-    make_site,
     no_frame,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 
-# PostgreSQL whatever DATABASE_URL says: a server's database must be reachable through
-# a proxy, which SQLite's file is not. Fails, never skips, when it is not answering.
-POSTGRES_URL = os.environ.get("E2E_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 # Another database number on the same Redis: a broadcast sent there is persisted with
 # its id but never reaches the servers' relays, as one lost in the layer is.
 ELSEWHERE_REDIS_URL = E2E_REDIS_URL.rsplit("/", 1)[0] + "/11"
-
-
-@pytest.fixture(scope="module")
-def pg_site(tmp_path_factory, redis_available):
-    try:
-        psycopg.connect(POSTGRES_URL, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL is not answering at {POSTGRES_URL} ({exc}); these tests need it.")
-    instance, drop = make_site(tmp_path_factory.mktemp("pg"), database=POSTGRES_URL)
-    yield instance.with_redis(E2E_REDIS_URL)
-    drop()
-
-
-@pytest.fixture(scope="module")
-def redis_available():
-    import redis
-
-    try:
-        redis.Redis.from_url(E2E_REDIS_URL, socket_connect_timeout=2).flushdb()
-    except redis.exceptions.RedisError as exc:
-        pytest.fail(f"Redis is not answering at {E2E_REDIS_URL} ({exc}); these tests need it.")
-
-
-@pytest.fixture
-def proxied(pg_site):
-    """The site as a server reaches it: its database through a proxy the test can cut."""
-    parts = urllib.parse.urlsplit(pg_site.env["DATABASE_URL"])
-    proxy = TcpProxy(parts.hostname, parts.port or 5432).start()
-    url = urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}"))
-    yield pg_site.with_env(DATABASE_URL=url), proxy
-    proxy.close()
 
 
 def publish(site, kind: str, redis_url: str = E2E_REDIS_URL) -> None:

@@ -73,7 +73,7 @@ async def test_a_first_client_during_a_database_cut_is_told_to_retry_then_served
     # it with 1011 and a traceback; it is now 1013, and the client is served once the
     # database is back. On the core layer, the cut also meets a broadcast lost in the
     # layer: a gap the relay holds until it can fill it.
-    from tests.e2e.test_database_outage import POSTGRES_URL
+    from tests.e2e.conftest import POSTGRES_URL
 
     monkeypatch.setenv("DATABASE_URL", POSTGRES_URL)
     await no_violation_in(
