@@ -41,3 +41,6 @@ class BroadcastConfig(AppConfig):
             revocation.after_user_deleted, sender=user_model, dispatch_uid="broadcast.revoke.del"
         )
         install_default_handler()
+        from broadcast.seams.servers import logs
+
+        logs.install()  # no connect token or key in the servers' own log lines

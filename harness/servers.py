@@ -100,6 +100,7 @@ class Server:
     port: int = field(default_factory=free_port)
     app: str = HUB_APP
     process: subprocess.Popen | None = None
+    flags: tuple[str, ...] = ()  # more command-line options (the documented ones)
 
     @property
     def http(self) -> str:
@@ -112,7 +113,7 @@ class Server:
     def start(self) -> Server:
         log = open(self.site.logs / f"server-{self.port}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            SERVER_COMMANDS[self.kind](self.port, self.app),
+            [*SERVER_COMMANDS[self.kind](self.port, self.app), *self.flags],
             cwd=ROOT, env=self.site.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 20

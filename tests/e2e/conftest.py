@@ -61,8 +61,8 @@ def redis_site(site) -> Site:
 def start_server():
     servers: list[Server] = []
 
-    def start(site: Site, kind: str = "daphne", app: str = HUB_APP) -> Server:
-        server = Server(site, kind, app=app).start()
+    def start(site: Site, kind: str = "daphne", app: str = HUB_APP, flags=()) -> Server:
+        server = Server(site, kind, app=app, flags=tuple(flags)).start()
         servers.append(server)
         return server
 

@@ -8,6 +8,7 @@ documented nginx (test_topology.py).
 
 import asyncio
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -48,7 +49,8 @@ async def test_a_users_connections_in_two_processes_close_on_deletion_and_old_to
     redis_site, start_server, kind
 ):
     first, second = start_server(redis_site, kind), start_server(redis_site, kind)
-    pk = int(shell(redis_site, "print(User.objects.create_user('eve', password='a').pk)"))
+    made = f"print(User.objects.create_user('eve-{kind}', password='a').pk)"
+    pk = int(shell(redis_site, made))
     token = shell(
         redis_site,
         f"from broadcast import connect_token; print(connect_token(User.objects.get(pk={pk})))",
@@ -137,3 +139,47 @@ async def test_a_locked_broadcasts_table_fails_publishes_in_time_and_healthz_say
     assert health_status == 503
     assert health["database"] == {"ok": False, "error": "timed out"}, health
     assert api(server, '{"type": "after"}')[0] == 201
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_token_or_key_in_a_url_stays_out_of_the_servers_own_logs(site, start_server, kind):
+    # Run as the harness runs them, access logs on: uvicorn's lines are filtered by
+    # the app; daphne leaves WebSocket queries out, and its HTTP access lines are
+    # switched off in the documented topology (test_topology.py).
+    server = start_server(site.with_env(BROADCAST_API_KEYS=KEY), kind)
+    token = site.shell("from broadcast import connect_token; print(connect_token(None))").strip()
+    ws = await server.client(f"?token={token}")
+    await ws.close()
+    if kind == "uvicorn":
+        request = urllib.request.Request(server.http + f"/broadcast/publish?key={KEY}", b"{}")
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(request, timeout=10)
+    await asyncio.sleep(0.5)
+    log = server.log()
+    assert "/ws/broadcast/" in log  # the connect is logged, its token is not
+    assert token not in log and KEY not in log
+
+
+@pytest.mark.parametrize(
+    ("key", "length", "status"), [("wrong", 64 * 2**20, 401), (KEY, 200 * 10**6, 413)]
+)
+def test_uvicorn_answers_a_wrong_key_or_an_oversize_length_before_the_body(
+    site, start_server, key, length, status
+):
+    # PublishGuard, in front of Django's handler, which reads the body first. (daphne's
+    # Twisted reads every body before any application runs: its proxy bounds it.)
+    server = start_server(site.with_env(BROADCAST_API_KEYS=KEY), "uvicorn")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=3) as sock:
+        sock.sendall(
+            f"POST /broadcast/publish HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n".encode()
+        )  # and no body at all
+        answer = b""
+        while chunk := sock.recv(65536):  # the guard closes once it has answered
+            answer += chunk
+        answer = answer.decode()
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}"), head
+    assert "content-type: application/json" in head.lower()
+    assert json.loads(body)["error"]
