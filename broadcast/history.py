@@ -1,6 +1,7 @@
 """
 History for clients that resume: the persisted broadcasts after the last id a
-client saw, within BROADCAST_HISTORY_LIMIT and BROADCAST_HISTORY_TTL.
+client saw, within BROADCAST_HISTORY_LIMIT and BROADCAST_HISTORY_TTL; and the recent
+revocations a starting relay must know of.
 
 A read that fails raises (the database's own error): "could not read" is never
 "history is gone", which only ``None`` from :func:`replay_plan` means.
@@ -20,11 +21,16 @@ from django.db.models import Max
 from django.utils import timezone
 
 from broadcast.conf import conf
+from broadcast.group import REVOKE_TOPIC
 from broadcast.models import Broadcast
 from broadcast.protocol import Prepared, dumps
 
 # Rows that hold a burnt id: their broadcast never reached the layer under that id.
 NOT_DELIVERED = (Broadcast.Status.FAILED, Broadcast.Status.RESENT)
+# How far back a starting relay looks for revocations (recent_revocations): well past
+# the longest a connect takes from its access check to its registration.
+RECENT_REVOCATION_SECONDS = 60.0
+RECENT_REVOCATION_IDS = 10_000
 
 
 def newest_id() -> int:
@@ -121,3 +127,25 @@ def replay_after(last_id: int, current_id: int) -> list[Replayed] | None:
         return None
     texts = envelope_texts(ids)
     return texts if len(texts) == len(ids) else None
+
+
+def recent_revocations(newest: int) -> list[tuple[str, float]]:
+    """
+    (owner, seconds ago) of the revocations sent in the last RECENT_REVOCATION_SECONDS
+    (and at most RECENT_REVOCATION_IDS ids before ``newest``): a relay that starts now
+    never received them, and a connect judged before one of them must not register
+    after it.
+    """
+    now = timezone.now()
+    rows = Broadcast.objects.filter(
+        seq__gt=newest - RECENT_REVOCATION_IDS,
+        topic=REVOKE_TOPIC,
+        sent_at__gte=now - dt.timedelta(seconds=RECENT_REVOCATION_SECONDS),
+    ).values_list("payload", "sent_at")
+    return [
+        (payload["owner"], max(0.0, (now - sent_at).total_seconds()))
+        for payload, sent_at in rows
+        if sent_at is not None
+        and isinstance(payload, dict)
+        and isinstance(payload.get("owner"), str)
+    ]

@@ -110,8 +110,13 @@ async def test_a_revocation_during_the_access_check_is_not_missed(hub, monkeypat
         return owner
 
     monkeypatch.setattr(access.AccessRules, "_owner", owner_then_revoked)
-    client = await token_client(alice)
-    assert await closed_with(client) == 4003
+    token = connect_token(alice, ttl=60)
+    client = WebsocketCommunicator(BroadcastConsumer.as_asgi(), f"{PATH}?token={token}")
+    assert (await client.connect())[0]
+    await apublish("after", 1)
+    received = []
+    assert await closed_with(client, received=received) == 4003
+    assert received == []  # closed before the relay's next turn: not even its welcome
 
 
 async def test_a_revocation_is_never_replayed_to_a_resuming_client(hub):
@@ -175,3 +180,51 @@ async def test_a_password_change_closes_a_token_connection_and_its_token_cannot_
     assert await closed_with(client) == 4003
     again = WebsocketCommunicator(BroadcastConsumer.as_asgi(), f"{PATH}?token={old}")
     assert not (await again.connect())[0]
+
+
+async def test_a_revocation_sent_before_a_fresh_process_joined_still_closes_a_connect_in_flight(
+    hub, monkeypatch
+):
+    """The process's first connect was judged before a revocation its relay never got."""
+    alice = await User.objects.acreate_user("alice", password="pw")
+    real_owner = access.AccessRules._owner
+
+    async def owner_then_revoked_elsewhere(self):
+        owner = await real_owner(self)
+        await adisconnect_user(alice)  # no relay in the group yet: this process misses it
+        return owner
+
+    monkeypatch.setattr(access.AccessRules, "_owner", owner_then_revoked_elsewhere)
+    token = connect_token(alice, ttl=60)
+    first = WebsocketCommunicator(BroadcastConsumer.as_asgi(), f"{PATH}?token={token}")
+    assert (await first.connect())[0]
+    assert await closed_with(first) == 4003
+    monkeypatch.setattr(access.AccessRules, "_owner", real_owner)
+    again = await token_client(alice)  # judged after it: a kick is not a ban
+    assert again.welcome["type"] == "hub.welcome"
+    await again.disconnect()
+
+
+async def test_a_resume_never_replays_past_a_revocation_the_relay_has_not_applied(
+    hub, monkeypatch
+):
+    alice = await User.objects.acreate_user("alice", password="pw")
+    client = await token_client(alice)
+    position = client.welcome["payload"]["last_id"]
+    gate = asyncio.Event()
+    real_deliver = hub.relay._deliver
+
+    async def held_back(batch, *args):
+        await gate.wait()  # the relay is behind: sweeping, paced, or slow to Redis
+        await real_deliver(batch, *args)
+
+    monkeypatch.setattr(hub.relay, "_deliver", held_back)
+    await adisconnect_user(alice)
+    after = await apublish("after", 1)
+    await client.send_to(json.dumps({"type": "hub.resume", "last_id": position}))
+    resumed = await frame(client)
+    assert resumed["type"] == "hub.resumed" and resumed["payload"]["count"] == 0
+    gate.set()
+    received = []
+    assert await closed_with(client, received=received) == 4003
+    assert after["id"] not in [one["id"] for one in received]

@@ -92,7 +92,7 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
         outbox = Outbox(
             send, conf.BROADCAST_MAX_PENDING_BYTES, self._on_overflow, direct_writer(send)
         )
-        outbox.on_revoked = self._on_revoked
+        outbox.on_end = self._on_end
         errors = list(query.errors)
         granted: list[str] = []
         answer = None
@@ -126,8 +126,9 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
             return
         self.outbox = outbox
         if self.hub.revoked_since(owner, checked):
-            # Revoked while its access was being judged: the revocation missed it.
-            self._on_revoked()
+            # Revoked while its access was being judged: the revocation missed it. Closed
+            # at once, before the relay's next turn can write to it.
+            outbox.end(CLOSE_REVOKED, "access revoked")
             return
         self._track_expiry()
         for error in errors:
@@ -246,9 +247,10 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
         if not self._closing:
             self._closer = asyncio.ensure_future(self._close(code, reason))
 
-    def _on_revoked(self) -> None:
-        metrics.revocations.inc()
-        self._end(CLOSE_REVOKED, "access revoked")
+    def _on_end(self, code: int, reason: str) -> None:
+        if code == CLOSE_REVOKED:
+            metrics.revocations.inc()
+        self._end(code, reason)
 
     def _on_overflow(self) -> None:
         metrics.slow_client_cuts.inc()

@@ -42,7 +42,7 @@ class Outbox:
 
     __slots__ = (
         "_send", "_writer", "_queue", "_queued_bytes", "_max_pending", "_on_overflow",
-        "_drainer", "_held", "_held_bytes", "_replayed_through", "closed", "on_revoked",
+        "_drainer", "_held", "_held_bytes", "_replayed_through", "closed", "on_end",
     )  # fmt: skip
 
     def __init__(
@@ -65,8 +65,8 @@ class Outbox:
         self._held_bytes = 0
         self._replayed_through = 0
         self.closed = False
-        # Called once when the client's access is revoked (its owner closes it).
-        self.on_revoked: Callable[[], None] = _closed
+        # Called once by end(), with the close code and reason (its owner closes it).
+        self.on_end: Callable[[int, str], None] = _ended
 
     @property
     def writer(self) -> Writer | None:
@@ -260,11 +260,14 @@ class Outbox:
         """Close as a slow client: the owner's ``on_overflow`` says so to the client."""
         self._overflow()
 
-    def revoke(self) -> None:
-        """Close now, so that nothing more reaches the client; the owner closes the socket."""
-        on_revoked = self.on_revoked
+    def end(self, code: int, reason: str) -> None:
+        """
+        Close now, so that nothing more reaches the client (a revocation), and have the
+        owner close the connection with ``code``.
+        """
+        on_end = self.on_end
         self.close()
-        on_revoked()
+        on_end(code, reason)
 
     def _overflow(self) -> None:
         on_overflow = self._on_overflow
@@ -276,7 +279,8 @@ class Outbox:
         # The callback is usually a bound method of the consumer that holds this
         # outbox: dropping it breaks that cycle, so a closed connection's objects are
         # freed as soon as it ends instead of waiting for a full garbage collection.
-        self._on_overflow = self.on_revoked = _closed
+        self._on_overflow = _closed
+        self.on_end = _ended
         if self._queue is not None:
             self._queue.clear()
         self._held = None
@@ -287,6 +291,10 @@ class Outbox:
 
 
 def _closed() -> None:
+    pass
+
+
+def _ended(code: int, reason: str) -> None:
     pass
 
 

@@ -68,14 +68,18 @@ async def _resume(
 ) -> None:
     """
     Replay to ``outbox`` every broadcast of the global stream and of ``topics`` after
-    ``last_id`` up to at least ``current_id`` (the newest id the process had relayed
-    when the outbox began holding), or ``hub.reset`` when they are no longer all in
-    history. A client that reads nothing for ``stall_seconds`` is cut as a slow client.
+    ``last_id`` up to ``current_id`` (the newest id the process had relayed when the
+    outbox began holding; the relay brings the rest), or ``hub.reset`` when they are no
+    longer all in history. A client that reads nothing for ``stall_seconds`` is cut as
+    a slow client.
     """
     ids = await _read(replay_plan, last_id, current_id, topics)
     if ids is None:
         await _reset(outbox, last_id, current_id, stall_seconds)
         return
+    # What is past current_id comes through the relay, held meanwhile: read ahead of it,
+    # history would pass a revocation the relay has yet to apply to this connection.
+    ids = [msg_id for msg_id in ids if msg_id <= current_id]
     newest = last_id
     for start in range(0, len(ids), PAGE):
         page = ids[start : start + PAGE]

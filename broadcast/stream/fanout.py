@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broadcast import metrics
 from broadcast.group import MESSAGE_TYPE, REVOKE_TOPIC
@@ -209,3 +209,22 @@ class FanOut(Registry):
                 logger.exception("Delivery to a client failed; cutting it so it resumes")
                 with contextlib.suppress(Exception):
                     outbox.cut()
+
+
+class Clients(Protocol):
+    """The hub as the relay sees it: its fan-out, and the owners of its connections."""
+
+    def fan_out(self, message: dict[str, Any]) -> None: ...
+
+    def fan_out_batch(self, messages: list[dict[str, Any]]) -> None: ...
+
+    async def sweep(
+        self,
+        messages: list[dict[str, Any]],
+        take: Callable[[int], list[dict[str, Any]]],
+        limit: int,
+    ) -> None: ...
+
+    def recheck_owners(self) -> int: ...
+
+    def note_revoked(self, owner: str, when: float | None = None) -> None: ...

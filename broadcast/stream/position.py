@@ -19,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from django.db import DatabaseError
@@ -32,6 +31,9 @@ from broadcast.history import Replayed, replay_after
 from broadcast.protocol import reset_text
 from broadcast.stream.lost import LostLook, look
 from broadcast.stream.receiver import Message, Receiver
+
+if TYPE_CHECKING:
+    from broadcast.stream.fanout import Clients
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +53,6 @@ class CatchUp:
 
 class SkippedId(RuntimeError):
     """The position was asked to move past an id that no one accounted for (a bug)."""
-
-
-class Clients(Protocol):
-    """The hub, as the relay sees it: its fan-out, which writes what it is handed."""
-
-    def fan_out(self, message: dict[str, Any]) -> None: ...
-
-    def fan_out_batch(self, messages: list[dict[str, Any]]) -> None: ...
-
-    async def sweep(
-        self, messages: list[Message], take: Callable[[int], list[Message]], limit: int
-    ) -> None: ...
 
 
 class Stream:
@@ -294,3 +284,6 @@ class Stream:
         self._clients.fan_out(relay_message(reset_text(newest, self.position), None))
         metrics.resets.inc()
         self._advance(newest, accounted=True)
+        # A revocation among the skipped ids is unknown: every authenticated connection
+        # comes back (1013) and is judged again, so that none outlives one.
+        self._clients.recheck_owners()

@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from broadcast.protocol import CLOSE_REVOKED, CLOSE_TRY_AGAIN_LATER
+
 if TYPE_CHECKING:
     from broadcast.clients.outbox import Outbox
 
@@ -58,17 +60,36 @@ class Registry:
 
     def revoke(self, owner: str) -> int:
         """Close every connection of ``owner`` now (nothing more reaches them); how many."""
+        self.note_revoked(owner)
+        connections = [outbox for outbox in self.owned.get(owner, ()) if not outbox.closed]
+        for outbox in connections:
+            outbox.end(CLOSE_REVOKED, "access revoked")
+        return len(connections)
+
+    def recheck_owners(self) -> int:
+        """
+        Close every connection that has an owner with 1013, to come back and be judged
+        again: after a ``hub.reset``, revocations among the ids it skipped are unknown.
+        """
+        connections = [
+            outbox for mine in self.owned.values() for outbox in mine if not outbox.closed
+        ]
+        for outbox in connections:
+            outbox.end(CLOSE_TRY_AGAIN_LATER, "access recheck")
+        return len(connections)
+
+    def note_revoked(self, owner: str, when: float | None = None) -> None:
+        """
+        Remember that ``owner`` was revoked at ``when`` (the monotonic clock; by default
+        now): a connect judged before it and registered after is closed.
+        """
         now = time.monotonic()
-        self._revoked[owner] = now
+        self._revoked[owner] = max(self._revoked.get(owner, 0.0), now if when is None else when)
         if len(self._revoked) > 1000:  # a revocation storm must not grow it for ever
             self._revoked = {
                 key: when for key, when in self._revoked.items()
                 if now - when < REVOKED_KEPT_SECONDS
             }  # fmt: skip
-        connections = self.owned.get(owner, ())
-        for outbox in tuple(connections):
-            outbox.revoke()
-        return len(connections)
 
     def revoked_since(self, owner: str | None, since: float) -> bool:
         """Whether ``owner`` was revoked at or after the monotonic time ``since``."""

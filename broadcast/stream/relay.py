@@ -23,17 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
 from broadcast import metrics
 from broadcast.conf import conf
-from broadcast.history import newest_id
+from broadcast.history import newest_id, recent_revocations
 from broadcast.seams.layers import pubsub
-from broadcast.stream.position import Clients, Stream
+from broadcast.stream.position import Stream
 from broadcast.stream.receiver import Receiver
+
+if TYPE_CHECKING:
+    from broadcast.stream.fanout import Clients
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +93,7 @@ class Relay(Stream):
             joined = False
         try:
             newest: int = await database_sync_to_async(newest_id)()
+            revoked = await database_sync_to_async(recent_revocations)(newest)
         except DatabaseError:
             # No position, no relay: the next client starts it again. Its channel
             # leaves the group, or every attempt during an outage would add one.
@@ -100,6 +105,8 @@ class Relay(Stream):
         # the id is read waits in the layer, where it would otherwise look like a gap
         # from 0 (and, past history, a hub.reset that skips ids not yet delivered).
         self.position = max(self.position, newest)
+        for owner, ago in revoked:  # sent before it joined: a connect in flight may predate one
+            self._clients.note_revoked(owner, time.monotonic() - ago)
         # Not joined: it joins, and catches up from here, in its supervised loop.
         self._task = asyncio.ensure_future(self._run(lost=not joined))
         return newest

@@ -59,7 +59,7 @@ def test_the_js_client_refreshes_its_token_in_band_then_stops_when_revoked(
 ):
     server = start_server(redis_site, "uvicorn")
     open_page(browser, server)
-    pk = make_user(redis_site, "alice")
+    pk = make_user(redis_site, "js-refresh")
     short, long = tokens(redis_site, pk, 3, 600)
     start_client(browser, short, [long])
     wait_for(
@@ -91,7 +91,7 @@ def test_the_js_client_gets_a_new_token_after_4001_and_resumes_what_it_missed(
 ):
     server = start_server(redis_site, "daphne")
     open_page(browser, server)
-    pk = make_user(redis_site, "bob")
+    pk = make_user(redis_site, "js-expiry")
     short, fresh = tokens(redis_site, pk, 2, 600)
     # The in-band refresh fails (the token service is down): the token expires.
     start_client(browser, short, [fresh], fail_first=True)
