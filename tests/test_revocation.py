@@ -205,9 +205,7 @@ async def test_a_revocation_sent_before_a_fresh_process_joined_still_closes_a_co
     await again.disconnect()
 
 
-async def test_a_resume_never_replays_past_a_revocation_the_relay_has_not_applied(
-    hub, monkeypatch
-):
+async def test_a_resume_never_replays_past_a_revocation_the_relay_has_not_applied(hub, monkeypatch):
     alice = await User.objects.acreate_user("alice", password="pw")
     client = await token_client(alice)
     position = client.welcome["payload"]["last_id"]
@@ -228,3 +226,38 @@ async def test_a_resume_never_replays_past_a_revocation_the_relay_has_not_applie
     received = []
     assert await closed_with(client, received=received) == 4003
     assert after["id"] not in [one["id"] for one in received]
+
+
+async def test_a_refresh_unsubscribes_the_topics_the_new_token_no_longer_grants(hub, settings):
+    settings.BROADCAST_TOPIC_AUTHORIZER = "tests.test_topics.only_public"
+    client = await connect(
+        query=f"?token={connect_token(None, topics=['a', 'b'], ttl=60)}&topics=a,b"
+    )
+    assert (await frame(client))["payload"] == {"topics": ["a", "b"], "denied": []}
+    narrower = connect_token(None, topics=["a"], ttl=60)
+    await client.send_to(json.dumps({"type": "hub.refresh", "token": narrower}))
+    assert (await frame(client))["type"] == "hub.refreshed"
+    dropped = await frame(client)
+    assert (dropped["type"], dropped["payload"]) == ("hub.unsubscribed", {"topics": ["b"]})
+    await apublish("on-b", 1, topic="b")
+    on_a = await apublish("on-a", 2, topic="a")
+    assert (await frame(client))["id"] == on_a["id"]
+    await client.disconnect()
+
+
+async def test_a_database_that_cannot_be_read_at_a_token_connect_is_try_again_not_403(
+    hub, monkeypatch
+):
+    from django.db import OperationalError
+
+    alice = await User.objects.acreate_user("alice", password="pw")
+
+    def unreachable(pk):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(access, "_active_user", unreachable)
+    client = WebsocketCommunicator(
+        BroadcastConsumer.as_asgi(), f"{PATH}?token={connect_token(alice, ttl=60)}"
+    )
+    assert (await client.connect())[0]  # accepted, then told to come back
+    assert await closed_with(client) == 1013

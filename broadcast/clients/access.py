@@ -19,7 +19,8 @@ from channels.auth import get_user
 from channels.db import database_sync_to_async
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
-from django.core.exceptions import ImproperlyConfigured
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db import DatabaseError
 
 from broadcast.clients import authorizer
 from broadcast.clients.tokens import Grant, InvalidToken, read_token
@@ -117,8 +118,17 @@ class AccessRules:
         self._end(CLOSE_TOKEN_EXPIRED, "token expired")
 
     async def _refresh(self, token: Any) -> None:
-        """``hub.refresh``: a new token for the same user extends the connection."""
-        grant, user, refusal = await self._grant_of(token)
+        """
+        ``hub.refresh``: a new token for the same user extends the connection. The
+        topics the old token granted and the new one does not are unsubscribed.
+        """
+        try:
+            grant, user, refusal = await self._grant_of(token)
+        except DatabaseError:
+            self._push_control(error_text("hub.refresh failed: the database cannot be read"))
+            return
+        if not self._still_open():  # closed while the token was judged
+            return
         if grant is not None and self._grant is not None and grant.user_pk != self._grant.user_pk:
             grant, refusal = None, "the new token names another user"
         elif grant is not None and self._grant is None:
@@ -126,9 +136,12 @@ class AccessRules:
         if grant is None:
             self._push_control(error_text(f"hub.refresh refused: {refusal}"))
             return
+        withdrawn = self._grant.topics - grant.topics if self._grant is not None else frozenset()
         self._grant, self._user = grant, user
         self._track_expiry()
         self._push_control(refreshed_text(round(grant.expires - time.time())))
+        if withdrawn:
+            self._drop_topics(sorted(withdrawn))
 
     def _stop_expiry(self) -> None:
         if self._expiry is not None:
@@ -141,6 +154,12 @@ class AccessRules:
         raise NotImplementedError
 
     def _end(self, code: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def _still_open(self) -> bool:
+        raise NotImplementedError
+
+    def _drop_topics(self, names: list[str]) -> None:
         raise NotImplementedError
 
     async def _judge(
@@ -224,9 +243,15 @@ class AccessRules:
 
 
 def _active_user(pk: Any) -> Any:
-    """The active user with this primary key, or None (deleted, deactivated, bad pk)."""
+    """
+    The active user with this primary key, or None (deleted, deactivated, bad pk); a
+    database that cannot be read raises (the client is told to try again later).
+    """
+    model = get_user_model()
+    manager = model._meta.default_manager
+    assert manager is not None  # every concrete model has one
     try:
-        user = get_user_model().objects.get(pk=pk)
-    except Exception:
+        user = manager.get(pk=pk)
+    except (model.DoesNotExist, ValueError, TypeError, ValidationError):
         return None
     return user if getattr(user, "is_active", True) else None

@@ -15,9 +15,9 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 
-from broadcast import metrics
 from broadcast.clients import authorizer
 from broadcast.clients.access import AccessRules
+from broadcast.clients.closing import SLOW_CLIENT_GRACE_SECONDS, Closing
 from broadcast.clients.lean import LeanConsumer
 from broadcast.clients.outbox import Outbox
 from broadcast.clients.query import ConnectQuery
@@ -28,7 +28,6 @@ from broadcast.protocol import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_REVOKED,
     CLOSE_SERVICE_RESTART,
-    CLOSE_SLOW_CLIENT,
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
@@ -38,41 +37,34 @@ from broadcast.protocol import (
     unsubscribed_text,
     welcome_text,
 )
-from broadcast.seams.servers import Writer, direct_writer, server_send
-from broadcast.seams.servers.asgi import close_through_send
+from broadcast.seams.servers import direct_writer, server_send
 from broadcast.stream.hub import get_hub
 
 logger = logging.getLogger(__name__)
 
-# How long a cut slow client has to read up to its close frame before its TCP
-# connection is dropped, and what it holds in server memory with it.
-SLOW_CLIENT_GRACE_SECONDS = 5.0
 
-
-class BroadcastConsumer(AccessRules, LeanConsumer):
+class BroadcastConsumer(Closing, AccessRules, LeanConsumer):
     """
     One WebSocket client of the hub. It receives broadcasts; nothing it sends
     reaches other clients.
     """
 
     outbox: Outbox | None = None
-    _closer: asyncio.Task[Any] | None = None  # a close begun from a callback
     _resuming: asyncio.Task[None] | None = None
-    _closing = False
 
     async def connect(self) -> None:
         checked = time.monotonic()  # access is judged from here on
         query = ConnectQuery.of(self.scope)
-        if query.token is not None and not await self._accept_token(query.token):
-            await self.close()  # before accept: the handshake gets 403
-            return
-        if conf.BROADCAST_REQUIRE_AUTH and not await self._authenticated():
-            logger.debug("Refused an anonymous client (BROADCAST_REQUIRE_AUTH)")
-            await self.close()
-            return
         try:
+            if query.token is not None and not await self._accept_token(query.token):
+                await self.close()  # before accept: the handshake gets 403
+                return
+            if conf.BROADCAST_REQUIRE_AUTH and not await self._authenticated():
+                logger.debug("Refused an anonymous client (BROADCAST_REQUIRE_AUTH)")
+                await self.close()
+                return
             owner = await self._owner()
-        except DatabaseError as exc:  # the session's user cannot be read
+        except DatabaseError as exc:  # the token's or the session's user cannot be read
             logger.warning("Refused a client (1013): the database cannot be read (%s)", exc)
             await self.accept()
             await self._close(CLOSE_TRY_AGAIN_LATER, "database unavailable")
@@ -242,59 +234,13 @@ class BroadcastConsumer(AccessRules, LeanConsumer):
         if self.outbox is not None:
             self.outbox.push_text(text)
 
-    def _end(self, code: int, reason: str) -> None:
-        """Close with ``code``, from a callback (a revocation, a token's expiry)."""
-        if not self._closing:
-            self._closer = asyncio.ensure_future(self._close(code, reason))
+    def _still_open(self) -> bool:
+        return not self._closing and self.outbox is not None and not self.outbox.closed
 
-    def _on_end(self, code: int, reason: str) -> None:
-        if code == CLOSE_REVOKED:
-            metrics.revocations.inc()
-        self._end(code, reason)
-
-    def _on_overflow(self) -> None:
-        metrics.slow_client_cuts.inc()
-        logger.warning(
-            "Dropped a slow client (close %s): over %s bytes pending",
-            CLOSE_SLOW_CLIENT,
-            conf.BROADCAST_MAX_PENDING_BYTES,
-        )
-        self._closer = asyncio.ensure_future(self._cut_slow_client())
-
-    async def _cut_slow_client(self) -> None:
-        writer = await self._close(CLOSE_SLOW_CLIENT, "slow client", SLOW_CLIENT_GRACE_SECONDS)
-        if writer is None:
-            return
-        # The close frame waits behind the backlog; a client that reads it and
-        # answers is closed cleanly, one that does not read is dropped after the grace.
-        await asyncio.sleep(SLOW_CLIENT_GRACE_SECONDS)
-        if self.outbox in self.hub.clients:  # still connected
-            writer.abort()
-
-    async def _close(self, code: int, reason: str, grace: float | None = None) -> Writer | None:
-        """
-        Close an accepted connection, once. Returns the direct writer that queued the
-        close frame (it can still drop the connection), or None: the close went
-        through the ASGI send, or was under way already. daphne's ASGI close refuses
-        most codes this hub uses and drops the reason (see ``close_through_send``);
-        the writers use the protocols' own frame-level calls.
-        """
-        if self._closing:
-            return None
-        self._closing = True
-        writer = self.outbox.writer if self.outbox is not None else None
-        if writer is None:
-            writer = direct_writer(server_send(self.base_send))
+    def _drop_topics(self, names: list[str]) -> None:
         if self.outbox is not None:
-            self.outbox.close()
-        if writer is not None:
-            try:
-                if writer.close(code, reason, grace):
-                    return writer
-            except Exception as exc:  # a server internal that changed under us
-                logger.warning("Direct close failed (%s); closing through the ASGI send", exc)
-        await close_through_send(self.base_send, code, reason)
-        return None
+            self.hub.unsubscribe(self.outbox, names)
+            self.outbox.push_text(unsubscribed_text(names))
 
 
 def _is_id(value: Any) -> bool:

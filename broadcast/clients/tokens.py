@@ -14,6 +14,7 @@ carries a digest of that hash, never the hash.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from django.utils.crypto import constant_time_compare
 from broadcast.protocol import validate_topic
 
 SALT = "broadcast.clients.tokens.connect"
+# A token with less left than this counts as expired: a connection it opened would be
+# warned and closed at once.
+MIN_LIFETIME_SECONDS = 1.0
 
 
 class InvalidToken(Exception):
@@ -58,7 +62,7 @@ def connect_token(user: Any, *, topics: Iterable[str] = (), ttl: float = 3600) -
     pk = None if user is None else getattr(user, "pk", None)
     if user is not None and (pk is None or not getattr(user, "is_authenticated", False)):
         raise ValueError("connect_token needs a saved, authenticated user, or None.")
-    expires = int(time.time() + ttl)
+    expires = math.ceil(time.time() + ttl)
     data = {"u": pk, "t": names, "x": expires}
     hashes = _hashes(user) if user is not None else []
     if hashes:
@@ -76,7 +80,7 @@ def read_token(token: str) -> Grant:
         raise InvalidToken("the connect token is malformed") from exc
     if not isinstance(data, dict) or not isinstance(data.get("x"), int):
         raise InvalidToken("the connect token is malformed")
-    if data["x"] < time.time():
+    if data["x"] - time.time() < MIN_LIFETIME_SECONDS:
         raise InvalidToken("the connect token has expired")
     topics = data.get("t")
     if not isinstance(topics, list) or not all(isinstance(topic, str) for topic in topics):

@@ -16,7 +16,8 @@
  * a promise of one). The client calls it when the server warns that the token
  * expires (hub.expiring) and sends it in-band (hub.refresh), and before it
  * reconnects after the token expired (4001). A connection whose access was revoked
- * (4003) is not reconnected: onError is told, and connect() starts again.
+ * (4003), or whose token expired with no tokenProvider, is not reconnected: onError
+ * is told, and connect() starts again.
  *
  * It reconnects after any close with exponential backoff and full jitter, and
  * resumes with the last id it saw (?last_id=N), so a reconnect misses nothing that
@@ -297,7 +298,15 @@
       this._stopped = true;
       this.options.onError(new Error("access revoked (4003)"));
     }
-    if (code === 4001) this._tokenStale = true;
+    if (code === 4001) {
+      if (this.options.tokenProvider) {
+        this._tokenStale = true;
+      } else {
+        // The same token would be refused (403) on every retry: stop, as for 4003.
+        this._stopped = true;
+        this.options.onError(new Error("token expired (4001) and no tokenProvider"));
+      }
+    }
     if (this._stopped) return;
     var self = this;
     var delay = backoffDelay(this.attempt, this.options.baseDelay, this.options.maxDelay,
