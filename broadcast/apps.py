@@ -9,8 +9,7 @@ class BroadcastConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.contrib.auth import get_user_model
-        from django.db.models.signals import post_delete, post_save, pre_save
+        from django.db.models.signals import post_save
 
         from broadcast import checks  # noqa: F401 - registers the system checks
         from broadcast.logdefaults import install_default_handler
@@ -28,18 +27,9 @@ class BroadcastConfig(AppConfig):
             on_broadcast_saved, sender=Broadcast, dispatch_uid="broadcast.on_broadcast_saved"
         )
         # A user deactivated, deleted or with a new password loses its open connections.
-        from broadcast.publishing import revocation
+        from broadcast.publishing.revocation import watch_users
 
-        user_model = get_user_model()
-        pre_save.connect(
-            revocation.before_user_saved, sender=user_model, dispatch_uid="broadcast.revoke.pre"
-        )
-        post_save.connect(
-            revocation.after_user_saved, sender=user_model, dispatch_uid="broadcast.revoke.post"
-        )
-        post_delete.connect(
-            revocation.after_user_deleted, sender=user_model, dispatch_uid="broadcast.revoke.del"
-        )
+        watch_users()
         install_default_handler()
         from broadcast.seams.servers import logs
 

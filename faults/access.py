@@ -14,7 +14,7 @@ import random
 import time
 from typing import TYPE_CHECKING
 
-from faults.oracle import Violation
+from faults.oracle import REVOKED, Violation
 
 if TYPE_CHECKING:
     from faults.oracle import Client, Oracle
@@ -48,6 +48,8 @@ async def revoke(oracle: Oracle, user: str, how: str) -> None:
     targets = [client for client in oracle.clients if client.owner == user]
     for client in targets:
         client.revoking = True  # a 4003 may come before the answer does
+    # Connections open as it is asked for; one closed already (a restart) stays closed.
+    open_then = {id(client) for client in targets if client.ws.close_code is None}
     answer = await oracle.publishers.ask({"op": "revoke", "user": user, "how": how})
     if not answer["sent"]:
         # Not acknowledged (the layer was away): it may or may not have reached them.
@@ -62,6 +64,13 @@ async def revoke(oracle: Oracle, user: str, how: str) -> None:
         _, open_still = await asyncio.wait([client.task], timeout=deadline - time.monotonic())
         if open_still:
             raise Violation(_still_open(client, how, answer["after"]))
+        code, reason = client.ws.close_code, client.ws.close_reason
+        # 4003; or 1013 "access recheck", when a hub.reset passed the revocation.
+        if id(client) in open_then and code != REVOKED and reason != "access recheck":
+            raise Violation(
+                f"a connection of revoked user {client.owner} on {client.server.kind} was "
+                f"closed with {code} {reason!r}, not 4003"
+            )
 
 
 def _still_open(client: Client, how: str, after: int) -> str:

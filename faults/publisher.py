@@ -85,7 +85,7 @@ def token_for(name: str) -> str:
 def revoke(name: str, how: str) -> dict:
     """
     Take the user's access back; ``sent``: whether the revocation went out, and
-    ``after``: the newest id once it did (nothing published later may reach them).
+    ``after``: its id (nothing with a later id may reach the user's connections).
     A deactivated user is active again at once: its connections stay closed.
     """
     from django.contrib.auth.models import User
@@ -110,10 +110,15 @@ def revoke(name: str, how: str) -> dict:
             disconnect_user(user)
         except BroadcastError:
             return {"sent": False, "after": before}
-    sent = Broadcast.objects.filter(
-        type="hub.revoke", payload__owner=str(user.pk), seq__gt=before, status="sent"
-    ).exists()
-    return {"sent": sent, "after": newest_id()}
+    revocation = (
+        Broadcast.objects.filter(type="hub.revoke", payload__owner=str(user.pk), seq__gt=before)
+        .order_by("seq")
+        .values_list("seq", "status")
+        .first()
+    )
+    if revocation is None or revocation[1] != "sent":
+        return {"sent": False, "after": before}
+    return {"sent": True, "after": revocation[0]}
 
 
 def publish_one(payload: dict, request: dict) -> dict | BaseException:

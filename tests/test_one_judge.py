@@ -140,6 +140,25 @@ async def test_a_wrong_key_gets_401_before_a_byte_of_the_body_is_read(keys):
     await communicator.wait(1)
 
 
+@pytest.mark.parametrize("method", ["PUT", "GET", "DELETE"])
+@pytest.mark.django_db(transaction=True)
+async def test_another_method_gets_405_before_the_body(keys, method):
+    headers = {"content-length": str(10 * 2**30)}  # 10 GiB announced, none sent
+    communicator = ApplicationCommunicator(guarded(), request(headers, method=method))
+    status, headers, body = await answer(communicator)
+    assert (status, headers[b"allow"]) == (405, b"POST")
+    await communicator.wait(1)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_with_the_api_off_a_post_gets_a_json_404_before_the_body(settings):
+    settings.BROADCAST_API_KEYS = []
+    communicator = ApplicationCommunicator(guarded(), request({"content-length": "1000000"}))
+    status, _, body = await answer(communicator)
+    assert status == 404 and "BROADCAST_API_KEYS" in body["error"]
+    await communicator.wait(1)
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_declared_length_over_the_limit_gets_413_before_the_body(keys):
     headers = {"authorization": f"Bearer {KEY}", "content-length": str(200 * 2**20)}
@@ -204,4 +223,31 @@ async def test_other_requests_pass_the_guard_untouched(keys):
     )
     await communicator.send_input({"type": "http.request", "body": b""})
     status, body = await respond(communicator)
-    assert body["database"]["ok"] is True
+    assert status == 200 and body["database"]["ok"] is True
+
+
+# The deadline (PostgreSQL's statement_timeout; on SQLite its busy timeout) ----------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_deadline_inside_the_callers_transaction_leaves_its_timeout_as_it_was():
+    from django.db import connection, transaction
+
+    from broadcast.publishing.deadline import database_deadline
+
+    postgres = connection.vendor == "postgresql"
+    with transaction.atomic():
+        if postgres:
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL statement_timeout = '30s'")
+        publish("inside", 1)
+        if postgres:
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW statement_timeout")
+                assert cursor.fetchone()[0] == "30s"
+    if postgres:  # and each statement of a step is bounded
+        from django.db import OperationalError
+
+        with pytest.raises(OperationalError, match="statement timeout"):
+            with database_deadline(0.2), connection.cursor() as cursor:
+                cursor.execute("SELECT pg_sleep(2)")

@@ -261,3 +261,46 @@ async def test_a_database_that_cannot_be_read_at_a_token_connect_is_try_again_no
     )
     assert (await client.connect())[0]  # accepted, then told to come back
     assert await closed_with(client) == 1013
+
+
+class Member(User):
+    """A proxy of the user model, as an app or its admin may save users through."""
+
+    class Meta:
+        proxy = True
+        app_label = "auth"
+
+
+async def test_a_password_change_through_a_proxy_model_revokes_too(hub):
+    alice = await User.objects.acreate_user("alice", password="old")
+    client = await token_client(alice)
+    member = await Member.objects.aget(pk=alice.pk)
+    member.set_password("new")
+    await member.asave()
+    assert await closed_with(client) == 4003
+
+
+async def test_a_save_that_leaves_the_password_out_of_its_fields_revokes_nothing(hub):
+    alice = await User.objects.acreate_user("alice", password="old")
+    client = await token_client(alice)
+    alice.set_password("never saved")
+    alice.first_name = "Alice"
+    await alice.asave(update_fields=["first_name"])
+    sent = await apublish("still", 1)
+    assert (await frame(client))["id"] == sent["id"]
+    assert not await Broadcast.objects.filter(type="hub.revoke").aexists()
+    await client.disconnect()
+
+
+async def test_a_failed_revocation_can_be_resent_and_closes_then(hub):
+    from asgiref.sync import sync_to_async
+
+    from broadcast.publishing.api import resend
+
+    alice = await User.objects.acreate_user("alice", password="pw")
+    revocation = await adisconnect_user(alice)
+    client = await token_client(alice)  # after the first: a kick is not a ban
+    row = await Broadcast.objects.aget(seq=revocation["id"])
+    again = await sync_to_async(resend)(row)
+    assert again["topic"] == "hub.revoke" and again["id"] > revocation["id"]
+    assert await closed_with(client) == 4003

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from broadcast import metrics
 from broadcast.conf import conf
-from broadcast.group import relay_message
+from broadcast.group import REVOKE_TOPIC, relay_message
 from broadcast.models import Broadcast
 from broadcast.protocol import InvalidTopic, Prepared, prepare
 from broadcast.publishing import backpressure
@@ -209,9 +209,10 @@ def resend(row: Broadcast, *, created_by: Any = None) -> dict[str, Any]:
     """
     if row.seq is None and row.status != Broadcast.Status.SENT:
         return send_row(row)
-    envelope = publish(
-        row.type, row.payload, topic=row.topic_or_none, created_by=created_by or row.created_by
-    )
+    # A revocation's reserved type and topic are its own (revocation.py).
+    revocation = row.topic == REVOKE_TOPIC
+    prepared = prepare(row.type, row.payload, topic=row.topic_or_none, allow_reserved=revocation)
+    envelope = publish_prepared(prepared, row.payload, created_by=created_by or row.created_by)
     if row.status != Broadcast.Status.SENT:
         note = f"resent as id {envelope['id']}"
         Broadcast.objects.filter(pk=row.pk).update(status=Broadcast.Status.RESENT, error=note)

@@ -24,22 +24,29 @@ DATABASE_SECONDS = 5.0
 def database_deadline(seconds: float = DATABASE_SECONDS) -> Iterator[None]:
     """
     A transaction (a savepoint inside the caller's) in which each statement on the
-    broadcasts' database fails after ``seconds``. The caller's own timeout is back
-    once it ends: restored on success, rolled back with the savepoint on failure.
+    broadcasts' database fails after ``seconds``. Inside the caller's transaction, its
+    own timeout is back once this ends: restored on success, rolled back with the
+    savepoint on failure.
     """
     alias = router.db_for_write(Broadcast)
     connection = connections[alias]
+    nested = connection.in_atomic_block  # the caller's transaction goes on after this one
     with transaction.atomic(using=alias):
         if connection.vendor != "postgresql":
             yield
             return
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT current_setting('statement_timeout'), "
-                "set_config('statement_timeout', %s, true)",
-                [f"{max(1, round(seconds * 1000))}ms"],
-            )
-            previous = cursor.fetchone()[0]
+            timeout = f"{max(1, round(seconds * 1000))}ms"
+            if not nested:  # transaction-local, and the transaction is ours: one round trip
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+            else:
+                cursor.execute(
+                    "SELECT current_setting('statement_timeout'), "
+                    "set_config('statement_timeout', %s, true)",
+                    [timeout],
+                )
+                previous = cursor.fetchone()[0]
         yield
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])
+        if nested:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [previous])

@@ -35,15 +35,20 @@ class PublishGuard:
         self.application = application
 
     def __call__(self, scope: Scope, receive: Any, send: Any) -> Any:
-        if scope["type"] != "http" or scope.get("method") != "POST" or not _is_publish(scope):
+        if scope["type"] != "http" or not _is_publish(scope):
             return self.application(scope, receive, send)
         return self._guard(scope, receive, send)
 
     async def _guard(self, scope: Scope, receive: Any, send: Any) -> None:
+        # Every answer that needs no body comes before a byte of it is read: Django
+        # would read it whole first, whatever the method.
         keys = conf.BROADCAST_API_KEYS
-        if not keys:  # the view answers 404
-            await self.application(scope, receive, send)
-            return None
+        if not keys:
+            return await _answer(
+                send, 404, "the HTTP publish API is off (BROADCAST_API_KEYS is empty)"
+            )
+        if scope.get("method") != "POST":
+            return await _answer(send, 405, "use POST", [(b"allow", b"POST")])
         headers = {name.lower(): value for name, value in scope.get("headers", ())}
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         if key_number(authorization, keys) is None:

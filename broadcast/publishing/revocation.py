@@ -17,7 +17,9 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
+from django.db.models.signals import post_delete, post_save, pre_save
 
 from broadcast.group import REVOKE_TOPIC
 from broadcast.protocol import prepare
@@ -27,6 +29,8 @@ from broadcast.publishing.send import PublishFailed
 logger = logging.getLogger(__name__)
 
 REVOKE_TYPE = "hub.revoke"
+# The fields whose change takes a user's access back.
+WATCHED = ("password", "is_active")
 # Set on a user instance by the pre_save receiver: what its save revokes, and why.
 _PENDING = "_broadcast_revocation"
 
@@ -53,17 +57,41 @@ async def adisconnect_user(user: Any) -> dict[str, Any]:
     return envelope
 
 
-def before_user_saved(sender: Any, instance: Any, raw: bool, update_fields: Any, **_: Any) -> None:
+def watch_users() -> None:
+    """
+    Revoke on every save and delete of the user model, of its proxies and of its
+    subclasses (Django sends their signals with their own class). ``QuerySet.update()``
+    and raw saves (fixtures) send none: docs/security.md.
+    """
+    global _user_model
+    try:
+        _user_model = get_user_model()
+    except (ImproperlyConfigured, LookupError):  # no user model: no user to revoke
+        return
+    pre_save.connect(before_user_saved, dispatch_uid="broadcast.revocation.pre_save")
+    post_save.connect(after_user_saved, dispatch_uid="broadcast.revocation.post_save")
+    post_delete.connect(after_user_deleted, dispatch_uid="broadcast.revocation.post_delete")
+
+
+def before_user_saved(
+    sender: Any, instance: Any, raw: bool, using: str, update_fields: Any, **_: Any
+) -> None:
     """Note whether this save deactivates the user or changes its password."""
+    if not _is_user(sender):
+        return
+    instance.__dict__.pop(_PENDING, None)  # left by a save that failed after its pre_save
     if raw or instance.pk is None:
         return
-    watched = {"password", "is_active"}
-    if update_fields is not None and not watched & set(update_fields):
-        return  # a login's last_login, say: nothing to read
-    fields = [name for name in ("password", "is_active") if _has_field(sender, name)]
+    fields = [
+        name
+        for name in WATCHED
+        if (update_fields is None or name in update_fields) and _has_field(sender, name)
+    ]
     if not fields:
-        return
-    before = sender._meta.default_manager.filter(pk=instance.pk).values(*fields).first()
+        return  # a login's last_login, say: nothing to read
+    # The database written to, and every row: not a replica, not a filtering manager.
+    rows = sender._meta.base_manager.db_manager(using).filter(pk=instance.pk)
+    before = rows.values(*fields).first()
     if before is None:  # a new user
         return
     if "password" in before and before["password"] != instance.password:
@@ -72,14 +100,16 @@ def before_user_saved(sender: Any, instance: Any, raw: bool, update_fields: Any,
         setattr(instance, _PENDING, "it was deactivated")
 
 
-def after_user_saved(sender: Any, instance: Any, raw: bool, **_: Any) -> None:
-    reason = instance.__dict__.pop(_PENDING, None)
-    if reason is not None:
-        _revoke(instance.pk, reason)
+def after_user_saved(sender: Any, instance: Any, **_: Any) -> None:
+    if _is_user(sender):
+        reason = instance.__dict__.pop(_PENDING, None)
+        if reason is not None:
+            _revoke(instance.pk, reason)
 
 
 def after_user_deleted(sender: Any, instance: Any, **_: Any) -> None:
-    _revoke(instance.pk, "it was deleted")
+    if _is_user(sender):
+        _revoke(instance.pk, "it was deleted")
 
 
 def _revoke(pk: Any, reason: str) -> None:
@@ -89,7 +119,15 @@ def _revoke(pk: Any, reason: str) -> None:
         # The save stands (its tokens no longer connect): failing it would undo nothing.
         logger.error("Could not close the connections of user %s, though %s: %s", pk, reason, exc)
     else:
-        logger.info("Closing the connections of user %s: %s", pk, reason)
+        # Inside atomic(), sent when it commits; a failure then is the row's WARNING.
+        logger.info("Revoking the access of user %s: %s", pk, reason)
+
+
+_user_model: type | None = None
+
+
+def _is_user(sender: Any) -> bool:
+    return _user_model is not None and isinstance(sender, type) and issubclass(sender, _user_model)
 
 
 def _has_field(model: Any, name: str) -> bool:
