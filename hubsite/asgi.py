@@ -29,8 +29,9 @@ application = ProtocolTypeRouter(
         "http": PublishGuard(django_asgi_app),
         # Not AuthMiddlewareStack: it resolves the user on every connect, a database
         # thread hop per client (docs/benchmarks.md). The consumer resolves the user
-        # from the session only when BROADCAST_REQUIRE_AUTH is on. AllowedOrigins is
-        # Channels' Origin check with its verdict remembered (broadcast/routing.py).
+        # only for a connection with a session cookie (a revocation must find it) or
+        # with BROADCAST_REQUIRE_AUTH on. AllowedOrigins is Channels' Origin check with
+        # its verdict remembered (broadcast/routing.py).
         "websocket": AllowedOrigins(SessionIfAuthRequired(URLRouter(websocket_urlpatterns))),
     }
 )
