@@ -46,8 +46,9 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
 
 def _check_database() -> dict[str, Any]:
     """
-    What publishing and resuming need: the broadcasts table read (a lock that blocks reading it, such
-    as ``LOCK TABLE``, holds every publish) and the process rows, each in time.
+    What publishing and resuming need: the broadcasts table read (a lock that blocks
+    reading it, such as ``LOCK TABLE``, holds every publish) and the process rows,
+    each in time.
     """
     started = time.perf_counter()
     try:

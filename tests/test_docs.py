@@ -4,9 +4,10 @@ import re
 import tomllib
 from pathlib import Path
 
+from broadcast.clients import closing
 from broadcast.clients import consumer as consumers
 from broadcast.conf import Settings
-from broadcast.stream import shutdown
+from broadcast.stream import registry, shutdown
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "broadcast"
@@ -33,11 +34,11 @@ def test_every_frame_type_the_hub_speaks_is_in_the_protocol():
 def test_every_close_code_is_in_the_protocol():
     codes = {
         value
-        for module in (consumers, shutdown)
+        for module in (consumers, closing, registry, shutdown)
         for name, value in vars(module).items()
         if name.startswith("CLOSE_") and isinstance(value, int)
     }
-    assert 4008 in codes and 1012 in codes
+    assert {4001, 4003, 4008, 1012, 1013} <= codes
     text = page("protocol.md")
     assert sorted(code for code in codes if f"| {code} |" not in text) == []
 

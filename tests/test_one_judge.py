@@ -248,6 +248,9 @@ def test_a_deadline_inside_the_callers_transaction_leaves_its_timeout_as_it_was(
     if postgres:  # and each statement of a step is bounded
         from django.db import OperationalError
 
-        with pytest.raises(OperationalError, match="statement timeout"):
-            with database_deadline(0.2), connection.cursor() as cursor:
-                cursor.execute("SELECT pg_sleep(2)")
+        with (
+            pytest.raises(OperationalError, match="statement timeout"),
+            database_deadline(0.2),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SELECT pg_sleep(2)")
