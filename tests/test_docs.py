@@ -4,7 +4,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from broadcast.clients import closing
+from broadcast.clients import access, closing
 from broadcast.clients import consumer as consumers
 from broadcast.conf import Settings
 from broadcast.stream import registry, shutdown
@@ -34,7 +34,7 @@ def test_every_frame_type_the_hub_speaks_is_in_the_protocol():
 def test_every_close_code_is_in_the_protocol():
     codes = {
         value
-        for module in (consumers, closing, registry, shutdown)
+        for module in (access, consumers, closing, registry, shutdown)
         for name, value in vars(module).items()
         if name.startswith("CLOSE_") and isinstance(value, int)
     }
