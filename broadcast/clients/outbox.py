@@ -66,7 +66,7 @@ class Outbox:
         self._replayed_through = 0
         self.closed = False
         # Called once by end(), with the close code and reason (its owner closes it).
-        self.on_end: Callable[[int, str], None] = _ended
+        self.on_end: Callable[[int, str], None] = _closed
 
     @property
     def writer(self) -> Writer | None:
@@ -279,8 +279,7 @@ class Outbox:
         # The callback is usually a bound method of the consumer that holds this
         # outbox: dropping it breaks that cycle, so a closed connection's objects are
         # freed as soon as it ends instead of waiting for a full garbage collection.
-        self._on_overflow = _closed
-        self.on_end = _ended
+        self._on_overflow = self.on_end = _closed
         if self._queue is not None:
             self._queue.clear()
         self._held = None
@@ -290,12 +289,8 @@ class Outbox:
             drainer.cancel()
 
 
-def _closed() -> None:
-    pass
-
-
-def _ended(code: int, reason: str) -> None:
-    pass
+def _closed(*_: Any) -> None:
+    """What a closed outbox calls back: nothing (its owner is gone, or going)."""
 
 
 def _current_task() -> asyncio.Task[Any] | None:

@@ -52,6 +52,13 @@ def start_client(browser, first: str, provided: list, *, fail_first: bool = Fals
     wait_for(browser, lambda d: d.execute_script("return window.opens") == 1, what="open")
 
 
+def wait_for_close(browser, code: int) -> None:
+    def closed_with(driver) -> bool:
+        return driver.execute_script("return window.client.lastClose || {}").get("code") == code
+
+    wait_for(browser, closed_with, what=f"the {code}")
+
+
 def test_the_js_client_refreshes_its_token_in_band_then_stops_when_revoked(
     browser,
     redis_site,
@@ -75,10 +82,7 @@ def test_the_js_client_refreshes_its_token_in_band_then_stops_when_revoked(
         "from django.contrib.auth.models import User;"
         f"user = User.objects.get(pk={pk}); user.set_password('second'); user.save()"
     )
-    wait_for(
-        browser, lambda d: d.execute_script("return window.client.lastClose || {}").get("code")
-        == 4003, what="the 4003",
-    )  # fmt: skip
+    wait_for_close(browser, 4003)
     time.sleep(1.5)  # well past the backoff: it does not come back
     assert browser.execute_script("return [window.client.state, window.opens]") == ["closed", 1]
     assert "access revoked (4003)" in browser.execute_script("return window.errors")
@@ -95,10 +99,7 @@ def test_the_js_client_gets_a_new_token_after_4001_and_resumes_what_it_missed(
     short, fresh = tokens(redis_site, pk, 2, 600)
     # The in-band refresh fails (the token service is down): the token expires.
     start_client(browser, short, [fresh], fail_first=True)
-    wait_for(
-        browser, lambda d: d.execute_script("return window.client.lastClose || {}").get("code")
-        == 4001, what="the 4001",
-    )  # fmt: skip
+    wait_for_close(browser, 4001)
     missed = publish(redis_site, "news", {"while": "away"})
     wait_for(browser, lambda d: d.execute_script("return window.opens") == 2, what="reconnect")
     wait_for(browser, lambda d: missed in d.execute_script("return window.seen"), what="resume")
