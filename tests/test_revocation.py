@@ -304,3 +304,10 @@ async def test_a_failed_revocation_can_be_resent_and_closes_then(hub):
     again = await sync_to_async(resend)(row)
     assert again["topic"] == "hub.revoke" and again["id"] > revocation["id"]
     assert await closed_with(client) == 4003
+
+
+async def test_disconnect_user_takes_a_primary_key_however_it_is_spelled(hub):
+    alice = await User.objects.acreate_user("alice", password="pw")
+    client = await token_client(alice)
+    await adisconnect_user(f"0{alice.pk}")
+    assert await closed_with(client) == 4003

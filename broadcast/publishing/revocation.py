@@ -46,6 +46,8 @@ def disconnect_user(user: Any) -> dict[str, Any]:
     pk = getattr(user, "pk", user)
     if pk is None or isinstance(pk, bool):
         raise ValueError(f"disconnect_user needs a saved user or a primary key, got {user!r}.")
+    # As a connection names its owner: "07" and 7 are one user, as are a UUID's spellings.
+    pk = get_user_model()._meta.pk.to_python(pk)
     payload = {"owner": str(pk)}
     prepared = prepare(REVOKE_TYPE, payload, topic=REVOKE_TOPIC, allow_reserved=True)
     return publish_prepared(prepared, payload)
