@@ -87,10 +87,6 @@ class Nginx:
         self._stderr = None
 
     @property
-    def https(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    @property
     def logs(self) -> Path:
         return self.dir / "logs"
 
