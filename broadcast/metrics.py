@@ -74,6 +74,12 @@ resets = Counter(
     "hub.reset frames a relay sent its clients: ids they will not get (beyond history, "
     "or history unreadable past the hold).",
 )
+resumes = Counter(
+    "broadcast_resumes",
+    "Resumes answered, by where their history came from: recent history in memory, "
+    "or the database (older, or past what this process's relay saw).",
+    ["source"],
+)
 backpressure_seconds = Counter(
     "broadcast_backpressure_seconds",
     "Time publishers waited for relays that were BROADCAST_MAX_RELAY_BACKLOG behind.",

@@ -206,7 +206,14 @@ class BroadcastConsumer(Closing, AccessRules, LeanConsumer):
         self, outbox: Outbox, last_id: int, current_id: int, subscribed: frozenset[str]
     ) -> None:
         try:
-            await resume(outbox, last_id, current_id, SLOW_CLIENT_GRACE_SECONDS, subscribed)
+            await resume(
+                outbox,
+                last_id,
+                current_id,
+                SLOW_CLIENT_GRACE_SECONDS,
+                subscribed,
+                self.hub.relay.recent,
+            )
         except HistoryUnavailable as exc:
             # Not hub.reset: the history may well exist; the client keeps its last id.
             logger.warning("Closed a resuming client with %s: %s", CLOSE_TRY_AGAIN_LATER, exc)

@@ -1,12 +1,13 @@
 """
 Resume: what one client missed, written from history ahead of the live stream.
 
-The client's outbox holds live broadcasts while this runs. History is read a page at
-a time and written at the pace the client reads it (never counted against the
-slow-client bound: a long absence is not a slow client), then ``hub.resumed``, then
-what was held, skipping any id that history already gave. When the database cannot
-be read, the client is told to try again later (:class:`HistoryUnavailable`), never
-``hub.reset``: its history may well still exist.
+The client's outbox holds live broadcasts while this runs. Recent history in memory
+(:mod:`broadcast.stream.recent`) answers for what this process's relay saw; the
+database, read a page at a time, for the rest. History is written at the pace the
+client reads it (never counted against the slow-client bound: a long absence is not a
+slow client), then ``hub.resumed``, then what was held, skipping any id that history
+already gave. When the database cannot be read, the client is told to try again later
+(:class:`HistoryUnavailable`), never ``hub.reset``: its history may well still exist.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any, TypeVar
 from channels.db import database_sync_to_async
 from django.db import DatabaseError
 
+from broadcast import metrics
 from broadcast.clients.outbox import Outbox
 from broadcast.history import envelope_texts, replay_plan
 from broadcast.protocol import reset_text, resumed_text
 from broadcast.stream.outgoing import Outgoing
+from broadcast.stream.recent import Recent
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ T = TypeVar("T")
 
 # Broadcasts read from the database at a time (each at most BROADCAST_MAX_MESSAGE_BYTES).
 PAGE = 50
+# How long a resume past this process's position waits for its relay to get there.
+AHEAD_WAIT_SECONDS, AHEAD_POLL_SECONDS = 1.0, 0.01
 
 
 class HistoryUnavailable(Exception):
@@ -42,6 +47,7 @@ async def resume(
     current_id: int,
     stall_seconds: float,
     topics: Collection[str] = frozenset(),
+    recent: Recent | None = None,
 ) -> None:
     """
     :func:`_resume`, guarded: a failure cuts the client (which then resumes again)
@@ -50,7 +56,7 @@ async def resume(
     later".
     """
     try:
-        await _resume(outbox, last_id, current_id, stall_seconds, topics)
+        await _resume(outbox, last_id, current_id, stall_seconds, topics, recent)
     except HistoryUnavailable:
         raise
     except Exception:
@@ -65,18 +71,67 @@ async def _resume(
     current_id: int,
     stall_seconds: float,
     topics: Collection[str],
+    recent: Recent | None,
 ) -> None:
     """
     Replay to ``outbox`` every broadcast of the global stream and of ``topics`` after
     ``last_id`` up to ``current_id`` (the newest id the process had relayed when the
     outbox began holding; the relay brings the rest), or ``hub.reset`` when they are no
-    longer all in history. A client that reads nothing for ``stall_seconds`` is cut as
-    a slow client.
+    longer all in history. Recent history answers when it can; the database otherwise.
+    A client that reads nothing for ``stall_seconds`` is cut as a slow client.
+    """
+    if recent is not None and last_id > current_id:
+        # A client from a process whose relay was a step ahead: this relay's position
+        # will be there in a moment, and the broadcasts held since register overlap
+        # what is replayed up to it (release skips those).
+        current_id = await _reached(recent, last_id)
+    replayed = recent.replay(last_id, current_id, topics) if recent is not None else None
+    if replayed is None:
+        done = await _from_database(outbox, last_id, current_id, stall_seconds, topics)
+        if done is None:
+            return
+        newest, count = done
+    else:
+        metrics.resumes.labels("memory").inc()
+        newest, count = last_id, len(replayed)
+        for one in replayed:
+            if not await _write(outbox, Outgoing.of_text(one.text, one.id), stall_seconds):
+                return
+            newest = one.id
+    # The position reached: history ran to at least current_id, and other topics'
+    # ids up to it are absent, not missed (what is held comes after it).
+    resumed = resumed_text(last_id, count, max(newest, current_id))
+    if await _write(outbox, Outgoing.of_text(resumed), stall_seconds):
+        await _release(outbox, newest, stall_seconds)
+
+
+async def _reached(recent: Recent, last_id: int) -> int:
+    """The relay's position once it reaches ``last_id``, or after AHEAD_WAIT_SECONDS."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + AHEAD_WAIT_SECONDS
+    while recent.newest < last_id:
+        if loop.time() > deadline:
+            break  # its history is the database's to judge
+        await asyncio.sleep(AHEAD_POLL_SECONDS)  # rare: a storm's first moments at most
+    return recent.newest
+
+
+async def _from_database(
+    outbox: Outbox,
+    last_id: int,
+    current_id: int,
+    stall_seconds: float,
+    topics: Collection[str],
+) -> tuple[int, int] | None:
+    """
+    The replay read from the database, a page at a time: (the newest id written, how
+    many), or None once it ended otherwise (``hub.reset`` sent, or the client cut).
     """
     ids = await _read(replay_plan, last_id, current_id, topics)
+    metrics.resumes.labels("database").inc()
     if ids is None:
         await _reset(outbox, last_id, current_id, stall_seconds)
-        return
+        return None
     # What is past current_id comes through the relay, held meanwhile: read ahead of it,
     # history would pass a revocation the relay has yet to apply to this connection.
     ids = [msg_id for msg_id in ids if msg_id <= current_id]
@@ -86,18 +141,13 @@ async def _resume(
         texts = await _read(envelope_texts, page)
         if [replayed.id for replayed in texts] != page:  # pruned or deleted meanwhile
             await _reset(outbox, newest, current_id, stall_seconds)
-            return
+            return None
         for replayed in texts:
             message = Outgoing.of_text(replayed.text, replayed.id)
             if not await _write(outbox, message, stall_seconds):
-                return
+                return None
             newest = replayed.id
-    # The position reached: history ran to at least current_id, and other topics'
-    # ids up to it are absent, not missed (what is held comes after it).
-    position = max(newest, current_id)
-    resumed = resumed_text(last_id, len(ids), position)
-    if await _write(outbox, Outgoing.of_text(resumed), stall_seconds):
-        await _release(outbox, newest, stall_seconds)
+    return newest, len(ids)
 
 
 async def _read(read: Callable[..., T], *args: Any) -> T:

@@ -31,6 +31,7 @@ from broadcast.history import Replayed, replay_after
 from broadcast.protocol import reset_text
 from broadcast.stream.lost import LostLook, look
 from broadcast.stream.receiver import Message, Receiver
+from broadcast.stream.recent import Recent
 
 if TYPE_CHECKING:
     from broadcast.stream.fanout import Clients
@@ -65,6 +66,8 @@ class Stream:
         # The newest id this process's clients were sent, or were told about; only
         # ``_advance`` moves it (and the relay's start, before any client).
         self.position = 0
+        # What the position passed, kept for resumes: each move is recorded there.
+        self.recent = Recent()
         # Since when a gap waits for history the database cannot give (None: not).
         self.holding_since: float | None = None
         self._clients = clients
@@ -133,7 +136,7 @@ class Stream:
             ):
                 self._carry.append(message)
                 break
-            if isinstance(msg_id, int) and not self._advance(msg_id):
+            if isinstance(msg_id, int) and not self._advance(msg_id, message):
                 continue  # already sent (a catch-up overlapping the live stream)
             taken.append(message)
         return taken
@@ -154,7 +157,7 @@ class Stream:
                         ready = []
                     await self._fill_gap(msg_id)
                     since = self.position
-                if not self._advance(msg_id):
+                if not self._advance(msg_id, message):
                     continue  # already sent (the gap's history held it too)
             ready.append(message)
         if ready and sweep_limit:
@@ -163,6 +166,7 @@ class Stream:
                 await self._clients.sweep(ready, self._take_more, sweep_limit)
             except Exception:
                 self.position = since  # as in _hand_over
+                self.recent.put_back(since)
                 raise
             finally:
                 self._sweep_floor = None
@@ -177,19 +181,24 @@ class Stream:
             # A bug, not a client (the hub cuts a client whose write fails): the
             # restart's catch-up sends these again from the database.
             self.position = since
+            self.recent.put_back(since)
             raise
 
-    def _advance(self, msg_id: int, *, accounted: bool = False) -> bool:
+    def _advance(
+        self, msg_id: int, sent: Message | None = None, *, accounted: bool = False
+    ) -> bool:
         """
         Move the position to ``msg_id``, the one place it moves; False for an id at or
         behind it (already sent). Past more than the next id only when the ids between
         are ``accounted`` for: replayed, burnt (history says never sent), or reset.
+        Recent history records the move: the broadcast ``sent``, or ids with none.
         """
         if msg_id <= self.position:
             return False
         if msg_id != self.position + 1 and not accounted:
             raise SkippedId(f"the position {self.position} cannot skip to {msg_id}")
         self.position = msg_id
+        self.recent.moved(msg_id, sent)
         return True
 
     async def _fill_gap(self, msg_id: int) -> None:
@@ -272,8 +281,9 @@ class Stream:
             if replayed.id <= self.position:
                 continue  # already sent
             # Fanned out, then the position moves (burnt ids before it were never sent).
-            self._clients.fan_out(relay_message(replayed.text, replayed.id, replayed.topic))
-            self._advance(replayed.id, accounted=True)
+            message = relay_message(replayed.text, replayed.id, replayed.topic)
+            self._clients.fan_out(message)
+            self._advance(replayed.id, message, accounted=True)
         self._advance(newest, accounted=True)  # history runs to it: the rest were burnt
         return CatchUp(ids=tuple(replayed.id for replayed in missed))
 
@@ -284,6 +294,7 @@ class Stream:
         self._clients.fan_out(relay_message(reset_text(newest, self.position), None))
         metrics.resets.inc()
         self._advance(newest, accounted=True)
+        self.recent.skipped(newest)
         # A revocation among the skipped ids is unknown: every authenticated connection
         # comes back (1013) and is judged again, so that none outlives one.
         self._clients.recheck_owners()

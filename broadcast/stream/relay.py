@@ -105,6 +105,7 @@ class Relay(Stream):
         # the id is read waits in the layer, where it would otherwise look like a gap
         # from 0 (and, past history, a hub.reset that skips ids not yet delivered).
         self.position = max(self.position, newest)
+        self.recent.skipped(self.position)  # what came before is the database's
         for owner, ago in revoked:  # sent before it joined: a connect in flight may predate one
             self._clients.note_revoked(owner, time.monotonic() - ago)
         # Not joined: it joins, and catches up from here, in its supervised loop.

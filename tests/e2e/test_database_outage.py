@@ -1,7 +1,8 @@
 """
 The database goes away under a running server, behind a proxy the test cuts: a gap
-in the ids is held until history can be read (never skipped without a word), and a
-client resuming meanwhile is told to come back (never hub.reset).
+in the ids is held until history can be read (never skipped without a word); a client
+resuming within what the process relayed is served from recent history, and one
+resuming from further back is told to come back (never hub.reset).
 """
 
 import asyncio
@@ -27,8 +28,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.slow]
 ELSEWHERE_REDIS_URL = E2E_REDIS_URL.rsplit("/", 1)[0] + "/11"
 
 
-def publish(site, kind: str, redis_url: str = E2E_REDIS_URL) -> None:
-    site.with_redis(redis_url).manage("broadcast", kind, "{}")
+def publish(site, kind: str, redis_url: str = E2E_REDIS_URL) -> int:
+    """Publish with the command; the id it printed."""
+    printed = site.with_redis(redis_url).manage("broadcast", kind, "{}").stdout
+    return int(printed.split("id=", 1)[1].split()[0])
+
+
+async def published_before_the_relay(site, count: int) -> list[int]:
+    """Broadcasts sent while the server has no client: they are in the database only."""
+    return [await asyncio.to_thread(publish, site, f"n{n}") for n in range(count)]
 
 
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
@@ -66,10 +74,8 @@ async def test_a_resume_while_the_database_is_away_is_told_to_retry_not_reset(
 ):
     served, proxy = proxied
     server = start_server(served, kind)
-    watcher = await server.client()  # starts the relay while the database answers
-    for n in range(3):
-        await asyncio.to_thread(publish, pg_site, f"n{n}")
-    ids = [f["id"] for f in await frames(watcher, 3)]
+    ids = await published_before_the_relay(pg_site, 3)
+    await server.client()  # starts the relay while the database answers
 
     proxy.cut()
     resuming = await server.client(f"?last_id={ids[0]}")
@@ -84,6 +90,26 @@ async def test_a_resume_while_the_database_is_away_is_told_to_retry_not_reset(
     got = await frames(again, 3, timeout=15)
     assert [f["id"] for f in got[:2]] == ids[1:]
     assert got[2]["type"] == "hub.resumed"
+
+
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_a_resume_within_what_the_process_relayed_needs_no_database(
+    pg_site, proxied, start_server, kind
+):
+    served, proxy = proxied
+    server = start_server(served, kind)
+    watcher = await server.client()
+    for n in range(3):
+        await asyncio.to_thread(publish, pg_site, f"n{n}")
+    ids = [f["id"] for f in await frames(watcher, 3)]
+
+    proxy.cut()
+    resuming = await server.client(f"?last_id={ids[0]}")
+    got = await frames(resuming, 3, timeout=15)
+    assert [f["id"] for f in got[:2]] == ids[1:]
+    assert got[2]["type"] == "hub.resumed", got[2]
+    assert got[2]["payload"] == {"from": ids[0], "count": 2, "last_id": ids[2]}
+    assert "Closed a resuming client" not in server.log()
 
 
 def script_from_the_docs(url: str, origin: str) -> str:
@@ -101,10 +127,8 @@ async def test_the_docs_script_comes_back_after_try_again_later_and_misses_nothi
 ):
     served, proxy = proxied
     server = start_server(served, "uvicorn")
-    watcher = await server.client()
-    for n in range(3):
-        await asyncio.to_thread(publish, pg_site, f"n{n}")
-    ids = [f["id"] for f in await frames(watcher, 3)]
+    ids = await published_before_the_relay(pg_site, 3)
+    await server.client()
 
     proxy.cut()
     script = tmp_path / "listen.py"
