@@ -127,3 +127,51 @@ async def test_a_resume_within_recent_history_is_served_with_the_rows_gone(hub):
     assert await client.receive_nothing(timeout=0.1)
     await client.disconnect()
     await bystander.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_resume_from_beyond_the_stream_is_reset_and_never_given_an_id_the_reset_named(
+    hub,
+):
+    """
+    Found by the fault sequencer: a resume from an id this hub never issued waited for
+    the relay, which passed a live broadcast meanwhile; the reset then named that id,
+    and the client got it after all, held since it registered.
+    """
+    bystander = await connect()
+    (first,) = [(await apublish("news", {"n": 0}))["id"]]
+    await frame(bystander)
+    client = await connect(query=f"?last_id={first + 1000}")
+    (live,) = [(await apublish("news", {"n": 1}))["id"]]  # while the resume looks
+    reset = await frame(client)
+    assert reset["type"] == "hub.reset", reset
+    got = await frame(client)
+    assert got["id"] == live and live > reset["payload"]["last_id"], (reset, got)
+    assert await client.receive_nothing(timeout=0.2)
+    await client.disconnect()
+    await bystander.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_resume_a_step_ahead_of_this_relay_gets_what_follows_once_it_arrives(hub):
+    """A client moved from a process whose relay had one broadcast more than this one."""
+    from django.utils import timezone
+
+    bystander = await connect()
+    (first,) = [(await apublish("news", {"n": 0}))["id"]]
+    await frame(bystander)
+    # Committed and sent by a publisher this relay has not heard from yet.
+    await Broadcast.objects.acreate(
+        type="news", payload={"n": 1}, seq=first + 1, sent_at=timezone.now()
+    )
+    client = await connect(query=f"?last_id={first + 1}")
+    assert client.welcome["payload"]["last_id"] == first
+    (after,) = [(await apublish("news", {"n": 2}))["id"]]  # the relay fills first + 1
+    resumed = await frame(client)
+    assert (resumed["type"], resumed["payload"]) == (
+        "hub.resumed", {"from": first + 1, "count": 0, "last_id": first + 1},
+    )  # fmt: skip
+    assert (await frame(client))["id"] == after  # not first + 1, which it had
+    assert await client.receive_nothing(timeout=0.2)
+    await client.disconnect()
+    await bystander.disconnect()

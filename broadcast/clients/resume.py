@@ -22,7 +22,7 @@ from django.db import DatabaseError
 
 from broadcast import metrics
 from broadcast.clients.outbox import Outbox
-from broadcast.history import envelope_texts, replay_plan
+from broadcast.history import Replayed, envelope_texts, replay_plan
 from broadcast.protocol import reset_text, resumed_text
 from broadcast.stream.outgoing import Outgoing
 from broadcast.stream.recent import Recent
@@ -80,24 +80,23 @@ async def _resume(
     longer all in history. Recent history answers when it can; the database otherwise.
     A client that reads nothing for ``stall_seconds`` is cut as a slow client.
     """
-    if recent is not None and last_id > current_id:
-        # A client from a process whose relay was a step ahead: this relay's position
-        # will be there in a moment, and the broadcasts held since register overlap
-        # what is replayed up to it (release skips those).
-        current_id = await _reached(recent, last_id)
-    replayed = recent.replay(last_id, current_id, topics) if recent is not None else None
-    if replayed is None:
-        done = await _from_database(outbox, last_id, current_id, stall_seconds, topics)
-        if done is None:
-            return
-        newest, count = done
-    else:
+    if recent is not None and last_id > current_id and await _reached(recent, last_id):
+        # A client from a process whose relay was a step ahead, and this one has now
+        # passed its id: all it lacks came after registering, held (skipped up to its id).
+        metrics.resumes.labels("memory").inc()
+        newest, count = last_id, 0
+    elif (replayed := _recent(recent, last_id, current_id, topics)) is not None:
         metrics.resumes.labels("memory").inc()
         newest, count = last_id, len(replayed)
         for one in replayed:
             if not await _write(outbox, Outgoing.of_text(one.text, one.id), stall_seconds):
                 return
             newest = one.id
+    else:
+        done = await _from_database(outbox, last_id, current_id, stall_seconds, topics)
+        if done is None:
+            return
+        newest, count = done
     # The position reached: history ran to at least current_id, and other topics'
     # ids up to it are absent, not missed (what is held comes after it).
     resumed = resumed_text(last_id, count, max(newest, current_id))
@@ -105,15 +104,21 @@ async def _resume(
         await _release(outbox, newest, stall_seconds)
 
 
-async def _reached(recent: Recent, last_id: int) -> int:
-    """The relay's position once it reaches ``last_id``, or after AHEAD_WAIT_SECONDS."""
+async def _reached(recent: Recent, last_id: int) -> bool:
+    """Whether the relay reaches ``last_id`` within AHEAD_WAIT_SECONDS."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + AHEAD_WAIT_SECONDS
     while recent.newest < last_id:
         if loop.time() > deadline:
-            break  # its history is the database's to judge
+            return False  # an id from another history, or a publisher that died: the database's
         await asyncio.sleep(AHEAD_POLL_SECONDS)  # rare: a storm's first moments at most
-    return recent.newest
+    return True
+
+
+def _recent(
+    recent: Recent | None, last_id: int, current_id: int, topics: Collection[str]
+) -> list[Replayed] | None:
+    return None if recent is None else recent.replay(last_id, current_id, topics)
 
 
 async def _from_database(
