@@ -120,6 +120,32 @@ def _prepared(row: Broadcast) -> Prepared:
     return Prepared(row.type, dumps(row.payload), row.topic_or_none)
 
 
+def window(after_id: int, up_to: int) -> list[tuple[Replayed, float]] | None:
+    """
+    Every broadcast after ``after_id`` up to ``up_to``, each with when it was sent, in
+    one query, for recent history to hold; None when the ids between are not all in
+    history (a hole, or older than BROADCAST_HISTORY_TTL). Burnt ids are left out.
+    """
+    rows = list(
+        Broadcast.objects.filter(seq__gt=after_id, seq__lte=up_to)
+        .order_by("seq")
+        .only("seq", "type", "topic", "payload", "sent_at", "status")
+    )
+    if [row.seq for row in rows] != list(range(after_id + 1, up_to + 1)):
+        return None
+    cutoff = timezone.now() - dt.timedelta(seconds=conf.BROADCAST_HISTORY_TTL)
+    if rows and rows[0].sent_at is not None and rows[0].sent_at < cutoff:
+        return None  # as replay_plan judges it
+    return [
+        (
+            Replayed(row.seq, _prepared(row).text(row.seq, row.sent_at), row.topic_or_none),
+            row.sent_at.timestamp(),
+        )
+        for row in rows
+        if row.seq is not None and row.sent_at is not None and row.status not in NOT_DELIVERED
+    ]
+
+
 def replay_after(last_id: int, current_id: int) -> list[Replayed] | None:
     """Every broadcast after ``last_id`` at once (small ranges), or None as in replay_plan."""
     ids = replay_plan(last_id, current_id)

@@ -4,6 +4,7 @@ database; it answers only for ids it holds completely, and leaves the rest (and 
 hub.reset) to the database.
 """
 
+import asyncio
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from channels.layers import get_channel_layer
 from prometheus_client import REGISTRY
 
 from broadcast import apublish
+from broadcast.history import Replayed
 from broadcast.models import Broadcast
 from broadcast.stream.recent import Recent
 from broadcast.stream.relay import Relay
@@ -175,3 +177,41 @@ async def test_a_resume_a_step_ahead_of_this_relay_gets_what_follows_once_it_arr
     assert await client.receive_nothing(timeout=0.2)
     await client.disconnect()
     await bystander.disconnect()
+
+
+def test_history_read_from_the_database_is_held_before_the_rest_if_it_still_fits():
+    def older(first, last):
+        return [(Replayed(i, f'{{"id":{i}}}', None), time.time()) for i in range(first, last + 1)]
+
+    recent = Recent(broadcasts=6)
+    recent.skipped(5)
+    filled(recent, 6, 8)
+    assert not recent.prepend(older(2, 5), 1, 4), "read for a floor it no longer has"
+    assert not recent.prepend(older(1, 5), 0, 5), "over the bound: the database answers"
+    assert recent.prepend(older(3, 5), 2, 5)
+    assert ids(recent.replay(2, 8)) == [3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_storm_of_resumes_from_before_the_relay_started_shares_one_database_read(
+    hub, monkeypatch
+):
+    from broadcast import history
+
+    reads = []
+
+    def counted(*args):
+        reads.append(args)
+        return history.window(*args)
+
+    monkeypatch.setattr("broadcast.stream.recent.window", counted)
+    sent = [(await apublish("news", {"n": n}))["id"] for n in range(5)]  # no relay yet
+    clients = await asyncio.gather(*(connect(query=f"?last_id={sent[0]}") for _ in range(40)))
+    for client in clients:
+        assert [(await frame(client))["id"] for _ in range(4)] == sent[1:]
+        assert (await frame(client))["type"] == "hub.resumed"
+    older = await connect(query="?last_id=0")
+    assert [(await frame(older))["id"] for _ in range(5)] == sent
+    assert reads == [(sent[0], sent[-1]), (0, sent[0])]
+    for client in [*clients, older]:
+        await client.disconnect()

@@ -85,7 +85,7 @@ async def _resume(
         # passed its id: all it lacks came after registering, held (skipped up to its id).
         metrics.resumes.labels("memory").inc()
         newest, count = last_id, 0
-    elif (replayed := _recent(recent, last_id, current_id, topics)) is not None:
+    elif (replayed := await _recent(recent, last_id, current_id, topics)) is not None:
         metrics.resumes.labels("memory").inc()
         newest, count = last_id, len(replayed)
         for one in replayed:
@@ -115,10 +115,15 @@ async def _reached(recent: Recent, last_id: int) -> bool:
     return True
 
 
-def _recent(
+async def _recent(
     recent: Recent | None, last_id: int, current_id: int, topics: Collection[str]
 ) -> list[Replayed] | None:
-    return None if recent is None else recent.replay(last_id, current_id, topics)
+    """What recent history replays, reaching back for it first; None: ask the database."""
+    if recent is None or last_id > current_id:
+        return None
+    if last_id < recent.floor and not await recent.reach_back(last_id):
+        return None
+    return recent.replay(last_id, current_id, topics)
 
 
 async def _from_database(

@@ -9,19 +9,25 @@ sent. A reset breaks that (the ids it skipped were never held): recent history s
 again after it. Bounded by RECENT_BROADCASTS and RECENT_BYTES, oldest out first.
 
 It answers a resume only when it holds everything the database would give; anything
-else (older, more than BROADCAST_HISTORY_LIMIT, past BROADCAST_HISTORY_TTL, ahead of
-the relay) is the database's to answer, ``hub.reset`` included.
+else (more than BROADCAST_HISTORY_LIMIT, past BROADCAST_HISTORY_TTL, ahead of the
+relay) is the database's to answer, ``hub.reset`` included. A resume from before its
+floor first has it reach back (:meth:`Recent.reach_back`): one database read, which
+every resume waiting at the same time shares, so a storm of them costs a few queries.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from collections.abc import Collection, Mapping
 from typing import Any, NamedTuple
 
+from channels.db import database_sync_to_async
+from django.db import DatabaseError
+
 from broadcast.conf import conf
-from broadcast.history import Replayed
+from broadcast.history import Replayed, window
 
 # What one process keeps: a restart's worth of broadcasts at any sane rate, within the
 # memory of a few hundred slow clients' outboxes.
@@ -45,6 +51,7 @@ class Recent:
         self._max_bytes = size
         self._kept: deque[_Kept] = deque()
         self._bytes = 0
+        self._reaching: asyncio.Task[bool] | None = None  # the read every resume shares
 
     # What the relay records --------------------------------------------------
 
@@ -83,6 +90,54 @@ class Recent:
             self._bytes -= self._kept.pop().size
         self.floor = min(self.floor, position)
         self.newest = min(self.newest, position)
+
+    def prepend(self, older: list[tuple[Replayed, float]], after_id: int, up_to: int) -> bool:
+        """
+        Hold ``older``, history read for the ids after ``after_id`` up to ``up_to``,
+        before the rest: only if ``up_to`` is still the floor and it fits the bounds.
+        """
+        size = sum(len(replayed.text) for replayed, _ in older)
+        if (
+            up_to != self.floor
+            or after_id >= up_to
+            or (
+                len(self._kept) + len(older) > self._max_broadcasts
+                or self._bytes + size > self._max_bytes
+            )
+        ):
+            return False
+        self._kept.extendleft(
+            _Kept(replayed, len(replayed.text), at) for replayed, at in reversed(older)
+        )
+        self._bytes += size
+        self.floor = after_id
+        return True
+
+    async def reach_back(self, last_id: int) -> bool:
+        """
+        Whether recent history reaches back to ``last_id`` now, after reading what it
+        lacked from the database (never more than BROADCAST_HISTORY_LIMIT ids). Resumes
+        that need it at once share one read; a read that fails is False, and each
+        resume then asks the database itself (and is told 1013 if it cannot).
+        """
+        while last_id < self.floor:
+            reaching = self._reaching
+            if reaching is None or reaching.done():
+                if self.floor - last_id > conf.BROADCAST_HISTORY_LIMIT:
+                    return False
+                reaching = asyncio.ensure_future(self._read_back(last_id, self.floor))
+                self._reaching = reaching
+            # Shielded: a resume cancelled (its client gone) must not end the others' read.
+            if not await asyncio.shield(reaching):
+                return False
+        return True
+
+    async def _read_back(self, after_id: int, up_to: int) -> bool:
+        try:
+            older = await database_sync_to_async(window)(after_id, up_to)
+        except DatabaseError:
+            return False
+        return older is not None and self.prepend(older, after_id, up_to)
 
     def _forget_oldest(self) -> None:
         oldest = self._kept.popleft()
