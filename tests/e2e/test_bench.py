@@ -141,3 +141,20 @@ def test_a_benchmark_stopped_with_sigterm_leaves_no_server_or_client_running(com
         runner.kill()
     assert runner.returncode == 128 + signal.SIGTERM, output[-2000:]
     assert [pid for pid in spawned if running(pid)] == []
+
+
+@pytest.mark.redis
+def test_scenario_r_moves_every_client_of_a_stopped_process_with_nothing_missed(tmp_path):
+    # Needs PostgreSQL and Redis (db 12): a small deploy, resumed from recent history.
+    run, results = bench(
+        "--servers", "uvicorn", "--clients", "200", "--pre-seconds", "2",
+        "--post-seconds", "1", "--phase-timeout", "60", "--json", str(tmp_path / "r.json"),
+        module="bench.restart",
+    )  # fmt: skip
+    (result,) = results
+    assert result["connected"] == 200 and result["on_a"] == 150
+    assert result["close_codes"] == {"1012": 150}
+    assert (result["resumed"], result["resets"], result["unresolved"]) == (150, 0, 0)
+    assert (result["missed"], result["repeated"], result["incomplete"]) == (0, 0, 0)
+    assert result["pg_scans_resumes"] < 15, "resumes read history from memory"
+    assert "Scenario R" in run.stdout
