@@ -104,7 +104,7 @@ def run_one(label: str, tree: Path, server: str, args: argparse.Namespace, env: 
     on_a = round(args.clients * args.a_share)
     out: dict = {"server": server, "clients": args.clients, "on_a": on_a}
     procs: list[subprocess.Popen] = []  # A, B, then every helper: all stopped at the end
-    logs = args.work / f"{label}-{server}"
+    logs = args.work / f"{label}-{server}-{len(list(args.work.glob('*-B.log')))}"
 
     def spawn(command: list[str], name: str) -> subprocess.Popen:
         with Path(f"{logs}-{name}.log").open("a") as handle:  # the process keeps its own copy
@@ -125,7 +125,7 @@ def run_one(label: str, tree: Path, server: str, args: argparse.Namespace, env: 
         b = spawn(run.server_command(server, "hub", ports[1]), "B")
         for port, process in zip(ports, (a, b), strict=True):
             run.wait_until_serving(port, process)
-        latencies = args.work / "b-latencies.bin"
+        latencies = Path(f"{logs}-latencies.bin")  # a run's own: never an earlier one's
         mover = start("hold", ports[0], on_a, ports[1], args.spread, "-")
         stayer = start("hold", ports[1], args.clients - on_a, 0, 0, latencies)
         holders = [mover, stayer]

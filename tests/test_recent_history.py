@@ -215,3 +215,29 @@ async def test_a_storm_of_resumes_from_before_the_relay_started_shares_one_datab
     assert reads == [(sent[0], sent[-1]), (0, sent[0])]
     for client in [*clients, older]:
         await client.disconnect()
+
+
+async def test_a_wait_for_the_relay_ends_when_it_moves_there_or_at_its_bound():
+    recent = Recent()
+    filled(recent, 1, 3)
+    waiting = asyncio.ensure_future(recent.reached(5, 2.0))
+    await asyncio.sleep(0.05)
+    recent.moved(4, None)  # burnt: not there yet
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    recent.moved(5, {"text": '{"id":5}', "topic": None})
+    assert await asyncio.wait_for(waiting, 0.5)
+    assert not await recent.reached(9, 0.05)
+    assert not recent._waiters, "a wait that ended leaves nothing behind"
+
+
+async def test_it_reads_nothing_back_that_it_could_not_hold_or_replay(settings):
+    recent = Recent(broadcasts=5)
+    recent.skipped(20)
+    filled(recent, 21, 23)
+    assert not await recent.reach_back(17), "3 held + 3 lacking is over the bound of 5"
+    recent = Recent(broadcasts=100)
+    recent.skipped(20)
+    settings.BROADCAST_HISTORY_LIMIT = 2
+    assert not await recent.reach_back(17), "over the history limit: hub.reset's case"
+    assert recent.floor == 20

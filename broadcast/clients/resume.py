@@ -22,6 +22,7 @@ from django.db import DatabaseError
 
 from broadcast import metrics
 from broadcast.clients.outbox import Outbox
+from broadcast.conf import conf
 from broadcast.history import Replayed, envelope_texts, replay_plan
 from broadcast.protocol import reset_text, resumed_text
 from broadcast.stream.outgoing import Outgoing
@@ -34,7 +35,7 @@ T = TypeVar("T")
 # Broadcasts read from the database at a time (each at most BROADCAST_MAX_MESSAGE_BYTES).
 PAGE = 50
 # How long a resume past this process's position waits for its relay to get there.
-AHEAD_WAIT_SECONDS, AHEAD_POLL_SECONDS = 1.0, 0.01
+AHEAD_WAIT_SECONDS = 1.0
 
 
 class HistoryUnavailable(Exception):
@@ -105,22 +106,16 @@ async def _resume(
 
 
 async def _reached(recent: Recent, last_id: int) -> bool:
-    """Whether the relay reaches ``last_id`` within AHEAD_WAIT_SECONDS."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + AHEAD_WAIT_SECONDS
-    while recent.newest < last_id:
-        if loop.time() > deadline:
-            return False  # an id from another history, or a publisher that died: the database's
-        await asyncio.sleep(AHEAD_POLL_SECONDS)  # rare: a storm's first moments at most
-    return True
+    """Whether the relay passes ``last_id`` soon; if not, its history is the database's."""
+    return await recent.reached(last_id, AHEAD_WAIT_SECONDS)
 
 
 async def _recent(
     recent: Recent | None, last_id: int, current_id: int, topics: Collection[str]
 ) -> list[Replayed] | None:
     """What recent history replays, reaching back for it first; None: ask the database."""
-    if recent is None or last_id > current_id:
-        return None
+    if recent is None or not 0 <= current_id - last_id <= conf.BROADCAST_HISTORY_LIMIT:
+        return None  # ahead of the relay, or the database's limit (and hub.reset)
     if last_id < recent.floor and not await recent.reach_back(last_id):
         return None
     return recent.replay(last_id, current_id, topics)

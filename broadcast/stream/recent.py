@@ -6,7 +6,7 @@ The relay records every move of its position here (:mod:`broadcast.stream.positi
 a broadcast fanned out, ids history showed were never sent (burnt), a ``hub.reset``.
 So the ids after ``floor`` up to ``newest`` are *complete*: each is held, or was never
 sent. A reset breaks that (the ids it skipped were never held): recent history starts
-again after it. Bounded by RECENT_BROADCASTS and RECENT_BYTES, oldest out first.
+again after it. Bounded by RECENT_BROADCASTS and RECENT_CHARACTERS, oldest out first.
 
 It answers a resume only when it holds everything the database would give; anything
 else (more than BROADCAST_HISTORY_LIMIT, past BROADCAST_HISTORY_TTL, ahead of the
@@ -32,7 +32,8 @@ from broadcast.history import Replayed, window
 # What one process keeps: a restart's worth of broadcasts at any sane rate, within the
 # memory of a few hundred slow clients' outboxes.
 RECENT_BROADCASTS = 10_000
-RECENT_BYTES = 64 * 1024 * 1024
+# Counted in characters of envelope text (len(str)): non-ASCII text takes more memory.
+RECENT_CHARACTERS = 64 * 1024 * 1024
 
 
 class _Kept(NamedTuple):
@@ -44,7 +45,7 @@ class _Kept(NamedTuple):
 class Recent:
     """The broadcasts after ``floor`` up to ``newest``, as the relay fanned them out."""
 
-    def __init__(self, broadcasts: int = RECENT_BROADCASTS, size: int = RECENT_BYTES) -> None:
+    def __init__(self, broadcasts: int = RECENT_BROADCASTS, size: int = RECENT_CHARACTERS) -> None:
         self.floor = 0
         self.newest = 0
         self._max_broadcasts = broadcasts
@@ -52,6 +53,7 @@ class Recent:
         self._kept: deque[_Kept] = deque()
         self._bytes = 0
         self._reaching: asyncio.Task[bool] | None = None  # the read every resume shares
+        self._waiters: dict[asyncio.Future[None], int] = {}  # see :meth:`reached`
 
     # What the relay records --------------------------------------------------
 
@@ -62,6 +64,27 @@ class Recent:
             self.sent(msg_id, text, message.get("topic") if message is not None else None)
         else:  # burnt, or a message no client was given
             self.burnt(msg_id)
+        if self._waiters:
+            self._wake()
+
+    async def reached(self, msg_id: int, seconds: float) -> bool:
+        """Whether the relay's position reaches ``msg_id`` within ``seconds``."""
+        if self.newest >= msg_id:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[waiter] = msg_id
+        try:
+            await asyncio.wait_for(waiter, seconds)
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.pop(waiter, None)
+        return True
+
+    def _wake(self) -> None:
+        for waiter, msg_id in self._waiters.items():
+            if msg_id <= self.newest and not waiter.done():
+                waiter.set_result(None)
 
     def sent(self, msg_id: int, text: str, topic: str | None) -> None:
         """Broadcast ``msg_id`` was fanned out (the ids before it are accounted for)."""
@@ -123,7 +146,10 @@ class Recent:
         while last_id < self.floor:
             reaching = self._reaching
             if reaching is None or reaching.done():
-                if self.floor - last_id > conf.BROADCAST_HISTORY_LIMIT:
+                lacking = self.floor - last_id
+                if lacking > conf.BROADCAST_HISTORY_LIMIT or (
+                    len(self._kept) + lacking > self._max_broadcasts  # could not hold them
+                ):
                     return False
                 reaching = asyncio.ensure_future(self._read_back(last_id, self.floor))
                 self._reaching = reaching
